@@ -1,0 +1,56 @@
+"""geoseg: seamless, Dask-tiled segmentation of any-size rasters into GIS-ready outputs.
+
+Public API::
+
+    import geoseg
+    manifest = geoseg.run_scene("scene.tif", "out/", model="default")
+    bundle = geoseg.load_model("default")      # bundle.module is a torch.nn.Module
+    geoseg.synthesize("synth.tif", 2048, seed=0, labels_path="labels.tif")
+"""
+
+from __future__ import annotations
+
+from .errors import ContractError, GeosegError, InputError, ModelError, OutputError, RasterReadError
+from .grid import GeoBox, PixelWindow, Tile, TileGrid
+from .pipeline import RunOptions, run_scene
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ContractError",
+    "GeoBox",
+    "GeosegError",
+    "InputError",
+    "ModelError",
+    "OutputError",
+    "PixelWindow",
+    "RasterReadError",
+    "RunOptions",
+    "Tile",
+    "TileGrid",
+    "list_models",
+    "load_model",
+    "run_scene",
+    "synthesize",
+]
+
+
+def load_model(name_or_path: str):
+    """Load a built-in model by name or a bundle file by path (see :mod:`geoseg.models`)."""
+    from .models import load_model as _load
+
+    return _load(name_or_path)
+
+
+def list_models() -> list[tuple[str, str]]:
+    """``(name, description)`` of the built-in models."""
+    from .models import list_models as _list
+
+    return _list()
+
+
+def synthesize(*args, **kwargs):
+    """Write a synthetic scene (see :func:`geoseg.synthetic.synthesize`)."""
+    from .synthetic import synthesize as _synth
+
+    return _synth(*args, **kwargs)

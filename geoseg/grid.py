@@ -1,0 +1,169 @@
+"""Georeferencing as a value, and the tile grid with an explicit halo.
+
+All window arithmetic of geoseg lives here: a :class:`GeoBox` is a raster's shape,
+affine transform and CRS; a :class:`TileGrid` cuts it into :class:`Tile` objects, each
+knowing its *core* window (the pixels it writes) and its *read* window (core plus halo,
+clamped to the raster), aligned to the model's downsampling factor so that tiled
+inference equals whole-image inference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+from affine import Affine
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class PixelWindow:
+    """An integer pixel window: ``row``/``col`` offsets and ``height``/``width``."""
+
+    row: int
+    col: int
+    height: int
+    width: int
+
+    @property
+    def row_end(self) -> int:
+        return self.row + self.height
+
+    @property
+    def col_end(self) -> int:
+        return self.col + self.width
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """Row and column slices of this window within the full raster."""
+        return slice(self.row, self.row_end), slice(self.col, self.col_end)
+
+    def relative_to(self, outer: PixelWindow) -> tuple[slice, slice]:
+        """Slices that cut this window out of an array covering ``outer``."""
+        r0, c0 = self.row - outer.row, self.col - outer.col
+        if r0 < 0 or c0 < 0 or r0 + self.height > outer.height or c0 + self.width > outer.width:
+            raise ValueError(f"{self} does not lie inside {outer}")
+        return slice(r0, r0 + self.height), slice(c0, c0 + self.width)
+
+    def to_rasterio(self):  # -> rasterio.windows.Window, imported lazily
+        from rasterio.windows import Window
+
+        return Window(self.col, self.row, self.width, self.height)
+
+
+@dataclass(frozen=True)
+class GeoBox:
+    """A raster's pixel grid: shape, affine transform and CRS (WKT or None)."""
+
+    height: int
+    width: int
+    transform: Affine
+    crs: str | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    @property
+    def window(self) -> PixelWindow:
+        return PixelWindow(0, 0, self.height, self.width)
+
+    def window_transform(self, window: PixelWindow) -> Affine:
+        """The affine transform of ``window``'s top-left pixel."""
+        return self.transform * Affine.translation(window.col, window.row)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of a :class:`TileGrid`."""
+
+    index: int
+    core: PixelWindow
+    read: PixelWindow
+
+    @property
+    def crop(self) -> tuple[slice, slice]:
+        """Slices that cut the core out of an array covering the read window."""
+        return self.core.relative_to(self.read)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """A grid of square cores of ``tile_size`` px with a ``halo`` on each side.
+
+    ``tile_size`` and ``halo`` are rounded up to multiples of ``factor`` (the model's
+    downsampling factor), so every read window starts on the factor grid; read windows
+    are clamped to the raster, never padded beyond it. Edge cores are clipped.
+    """
+
+    height: int
+    width: int
+    tile_size: int
+    halo: int = 0
+    factor: int = 1
+
+    def __post_init__(self) -> None:
+        if self.height < 1 or self.width < 1:
+            raise InputError(f"raster size must be at least 1x1, got {self.height}x{self.width}")
+        if self.factor < 1:
+            raise InputError(f"downsampling factor must be >= 1, got {self.factor}")
+        if self.tile_size < 1:
+            raise InputError(f"tile size must be a positive number of pixels, got {self.tile_size}")
+        if self.halo < 0:
+            raise InputError(f"halo must be >= 0, got {self.halo}")
+        object.__setattr__(self, "tile_size", _round_up(self.tile_size, self.factor))
+        object.__setattr__(self, "halo", _round_up(self.halo, self.factor))
+
+    @property
+    def rows(self) -> int:
+        return -(-self.height // self.tile_size)
+
+    @property
+    def cols(self) -> int:
+        return -(-self.width // self.tile_size)
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    def tile(self, i: int, j: int) -> Tile:
+        """The tile in grid row ``i``, column ``j``."""
+        if not (0 <= i < self.rows and 0 <= j < self.cols):
+            raise IndexError(f"tile ({i}, {j}) outside a {self.rows}x{self.cols} grid")
+        t, h = self.tile_size, self.halo
+        r0, c0 = i * t, j * t
+        core = PixelWindow(r0, c0, min(t, self.height - r0), min(t, self.width - c0))
+        rr0, cc0 = max(0, r0 - h), max(0, c0 - h)
+        rr1, cc1 = min(self.height, core.row_end + h), min(self.width, core.col_end + h)
+        return Tile(i * self.cols + j, core, PixelWindow(rr0, cc0, rr1 - rr0, cc1 - cc0))
+
+    def __iter__(self) -> Iterator[Tile]:
+        for i in range(self.rows):
+            for j in range(self.cols):
+                yield self.tile(i, j)
+
+    def padded_shape(self, window: PixelWindow) -> tuple[int, int]:
+        """The shape a read window is padded to (bottom/right) for the model."""
+        return _round_up(window.height, self.factor), _round_up(window.width, self.factor)
+
+
+def batches(tiles: list[Tile], batch_size: int) -> list[list[Tile]]:
+    """Group tiles, in order, into batches of at most ``batch_size`` equal read shapes."""
+    if batch_size < 1:
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
+    out: list[list[Tile]] = []
+    open_by_shape: dict[tuple[int, int], list[Tile]] = {}
+    for tile in tiles:
+        shape = (tile.read.height, tile.read.width)
+        current = open_by_shape.get(shape)
+        if current is None or len(current) >= batch_size:
+            current = []
+            open_by_shape[shape] = current
+            out.append(current)
+        current.append(tile)
+    return out

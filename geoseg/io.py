@@ -1,0 +1,236 @@
+"""Raster input: opening and validating scenes, reading windows with validity masks.
+
+This module and :mod:`geoseg.outputs` are the only places that open raster paths.
+A :class:`SceneSource` is a small, picklable description of a validated scene (path,
+grid, band selection, nodata): Dask tasks carry it and open the file themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, RasterReadError
+from .grid import GeoBox, PixelWindow
+
+#: GDAL settings for every read: bounded block cache, no sidecar scanning.
+GDAL_ENV = {"GDAL_CACHEMAX": 256, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+
+_DTYPE_RANGES = {
+    "uint8": (0, 255),
+    "int8": (-128, 127),
+    "uint16": (0, 65535),
+    "int16": (-32768, 32767),
+    "uint32": (0, 2**32 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+}
+
+
+def dtype_range(dtype: str) -> tuple[float, float]:
+    """The representable value range of a raster dtype (floats: +-inf)."""
+    return _DTYPE_RANGES.get(dtype, (-np.inf, np.inf))
+
+
+@dataclass(frozen=True)
+class SceneSource:
+    """A validated input scene: where it is, its grid, which bands feed the model."""
+
+    path: str
+    geobox: GeoBox
+    count: int
+    dtype: str
+    band_indexes: tuple[int, ...]  # 1-based, in model input order
+    band_names: tuple[str, ...]  # descriptions of all bands ('' where none)
+    nodata: float | None
+    mask_band: bool  # validity from a per-dataset mask / alpha band instead of nodata
+
+    @property
+    def height(self) -> int:
+        return self.geobox.height
+
+    @property
+    def width(self) -> int:
+        return self.geobox.width
+
+    def read(self, window: PixelWindow, dataset=None) -> tuple[np.ndarray, np.ndarray]:
+        """Read ``window`` of the selected bands as float32 plus a validity mask.
+
+        Returns ``(data (bands, h, w) float32, valid (h, w) bool)``. A pixel is
+        invalid where every selected band equals nodata (or is NaN), or where the
+        dataset's mask says so. ``dataset`` lets a caller reuse an open handle.
+        """
+        import rasterio
+
+        try:
+            if dataset is None:
+                with rasterio.Env(**GDAL_ENV), rasterio.open(self.path) as ds:
+                    return self.read(window, ds)
+            win = window.to_rasterio()
+            raw = dataset.read(list(self.band_indexes), window=win)
+            if self.mask_band:
+                valid = dataset.read_masks(self.band_indexes[0], window=win) > 0
+            elif self.nodata is not None and not np.isnan(self.nodata):
+                valid = np.any(raw != raw.dtype.type(self.nodata), axis=0)
+            else:
+                valid = np.ones(raw.shape[1:], dtype=bool)
+            data = raw.astype(np.float32, copy=False)
+            if data.dtype.kind == "f":
+                finite = np.isfinite(data)
+                if not finite.all():
+                    valid &= np.any(finite, axis=0)
+                    data = np.where(finite, data, np.float32(0))
+            return data, valid
+        except rasterio.errors.RasterioError as exc:
+            raise RasterReadError(
+                f"cannot read {self.path} at rows {window.row}-{window.row_end}, cols "
+                f"{window.col}-{window.col_end} ({exc}): the file is truncated or corrupt"
+            ) from exc
+
+
+def _check_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise RasterReadError(f"{p} does not exist: check the path")
+    if p.is_dir():
+        raise RasterReadError(f"{p} is a directory: give the path of a raster file (e.g. a GeoTIFF)")
+    if not os.access(p, os.R_OK):
+        raise RasterReadError(f"{p} is not readable: check its permissions")
+    return p
+
+
+def _probe_blocks(ds, path: Path) -> None:
+    """Read the first and last block of each band: catches truncated files early."""
+    import rasterio
+
+    size = path.stat().st_size
+    for bidx in ds.indexes:
+        if ds.driver == "GTiff":
+            rows, cols = ds.block_shapes[bidx - 1]
+            nby, nbx = -(-ds.height // rows), -(-ds.width // cols)
+            item = ds.get_tag_item
+            for by, bx in ((0, 0), (nby - 1, nbx - 1)):
+                try:
+                    off = item(f"BLOCK_OFFSET_{bx}_{by}", "TIFF", bidx=bidx)
+                    cnt = item(f"BLOCK_SIZE_{bx}_{by}", "TIFF", bidx=bidx)
+                except Exception:  # pragma: no cover - driver without these tags
+                    off = cnt = None
+                if off and cnt and int(off) + int(cnt) > size:
+                    raise RasterReadError(
+                        f"{path} is truncated (its last data block ends at byte {int(off) + int(cnt)}, "
+                        f"the file has {size} bytes): copy or download it again"
+                    )
+        try:
+            h, w = ds.block_shapes[bidx - 1]
+            ds.read(bidx, window=((0, min(h, ds.height)), (0, min(w, ds.width))))
+            r0 = max(0, ds.height - h)
+            c0 = max(0, ds.width - w)
+            ds.read(bidx, window=((r0, ds.height), (c0, ds.width)))
+        except rasterio.errors.RasterioError as exc:
+            raise RasterReadError(f"{path} is truncated or corrupt ({exc}): copy or download it again") from exc
+
+
+def open_scene(
+    path: str | os.PathLike,
+    *,
+    bands: list[int] | tuple[int, ...] | None = None,
+    model_bands: tuple[str, ...] | None = None,
+) -> SceneSource:
+    """Open and validate a scene; pick the bands that feed the model.
+
+    Args:
+        path: a raster GDAL can read, with a CRS and a geotransform.
+        bands: 1-based band indexes, in model input order (GDAL convention).
+        model_bands: band names the model expects; used to match band descriptions
+            when ``bands`` is not given, and to check the band count.
+
+    Raises:
+        RasterReadError: missing, a directory, not a raster, truncated.
+        InputError: no CRS or transform, bad band indexes.
+        ContractError: the band count does not match the model.
+    """
+    import rasterio
+    from rasterio.enums import MaskFlags
+
+    from .errors import ContractError
+
+    p = _check_path(path)
+    try:
+        with rasterio.Env(**GDAL_ENV), rasterio.open(p) as ds:
+            if ds.count < 1:
+                raise RasterReadError(f"{p} has no raster bands: give an image with at least one band")
+            _probe_blocks(ds, p)
+            if ds.crs is None:
+                raise InputError(
+                    f"{p} has no CRS: assign one (e.g. gdal_edit.py -a_srs EPSG:32633 {p.name}) and retry"
+                )
+            if ds.transform.is_identity and not ds.gcps[0]:
+                raise InputError(
+                    f"{p} has no geotransform: georeference it (e.g. gdal_edit.py -a_ullr ...) and retry"
+                )
+            if ds.transform.b != 0 or ds.transform.d != 0:
+                raise InputError(f"{p} has a rotated geotransform: warp it to a north-up grid first (gdalwarp)")
+            dtypes = set(ds.dtypes)
+            if len(dtypes) > 1:
+                raise InputError(f"{p} mixes band data types {sorted(dtypes)}: convert to one type first")
+            dtype = ds.dtypes[0]
+            if np.dtype(dtype).kind == "c":
+                raise InputError(f"{p} has complex-valued bands ({dtype}): geoseg needs real-valued imagery")
+            names = tuple(d or "" for d in ds.descriptions)
+            flags = ds.mask_flag_enums[0]
+            mask_band = ds.nodata is None and (MaskFlags.per_dataset in flags or MaskFlags.alpha in flags)
+            selected = _select_bands(p, ds.count, names, bands, model_bands, ContractError)
+            geobox = GeoBox(ds.height, ds.width, ds.transform, ds.crs.to_wkt())
+            return SceneSource(
+                path=str(p.resolve()),
+                geobox=geobox,
+                count=ds.count,
+                dtype=dtype,
+                band_indexes=selected,
+                band_names=names,
+                nodata=None if ds.nodata is None else float(ds.nodata),
+                mask_band=mask_band,
+            )
+    except rasterio.errors.RasterioIOError as exc:
+        raise RasterReadError(
+            f"{p} is not a raster GDAL can read ({str(exc).splitlines()[0]}): give a GeoTIFF or another GDAL raster"
+        ) from exc
+
+
+def _select_bands(path, count, names, bands, model_bands, contract_error) -> tuple[int, ...]:
+    described = ", ".join(f"{i}:{n or '?'}" for i, n in enumerate(names, 1))
+    if bands is not None:
+        bad = [b for b in bands if not 1 <= int(b) <= count]
+        if bad:
+            raise InputError(
+                f"--bands {','.join(map(str, bands))} names band(s) {bad} but {path} has {count} band(s) "
+                f"({described}): use 1-based indexes from 1 to {count}"
+            )
+        selected = tuple(int(b) for b in bands)
+    elif model_bands is not None:
+        lower = [n.lower() for n in names]
+        if all(b.lower() in lower for b in model_bands):
+            selected = tuple(lower.index(b.lower()) + 1 for b in model_bands)
+        else:
+            selected = tuple(range(1, count + 1))
+    else:
+        selected = tuple(range(1, count + 1))
+    if model_bands is not None and len(selected) != len(model_bands):
+        raise contract_error(
+            f"{path} gives {len(selected)} band(s) ({described}) but the model expects "
+            f"{len(model_bands)} ({', '.join(model_bands)}): pass --bands with {len(model_bands)} "
+            f"1-based indexes in that order"
+        )
+    return selected
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
