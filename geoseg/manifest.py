@@ -39,7 +39,7 @@ def pixel_area_m2(geobox) -> float:
     if not crs.is_geographic:
         f = float(crs.axis_info[0].unit_conversion_factor) if crs.axis_info else 1.0
         return abs(t.a * t.e) * f * f
-    x, y = t * (geobox.width / 2, geobox.height / 2)
+    x, y = t.c + t.a * geobox.width / 2, t.f + t.e * geobox.height / 2
     a, _ = crs.get_geod().geometry_area_perimeter(box(x, y, x + abs(t.a), y + abs(t.e)))
     return abs(a)
 

@@ -84,7 +84,8 @@ def predict_batch(
         reads = [source.read(t.read, ds) for t in tiles]
     data = np.stack([r[0] for r in reads])
     valid = np.stack([r[1] for r in reads])
-    has_valid = valid.reshape(len(tiles), -1).any(axis=1)
+    # A tile whose core has no valid pixel writes only nodata: skip the model for it.
+    has_valid = np.array([valid[k][t.crop].any() for k, t in enumerate(tiles)])
     h, w = valid.shape[1:]
     if has_valid.all():
         pred = predictor.predict(data, valid)
