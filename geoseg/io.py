@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
+from dataclasses import replace
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +58,44 @@ class SceneSource:
     def width(self) -> int:
         return self.geobox.width
 
+    def select(self, bands=None, model_bands: tuple[str, ...] | None = None) -> SceneSource:
+        """Pick the bands that feed the model, in model input order.
+
+        Args:
+            bands: 1-based band indexes (GDAL convention), e.g. ``(3, 2, 1, 4)``.
+            model_bands: band names the model expects; matched against the band
+                descriptions when ``bands`` is not given, and used to check the count.
+
+        Raises:
+            InputError: an index outside the scene's bands.
+            ContractError: the number of bands does not match the model.
+        """
+        from .errors import ContractError
+
+        names, count, path = self.band_names, self.count, self.path
+        described = ", ".join(f"{i}:{n or '?'}" for i, n in enumerate(names, 1))
+        if bands is not None:
+            bad = [b for b in bands if not 1 <= int(b) <= count]
+            if bad:
+                raise InputError(
+                    f"--bands {','.join(map(str, bands))} names band(s) {bad} but {path} has {count} band(s) "
+                    f"({described}): use 1-based indexes from 1 to {count}"
+                )
+            selected = tuple(int(b) for b in bands)
+        else:
+            lower = [n.lower() for n in names]
+            if model_bands is not None and all(b.lower() in lower for b in model_bands):
+                selected = tuple(lower.index(b.lower()) + 1 for b in model_bands)
+            else:
+                selected = tuple(range(1, count + 1))
+        if model_bands is not None and len(selected) != len(model_bands):
+            raise ContractError(
+                f"{path} gives {len(selected)} band(s) ({described}) but the model expects "
+                f"{len(model_bands)} ({', '.join(model_bands)}): pass --bands with {len(model_bands)} "
+                f"1-based indexes in that order"
+            )
+        return replace(self, band_indexes=selected)
+
     def read(self, window: PixelWindow, dataset=None) -> tuple[np.ndarray, np.ndarray]:
         """Read ``window`` of the selected bands as float32 plus a validity mask.
 
@@ -87,11 +127,17 @@ class SceneSource:
         except rasterio.errors.RasterioError as exc:
             raise RasterReadError(
                 f"cannot read {self.path} at rows {window.row}-{window.row_end}, cols "
-                f"{window.col}-{window.col_end} ({exc}): the file is truncated or corrupt"
+                f"{window.col}-{window.col_end} ({_gdal_reason(exc)}): the file is truncated or corrupt"
             ) from exc
 
 
-def _check_path(path: str | os.PathLike) -> Path:
+def _gdal_reason(exc: BaseException) -> str:
+    """GDAL's own message behind a rasterio error, on one line."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    return " ".join(str(cause).split()) or type(cause).__name__
+
+
+def check_path(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.exists():
         raise RasterReadError(f"{p} does not exist: check the path")
@@ -126,40 +172,35 @@ def _probe_blocks(ds, path: Path) -> None:
         try:
             h, w = ds.block_shapes[bidx - 1]
             ds.read(bidx, window=((0, min(h, ds.height)), (0, min(w, ds.width))))
-            r0 = max(0, ds.height - h)
-            c0 = max(0, ds.width - w)
+            r0 = (ds.height - 1) // h * h  # exactly the last block
+            c0 = (ds.width - 1) // w * w
             ds.read(bidx, window=((r0, ds.height), (c0, ds.width)))
         except rasterio.errors.RasterioError as exc:
-            raise RasterReadError(f"{path} is truncated or corrupt ({exc}): copy or download it again") from exc
+            raise RasterReadError(
+                f"{path} is truncated or corrupt ({_gdal_reason(exc)}): copy or download it again"
+            ) from exc
 
 
-def open_scene(
-    path: str | os.PathLike,
-    *,
-    bands: list[int] | tuple[int, ...] | None = None,
-    model_bands: tuple[str, ...] | None = None,
-) -> SceneSource:
-    """Open and validate a scene; pick the bands that feed the model.
+def open_scene(path: str | os.PathLike) -> SceneSource:
+    """Open and validate a scene (all bands selected; see :meth:`SceneSource.select`).
 
     Args:
         path: a raster GDAL can read, with a CRS and a geotransform.
-        bands: 1-based band indexes, in model input order (GDAL convention).
-        model_bands: band names the model expects; used to match band descriptions
-            when ``bands`` is not given, and to check the band count.
 
     Raises:
         RasterReadError: missing, a directory, not a raster, truncated.
-        InputError: no CRS or transform, bad band indexes.
-        ContractError: the band count does not match the model.
+        InputError: no CRS or transform, mixed or complex data types.
     """
     import rasterio
     from rasterio.enums import MaskFlags
 
-    from .errors import ContractError
-
-    p = _check_path(path)
+    p = check_path(path)
     try:
-        with rasterio.Env(**GDAL_ENV), rasterio.open(p) as ds:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.Env(**GDAL_ENV):
+                ds = rasterio.open(p)
+        with ds:
             if ds.count < 1:
                 raise RasterReadError(f"{p} has no raster bands: give an image with at least one band")
             _probe_blocks(ds, p)
@@ -182,14 +223,13 @@ def open_scene(
             names = tuple(d or "" for d in ds.descriptions)
             flags = ds.mask_flag_enums[0]
             mask_band = ds.nodata is None and (MaskFlags.per_dataset in flags or MaskFlags.alpha in flags)
-            selected = _select_bands(p, ds.count, names, bands, model_bands, ContractError)
             geobox = GeoBox(ds.height, ds.width, ds.transform, ds.crs.to_wkt())
             return SceneSource(
                 path=str(p.resolve()),
                 geobox=geobox,
                 count=ds.count,
                 dtype=dtype,
-                band_indexes=selected,
+                band_indexes=tuple(range(1, ds.count + 1)),
                 band_names=names,
                 nodata=None if ds.nodata is None else float(ds.nodata),
                 mask_band=mask_band,
@@ -198,33 +238,6 @@ def open_scene(
         raise RasterReadError(
             f"{p} is not a raster GDAL can read ({str(exc).splitlines()[0]}): give a GeoTIFF or another GDAL raster"
         ) from exc
-
-
-def _select_bands(path, count, names, bands, model_bands, contract_error) -> tuple[int, ...]:
-    described = ", ".join(f"{i}:{n or '?'}" for i, n in enumerate(names, 1))
-    if bands is not None:
-        bad = [b for b in bands if not 1 <= int(b) <= count]
-        if bad:
-            raise InputError(
-                f"--bands {','.join(map(str, bands))} names band(s) {bad} but {path} has {count} band(s) "
-                f"({described}): use 1-based indexes from 1 to {count}"
-            )
-        selected = tuple(int(b) for b in bands)
-    elif model_bands is not None:
-        lower = [n.lower() for n in names]
-        if all(b.lower() in lower for b in model_bands):
-            selected = tuple(lower.index(b.lower()) + 1 for b in model_bands)
-        else:
-            selected = tuple(range(1, count + 1))
-    else:
-        selected = tuple(range(1, count + 1))
-    if model_bands is not None and len(selected) != len(model_bands):
-        raise contract_error(
-            f"{path} gives {len(selected)} band(s) ({described}) but the model expects "
-            f"{len(model_bands)} ({', '.join(model_bands)}): pass --bands with {len(model_bands)} "
-            f"1-based indexes in that order"
-        )
-    return selected
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

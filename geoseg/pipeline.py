@@ -233,8 +233,9 @@ def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
+    scene = open_scene(path)  # a bad scene is reported before a model is loaded
     bundle = load_model(model)
-    source = open_scene(path, bands=opts.bands, model_bands=tuple(bundle.bands))
+    source = scene.select(opts.bands, tuple(bundle.bands))
     check_contract(source, bundle)
     device = resolve_device(opts.device)
     batch_size = opts.batch_size or (1 if device == "cpu" else 4)
