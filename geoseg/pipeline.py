@@ -286,7 +286,7 @@ def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         vector_stats = None
         if opts.vectorize:
             t3 = time.perf_counter()
-            vector_stats = _vectorize_outputs(outputs, finals["vectors"], cogs, bundle, geobox)
+            vector_stats = _vectorize_outputs(outputs, finals["vectors"], cogs, bundle)
             timings["vectorize"] = time.perf_counter() - t3
         timings["total"] = time.perf_counter() - t0
         manifest = build_manifest(
@@ -321,33 +321,24 @@ def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         hasher.shutdown(wait=False)
 
 
-def _vectorize_outputs(outputs: OutputSet, final: Path, cogs: dict[str, Path], bundle, geobox) -> list:
+def _vectorize_outputs(outputs: OutputSet, final: Path, cogs: dict[str, Path], bundle) -> list:
     """Polygonize the finished class map (and masks) into a temporary GeoPackage."""
     import rasterio
 
     from .vectorize import vectorize_products
 
-    def read(kind: str) -> np.ndarray | None:
-        if kind not in cogs:
-            return None
-        with rasterio.open(cogs[kind]) as ds:
-            return ds.read()
-
-    with rasterio.Env(**GDAL_ENV):
-        classes, confidence, masks = read("classes")[0], read("confidence")[0], read("mask")
     tmp = outputs.temp_for(final, "gpkg-")
     try:
-        stats = vectorize_products(
-            tmp,
-            classes=classes,
-            transform=geobox.transform,
-            crs=geobox.crs,
-            class_names=list(bundle.class_names),
-            class_colors=list(bundle.class_colors),
-            confidence=confidence,
-            masks=masks,
-            mask_names=list(bundle.mask_heads),
-        )
+        with rasterio.Env(**GDAL_ENV):
+            stats = vectorize_products(
+                tmp,
+                classes_path=cogs["classes"],
+                class_names=list(bundle.class_names),
+                class_colors=list(bundle.class_colors),
+                confidence_path=cogs["confidence"],
+                mask_path=cogs.get("mask"),
+                mask_names=list(bundle.mask_heads),
+            )
     except BaseException:
         remove_files([tmp])
         raise

@@ -1,9 +1,10 @@
 """Class maps and masks to polygons in a GIS-ready GeoPackage.
 
-:func:`vectorize_products` is the one entry point the scene pipeline calls. This first
-version polygonizes the whole map at once (4-connectivity, as ``gdal_polygonize.py``);
-each polygon gets its class, its area in square metres (geodesic for geographic CRSs)
-and the mean confidence of its pixels.
+:func:`vectorize_products` is the one entry point the scene pipeline calls. This version
+lets GDAL polygonize each band straight from disk (4-connectivity, as
+``gdal_polygonize.py``; memory holds the polygons, not the raster); each polygon gets
+its class, its area in square metres (geodesic for geographic CRSs) and the mean
+confidence of its pixels, computed strip by strip.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .predict import NODATA
 from .styles import categorized_qml, categorized_sld, single_qml, write_layer_style
 
 
@@ -55,35 +55,60 @@ class AreaCalculator:
         return area, perim
 
 
-def _components(classes: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Label 4-connected regions of equal class; returns (labels int32, class of each label)."""
-    from scipy import ndimage
+def _polygons(band, transform, keep: set[int]) -> tuple[list, np.ndarray]:
+    """Polygonize a raster band straight from disk (GDAL, 4-connectivity).
 
-    labels = np.zeros(classes.shape, dtype=np.int32)
-    owner = [NODATA]
-    structure = ndimage.generate_binary_structure(2, 1)
-    offset = 0
-    for c in range(n_classes):
-        sel = classes == c
-        if not sel.any():
-            continue
-        lab, n = ndimage.label(sel, structure=structure)
-        labels[sel] = lab[sel] + offset
-        owner.extend([c] * n)
-        offset += n
-    return labels, np.asarray(owner, dtype=np.int32)
-
-
-def _polygons(labels: np.ndarray, transform) -> tuple[list, np.ndarray]:
-    """Polygonize the non-zero labels (GDAL, 4-connectivity)."""
+    GDAL reads the band line by line, so memory holds the polygons, not the raster.
+    Returns the polygons whose value is in ``keep`` and their values.
+    """
     import shapely.geometry
     from rasterio import features
 
-    geoms, ids = [], []
-    for geom, value in features.shapes(labels, mask=labels > 0, connectivity=4, transform=transform):
-        geoms.append(shapely.geometry.shape(geom))
-        ids.append(int(value))
-    return geoms, np.asarray(ids, dtype=np.int64)
+    geoms, values = [], []
+    for geom, value in features.shapes(band, connectivity=4, transform=transform):
+        if int(value) in keep:
+            geoms.append(shapely.geometry.shape(geom))
+            values.append(int(value))
+    return geoms, np.asarray(values, dtype=np.int64)
+
+
+def _zonal_mean(geoms: list, confidence_ds, strip: int = 1024) -> np.ndarray:
+    """Mean of ``confidence_ds`` band 1 under each polygon, strip by strip.
+
+    Polygon edges follow pixel edges, so rasterizing by pixel centres recovers
+    exactly the pixels each polygon was made of.
+    """
+    import shapely
+    from rasterio import features
+    from rasterio.windows import Window
+
+    n = len(geoms)
+    sums, counts = np.zeros(n + 1), np.zeros(n + 1)
+    if not n:
+        return np.zeros(0)
+    bounds = shapely.bounds(np.asarray(geoms, dtype=object))
+    t = confidence_ds.transform
+    # row span of each polygon (north-up grids: rows grow as y falls)
+    top = np.floor((bounds[:, 3] - t.f) / t.e + 1e-9).astype(np.int64)
+    bottom = np.ceil((bounds[:, 1] - t.f) / t.e - 1e-9).astype(np.int64)
+    lo, hi = np.minimum(top, bottom), np.maximum(top, bottom)
+    for r0 in range(0, confidence_ds.height, strip):
+        h = min(strip, confidence_ds.height - r0)
+        sel = np.nonzero((lo < r0 + h) & (hi > r0))[0]
+        if not len(sel):
+            continue
+        win = Window(0, r0, confidence_ds.width, h)
+        ids = features.rasterize(
+            ((geoms[i], int(i) + 1) for i in sel),
+            out_shape=(h, confidence_ds.width),
+            transform=confidence_ds.window_transform(win),
+            fill=0,
+            dtype="int32",
+        ).ravel()
+        conf = confidence_ds.read(1, window=win).ravel().astype(np.float64)
+        sums += np.bincount(ids, weights=conf, minlength=n + 1)
+        counts += np.bincount(ids, minlength=n + 1)
+    return sums[1:] / np.maximum(counts[1:], 1)
 
 
 def _write_layer(path: Path, layer: str, crs: str, geoms, fields: dict[str, np.ndarray]) -> None:
@@ -107,36 +132,35 @@ def _write_layer(path: Path, layer: str, crs: str, geoms, fields: dict[str, np.n
 def vectorize_products(
     out_gpkg: Path,
     *,
-    classes: np.ndarray,
-    transform,
-    crs: str,
+    classes_path: Path,
     class_names: list[str],
     class_colors: list[str],
-    confidence: np.ndarray | None = None,
-    masks: np.ndarray | None = None,
+    confidence_path: Path | None = None,
+    mask_path: Path | None = None,
     mask_names: list[str] | tuple[str, ...] = (),
 ) -> list[LayerStats]:
     """Write layer ``classes`` and one layer per mask head to ``out_gpkg``.
 
     Args:
-        classes: ``(H, W)`` uint8 class ids, 255 = nodata.
-        confidence: ``(H, W)`` uint8 confidence 0-100 (255 = nodata), optional.
-        masks: ``(M, H, W)`` uint8 0/1 masks (255 = nodata), optional.
+        classes_path: uint8 class-id raster (255 = nodata).
+        class_names, class_colors: names and ``#rrggbb`` colours by class id.
+        confidence_path: uint8 confidence raster 0-100 on the same grid, optional.
+        mask_path: uint8 raster with one 0/1 band per mask head (255 = nodata).
+        mask_names: the mask heads' names, one per band of ``mask_path``.
     """
-    areas = AreaCalculator(crs)
-    stats: list[LayerStats] = []
+    import rasterio
 
-    labels, owner = _components(classes, len(class_names))
-    geoms, ids = _polygons(labels, transform)
-    cls = owner[ids] if len(ids) else np.zeros(0, dtype=np.int32)
+    stats: list[LayerStats] = []
+    with rasterio.open(classes_path) as ds:
+        crs, transform = ds.crs.to_wkt(), ds.transform
+        geoms, cls = _polygons(rasterio.band(ds, 1), transform, set(range(len(class_names))))
+    areas = AreaCalculator(crs)
     area, _ = areas.area_perimeter(geoms) if geoms else (np.zeros(0), np.zeros(0))
-    if confidence is not None and len(ids):
-        flat = labels.ravel()
-        sums = np.bincount(flat, weights=confidence.ravel().astype(np.float64), minlength=len(owner))
-        counts = np.bincount(flat, minlength=len(owner))
-        conf = sums[ids] / np.maximum(counts[ids], 1)
+    if confidence_path is not None:
+        with rasterio.open(confidence_path) as cds:
+            conf = _zonal_mean(geoms, cds)
     else:
-        conf = np.full(len(ids), np.nan)
+        conf = np.full(len(geoms), np.nan)
     names = np.array(class_names, dtype=object)
     _write_layer(
         out_gpkg,
@@ -158,12 +182,8 @@ def vectorize_products(
     stats.append(s)
 
     for m, name in enumerate(mask_names):
-        mask = masks[m]
-        mlabels, mowner = _components(mask, 2)
-        keep = mowner == 1
-        sel = keep[mlabels]
-        mlabels = np.where(sel, mlabels, 0)
-        mgeoms, _ = _polygons(mlabels, transform)
+        with rasterio.open(mask_path) as mds:
+            mgeoms, _ = _polygons(rasterio.band(mds, m + 1), transform, {1})
         marea, _ = areas.area_perimeter(mgeoms) if mgeoms else (np.zeros(0), np.zeros(0))
         _write_layer(
             out_gpkg,

@@ -77,6 +77,11 @@ def test_outputs_have_the_exact_georeferencing(tmp_path, synth_scene, small_unet
     union = shapely.union_all(shapely.from_wkb(geoms))
     assert union.area == pytest.approx(300 * 417 * 100.0, rel=1e-9)
     assert union.bounds == pytest.approx(tuple(rasterio.open(scene).bounds))
+    # polygon confidence is the mean of the confidence raster under it: weighted by pixel
+    # counts, the means add up to the raster's total
+    conf = read(tmp_path / "scene.confidence.tif")[0].astype(np.float64)
+    assert (fields[3] * areas / 100.0).sum() == pytest.approx(conf.sum(), rel=1e-4)
+    assert ((fields[3] >= 0) & (fields[3] <= 100)).all()
     names = {m["path"] for m in manifest["outputs"].values()}
     assert names == {"scene.classes.tif", "scene.confidence.tif", "scene.mask.tif", "scene.gpkg"}
 
