@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .classes import hex_to_rgb
 from .errors import OutputError
 from .grid import GeoBox, PixelWindow
 
@@ -35,12 +36,6 @@ COG_OPTIONS = {
     "BIGTIFF": "IF_SAFER",
     "NUM_THREADS": "ALL_CPUS",
 }
-
-
-def hex_rgb(color: str) -> tuple[int, int, int]:
-    """``"#rrggbb"`` -> ``(r, g, b)``."""
-    c = color.lstrip("#")
-    return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16)
 
 
 def prepare_out_dir(out_dir: str | os.PathLike) -> Path:
@@ -78,6 +73,11 @@ class OutputSet:
     def temp_for(self, final: Path, tag: str = "") -> Path:
         """A fresh temporary path next to ``final`` (hidden, never a final name)."""
         return final.with_name(f".{final.name}.{tag}{uuid.uuid4().hex[:8]}.partial{final.suffix}")
+
+    @property
+    def staged(self) -> dict[Path, Path]:
+        """Final path -> finished temporary file, for everything staged so far."""
+        return dict(self._pending)
 
     def stage(self, final: Path, tmp: Path) -> None:
         """Register ``tmp`` as the finished content of ``final``."""
@@ -155,7 +155,7 @@ class RasterProduct:
             for i, d in enumerate(descriptions, 1):
                 self._ds.set_band_description(i, d)
         if colors:
-            cmap = {i: (*hex_rgb(c), 255) for i, c in enumerate(colors)}
+            cmap = {i: (*hex_to_rgb(c), 255) for i, c in enumerate(colors)}
             cmap[NODATA] = (0, 0, 0, 0)
             self._ds.write_colormap(1, cmap)
         if tags:

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from .grid import PixelWindow, Tile, TileGrid, batches
 from .io import GDAL_ENV, SceneSource, dtype_range, file_sha256, open_scene
 from .manifest import build_manifest, write_manifest
 from .outputs import OutputSet, RasterProduct, class_tags, prepare_out_dir, remove_files
-from .predict import NODATA, get_predictor, resolve_device
+from .predict import get_predictor, resolve_device
 from .progress import Progress
 
 #: Default core tile size: large tiles keep the halo's extra compute small
@@ -74,7 +74,7 @@ def check_contract(source: SceneSource, bundle) -> None:
 
 
 def predict_batch(
-    source: SceneSource, tiles: list[Tile], model: str, device: str, factor: int, torch_threads: int | None = None
+    source: SceneSource, tiles: list[Tile], model: str, device: str, torch_threads: int | None = None
 ) -> list[TileResult]:
     """Dask task: read the tiles (with halo), run the model, crop to the cores."""
     import rasterio
@@ -116,7 +116,9 @@ def predict_batch(
 class TileSink:
     """Receives tile results and writes them into the output rasters."""
 
-    def __init__(self, classes: RasterProduct, confidence: RasterProduct, masks: RasterProduct | None, n_classes: int, progress: Progress) -> None:
+    def __init__(
+        self, classes: RasterProduct, confidence: RasterProduct, masks: RasterProduct | None, progress: Progress
+    ) -> None:
         self.classes, self.confidence, self.masks = classes, confidence, masks
         self.counts = np.zeros(256, dtype=np.int64)
         self.skipped = 0
@@ -253,25 +255,19 @@ def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     input_sha = hasher.submit(file_sha256, source.path)
     products: list[RasterProduct] = []
     try:
-        geobox = source.geobox
-        names, colors = list(bundle.class_names), list(bundle.class_colors)
-        classes = RasterProduct(finals["classes"], geobox, outputs, descriptions=["class"], colors=colors, tags=class_tags(names, colors))
-        confidence = RasterProduct(finals["confidence"], geobox, outputs, descriptions=["confidence_percent"], tags={"UNITS": "percent", "DESCRIPTION": "max class probability x 100"})
-        products += [classes, confidence]
-        masks = None
-        if has_masks:
-            masks = RasterProduct(finals["mask"], geobox, outputs, count=len(bundle.mask_heads), descriptions=list(bundle.mask_heads), tags={"MASK_HEADS": ",".join(bundle.mask_heads)})
-            products.append(masks)
+        products = _create_products(finals, source.geobox, outputs, bundle)
+        classes, confidence = products[0], products[1]
+        masks = products[2] if has_masks else None
 
         tiles = list(grid)
         plan = batches(tiles, batch_size)
         distributed = bool(opts.workers or opts.scheduler)
         torch_threads = max(1, (os.cpu_count() or 1) // opts.workers) if opts.workers else None
         model_ref = str(Path(model).resolve()) if Path(str(model)).exists() else str(model)
-        tasks = [(source, b, model_ref, device, grid.factor, torch_threads) for b in plan]
+        tasks = [(source, b, model_ref, device, torch_threads) for b in plan]
         t1 = time.perf_counter()
         with Progress(total=len(tiles), desc=f"{stem}: tiles", disable=opts.quiet) as progress:
-            sink = TileSink(classes, confidence, masks, len(names), progress)
+            sink = TileSink(classes, confidence, masks, progress)
             if distributed:
                 sched_info = _run_distributed(sink, tasks, opts.scheduler, opts.workers)
             else:
@@ -304,7 +300,7 @@ def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
             skipped=sink.skipped,
             n_tiles=len(tiles),
             vector_stats=vector_stats,
-            staged=dict(outputs._pending),
+            staged=outputs.staged,
         )
         outputs.commit()
         write_manifest(manifest, finals["manifest"], outputs)
@@ -319,6 +315,27 @@ def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         raise
     finally:
         hasher.shutdown(wait=False)
+
+
+def _create_products(finals: dict[str, Path], geobox, outputs: OutputSet, bundle) -> list[RasterProduct]:
+    """The class map, confidence and (when the model has mask heads) mask rasters."""
+    names, colors = list(bundle.class_names), list(bundle.class_colors)
+    products = [
+        RasterProduct(finals["classes"], geobox, outputs, descriptions=["class"], colors=colors, tags=class_tags(names, colors)),
+        RasterProduct(
+            finals["confidence"],
+            geobox,
+            outputs,
+            descriptions=["confidence_percent"],
+            tags={"UNITS": "percent", "DESCRIPTION": "max class probability x 100"},
+        ),
+    ]
+    if "mask" in finals:
+        heads = list(bundle.mask_heads)
+        products.append(
+            RasterProduct(finals["mask"], geobox, outputs, count=len(heads), descriptions=heads, tags={"MASK_HEADS": ",".join(heads)})
+        )
+    return products
 
 
 def _vectorize_outputs(outputs: OutputSet, final: Path, cogs: dict[str, Path], bundle) -> list:

@@ -11,7 +11,7 @@ import sqlite3
 from html import escape
 from pathlib import Path
 
-from .outputs import hex_rgb
+from .classes import hex_to_rgb
 
 _CREATE = """
 CREATE TABLE IF NOT EXISTS layer_styles (
@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS layer_styles (
 
 
 def _fill_symbol(name: str, color: str) -> str:
-    r, g, b = hex_rgb(color)
+    r, g, b = hex_to_rgb(color)
     return (
         f'<symbol type="fill" name="{escape(name)}" alpha="1" clip_to_extent="1" force_rhr="0">'
         '<layer class="SimpleFill" enabled="1" locked="0" pass="0"><Option type="Map">'
