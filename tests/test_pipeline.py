@@ -210,3 +210,31 @@ def test_existing_outputs_need_overwrite(tmp_path, synth_scene) -> None:
     assert (tmp_path / "scene.classes.tif").stat().st_mtime_ns == before
     run(scene, tmp_path, "spectral", overwrite=True)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_geopackage_is_gis_ready(tmp_path, synth_scene, small_unet) -> None:
+    """Spatial index, layers per product, and a parseable default QGIS style per layer
+    whose colours are the class raster's colour table."""
+    import sqlite3
+    import xml.etree.ElementTree as ET
+
+    scene, _ = synth_scene
+    run(scene, tmp_path, small_unet, tile_size=128)
+    gpkg = tmp_path / "scene.gpkg"
+    layers = dict(pyogrio.list_layers(gpkg))
+    assert layers["classes"] == "Polygon" and layers["bright"] == "Polygon"
+    con = sqlite3.connect(gpkg)
+    ext = {r[0] for r in con.execute("SELECT table_name FROM gpkg_extensions WHERE extension_name = 'gpkg_rtree_index'")}
+    assert {"classes", "bright"} <= ext
+    rows = con.execute("SELECT f_table_name, styleQML, styleSLD, useAsDefault FROM layer_styles").fetchall()
+    assert {r[0] for r in rows} == {"classes", "bright"} and all(r[3] == 1 for r in rows)
+    qml = ET.fromstring(next(r[1] for r in rows if r[0] == "classes").split("'SYSTEM'>", 1)[1])
+    renderer = qml.find("renderer-v2")
+    assert renderer.get("type") == "categorizedSymbol" and renderer.get("attr") == "class_id"
+    labels = [c.get("label") for c in renderer.iter("category")]
+    assert labels == ["low", "mid", "high"]
+    colors = [o.get("value") for o in renderer.iter("Option") if o.get("name") == "color"]
+    with rasterio.open(tmp_path / "scene.classes.tif") as ds:
+        cmap = ds.colormap(1)
+    assert colors == [f"{cmap[i][0]},{cmap[i][1]},{cmap[i][2]},255" for i in range(3)]
+    ET.fromstring(next(r[2] for r in rows if r[0] == "classes"))  # the SLD parses too
