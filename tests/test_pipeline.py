@@ -238,3 +238,22 @@ def test_geopackage_is_gis_ready(tmp_path, synth_scene, small_unet) -> None:
         cmap = ds.colormap(1)
     assert colors == [f"{cmap[i][0]},{cmap[i][1]},{cmap[i][2]},255" for i in range(3)]
     ET.fromstring(next(r[2] for r in rows if r[0] == "classes"))  # the SLD parses too
+
+
+def test_existing_scheduler_address(tmp_path, synth_scene) -> None:
+    """--scheduler ADDRESS: tasks run on a cluster started elsewhere; the model is loaded
+    once per worker process (the predictor cache), never shipped inside tasks."""
+    from distributed import Client, LocalCluster
+
+    import geoseg.predict
+
+    scene, _ = synth_scene
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        manifest = run(scene, tmp_path / "remote", "spectral", tile_size=64, scheduler=cluster.scheduler_address)
+        with Client(cluster) as client:
+            cached = client.run(lambda: len(geoseg.predict._CACHE))
+    assert manifest["execution"]["scheduler"] == cluster.scheduler_address
+    assert list(cached.values()) == [1]
+    run(scene, tmp_path / "local", "spectral", tile_size=64)
+    for product in PRODUCTS:
+        assert (read(tmp_path / "remote" / f"scene.{product}") == read(tmp_path / "local" / f"scene.{product}")).all()
