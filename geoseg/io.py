@@ -22,6 +22,11 @@ from .grid import GeoBox, PixelWindow
 #: GDAL settings for every read: bounded block cache, no sidecar scanning.
 GDAL_ENV = {"GDAL_CACHEMAX": 256, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
+# GDAL sizes its block cache once, at the first raster I/O of the process, from this
+# variable (default: 5% of RAM). Most resident memory of a run was that cache
+# (PERF_NOTES), so bound it unless the user chose a size.
+os.environ.setdefault("GDAL_CACHEMAX", "256")
+
 _DTYPE_RANGES = {
     "uint8": (0, 255),
     "int8": (-128, 127),
