@@ -168,12 +168,17 @@ class RasterProduct:
         with self._lock:
             self._ds.write(array, window=window.to_rasterio())
 
+    def close(self) -> Path:
+        """Finish writing tiles; the stripes file stays readable until :meth:`discard_stripes`."""
+        self._ds.close()
+        return self.tmp
+
     def finish(self) -> Path:
-        """Close the stripes and build the COG (still under a temporary name)."""
+        """Build the COG from the stripes (still under a temporary name) and stage it."""
         import rasterio
         from rasterio.shutil import copy as rio_copy
 
-        self._ds.close()
+        self.close()
         cog = self.outputs.temp_for(self.final, "cog-")
         try:
             with rasterio.Env(GDAL_CACHEMAX=256, GDAL_NUM_THREADS="ALL_CPUS"):
@@ -181,13 +186,11 @@ class RasterProduct:
         except Exception:
             remove_files([cog])
             raise
-        finally:
-            remove_files([self.tmp])
         self.outputs.stage(self.final, cog)
         return cog
 
-    def abort(self) -> None:
-        """Close and delete the temporary file (after a failure)."""
+    def discard_stripes(self) -> None:
+        """Close and delete the stripes file (after finishing, or after a failure)."""
         try:
             self._ds.close()
         finally:

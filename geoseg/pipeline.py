@@ -275,15 +275,22 @@ def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                 _run_threaded(sink, tasks, opts.threads or 2)
         timings["inference"] = time.perf_counter() - t1
 
+        # COGs (GDAL compresses on both cores) and polygons (one core) overlap: the
+        # vectorizer reads the closed stripes files, not the COGs.
         t2 = time.perf_counter()
-        cogs = {kind: p.finish() for kind, p in zip(("classes", "confidence", "mask"), products)}
-        timings["write_cogs"] = time.perf_counter() - t2
-
+        stripes = dict(zip(("classes", "confidence", "mask"), (p.close() for p in products)))
         vector_stats = None
-        if opts.vectorize:
-            t3 = time.perf_counter()
-            vector_stats = _vectorize_outputs(outputs, finals["vectors"], cogs, bundle)
-            timings["vectorize"] = time.perf_counter() - t3
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            if opts.vectorize:
+                vectorized = pool.submit(_timed, _vectorize_outputs, outputs, finals["vectors"], stripes, bundle)
+            for p in products:
+                p.finish()
+            timings["write_cogs"] = time.perf_counter() - t2
+            if opts.vectorize:
+                vector_stats, timings["vectorize"] = vectorized.result()
+        for p in products:
+            p.discard_stripes()
+        timings["finish"] = time.perf_counter() - t2
         timings["total"] = time.perf_counter() - t0
         manifest = build_manifest(
             source=source,
@@ -308,13 +315,18 @@ def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     except BaseException:
         for p in products:
             try:
-                p.abort()
+                p.discard_stripes()
             except Exception:
                 pass
         outputs.discard()
         raise
     finally:
         hasher.shutdown(wait=False)
+
+
+def _timed(fn, *args):
+    t = time.perf_counter()
+    return fn(*args), time.perf_counter() - t
 
 
 def _create_products(finals: dict[str, Path], geobox, outputs: OutputSet, bundle) -> list[RasterProduct]:
@@ -338,7 +350,7 @@ def _create_products(finals: dict[str, Path], geobox, outputs: OutputSet, bundle
     return products
 
 
-def _vectorize_outputs(outputs: OutputSet, final: Path, cogs: dict[str, Path], bundle) -> list:
+def _vectorize_outputs(outputs: OutputSet, final: Path, rasters: dict[str, Path], bundle) -> list:
     """Polygonize the finished class map (and masks) into a temporary GeoPackage."""
     import rasterio
 
@@ -349,11 +361,11 @@ def _vectorize_outputs(outputs: OutputSet, final: Path, cogs: dict[str, Path], b
         with rasterio.Env(**GDAL_ENV):
             stats = vectorize_products(
                 tmp,
-                classes_path=cogs["classes"],
+                classes_path=rasters["classes"],
                 class_names=list(bundle.class_names),
                 class_colors=list(bundle.class_colors),
-                confidence_path=cogs["confidence"],
-                mask_path=cogs.get("mask"),
+                confidence_path=rasters["confidence"],
+                mask_path=rasters.get("mask"),
                 mask_names=list(bundle.mask_heads),
             )
     except BaseException:
