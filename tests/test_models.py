@@ -283,6 +283,23 @@ def test_default_model_contract() -> None:
     assert logits.shape == (1, 6, 32, 32) and masks.shape == (1, 1, 32, 32)
 
 
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="default weights not trained yet")
+def test_default_model_tiling_is_exact_and_accurate() -> None:
+    from geoseg.synthetic import render_window
+
+    b = load_model("default")
+    image, labels = render_window(0, 0, 232, 216, seed=1000)  # the held-out test seed
+    x = torch.from_numpy(b.normalize(image[None]))
+    fast = b.inference_module()
+    with torch.no_grad():
+        full = fast(x.contiguous(memory_format=torch.channels_last))[0]
+        for core in [(0, 0, 96, 96), (96, 104, 160, 168), (160, 160, 232, 216)]:
+            got = _crop_logits(fast, x.contiguous(memory_format=torch.channels_last), core, b.halo)
+            r0, c0, r1, c1 = core
+            assert (got - full[..., r0:r1, c0:c1]).abs().max().item() < 1e-4
+    assert (full[0].argmax(0).numpy() == labels).mean() > 0.9
+
+
 def test_default_model_missing_weights(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     import geoseg.models.registry as registry
 
