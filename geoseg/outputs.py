@@ -21,6 +21,7 @@ import numpy as np
 from .classes import hex_to_rgb
 from .errors import OutputError
 from .grid import GeoBox, PixelWindow
+from .io import GDAL_CACHE_BYTES
 
 NODATA = 255
 
@@ -181,7 +182,7 @@ class RasterProduct:
         self.close()
         cog = self.outputs.temp_for(self.final, "cog-")
         try:
-            with rasterio.Env(GDAL_CACHEMAX=256, GDAL_NUM_THREADS="ALL_CPUS"):
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_NUM_THREADS="ALL_CPUS"):
                 rio_copy(self.tmp, cog, driver="COG", **COG_OPTIONS)
         except Exception:
             remove_files([cog])
