@@ -47,9 +47,7 @@ def floor_seconds(model: str, n_tiles: int, tile: int = 1024) -> tuple[float, fl
     import numpy as np
     import torch
 
-    from geoseg.models import load_model, tune_cpu_allocator
-
-    tune_cpu_allocator()
+    from geoseg.models import load_model
     bundle = load_model(model)
     module = bundle.inference_module()
     rng = np.random.default_rng(0)
@@ -79,6 +77,9 @@ def run_geoseg(scene: Path, out: Path, model: str, extra: list[str]) -> tuple[fl
 
 
 def main() -> None:
+    from geoseg.allocator import tune_cpu_allocator
+
+    tune_cpu_allocator()  # the floor gets the best allocator settings, as `geoseg` does
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=8192)
     ap.add_argument("--small", type=int, default=2048)

@@ -198,6 +198,9 @@ def demo_cmd(directory, size, model):
 
 def main() -> None:
     """Console-script entry point."""
+    from .allocator import tune_cpu_allocator
+
+    tune_cpu_allocator()  # before any thread allocates (see geoseg.allocator)
     cli(prog_name="geoseg")
 
 

@@ -27,6 +27,16 @@ from .outputs import OutputSet, RasterProduct, class_tags, prepare_out_dir, remo
 from .predict import get_predictor, resolve_device
 from .progress import Progress
 
+#: Environment of local worker processes: the allocator settings of
+#: :func:`geoseg.models.tune_cpu_allocator` from the start, and OpenMP threads that
+#: sleep instead of spinning when another process holds a core.
+WORKER_ENV = {
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
+    "MALLOC_ARENA_MAX": "1",
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+
 #: Default core tile size: large tiles keep the halo's extra compute small
 #: (((T + 2H) / T)^2 = 1.05 for T=2048, H=48) at ~1 GB of activations.
 DEFAULT_TILE_SIZE = 2048
@@ -168,6 +178,7 @@ def _run_distributed(sink: TileSink, tasks: list[tuple], scheduler: str | None, 
             processes=True,
             dashboard_address=None,
             silence_logs=logging.ERROR,
+            env=WORKER_ENV,
         )
         client = Client(cluster)
         info["scheduler"] = "LocalCluster"
@@ -220,6 +231,7 @@ def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     Returns:
         The run manifest (also written as ``<stem>.run.json``).
     """
+    from .allocator import tune_cpu_allocator
     from .models import load_model
 
     unknown = set(options) - set(RunOptions.__dataclass_fields__)
@@ -240,6 +252,9 @@ def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     source = scene.select(opts.bands, tuple(bundle.bands))
     check_contract(source, bundle)
     device = resolve_device(opts.device)
+    if device == "cpu":
+        # best effort for API users; most effective before torch starts (geoseg.allocator)
+        tune_cpu_allocator()
     batch_size = opts.batch_size or (1 if device == "cpu" else 4)
     grid = TileGrid(source.height, source.width, opts.tile_size, halo=int(bundle.halo), factor=int(bundle.downsampling))
 
