@@ -1,10 +1,11 @@
 """Class maps and masks to polygons in a GIS-ready GeoPackage.
 
-:func:`vectorize_products` is the one entry point the scene pipeline calls. This version
-lets GDAL polygonize each band straight from disk (4-connectivity, as
-``gdal_polygonize.py``; memory holds the polygons, not the raster); each polygon gets
-its class, its area in square metres (geodesic for geographic CRSs) and the mean
-confidence of its pixels, computed strip by strip.
+:func:`vectorize_products` is the one entry point the scene pipeline calls. This first
+version labels the class map's 4-connected regions in memory and polygonizes the labels
+(the same polygons as ``gdal_polygonize.py``); each polygon gets its class, its area in
+square metres (geodesic for geographic CRSs) and the mean confidence of its pixels.
+Mask layers are polygonized straight from disk. A later version makes this streaming
+and parallel.
 """
 
 from __future__ import annotations
@@ -55,60 +56,41 @@ class AreaCalculator:
         return area, perim
 
 
-def _polygons(band, transform, keep: set[int]) -> tuple[list, np.ndarray]:
+def _polygons(band, transform, keep: set[int]) -> list:
     """Polygonize a raster band straight from disk (GDAL, 4-connectivity).
 
     GDAL reads the band line by line, so memory holds the polygons, not the raster.
-    Returns the polygons whose value is in ``keep`` and their values.
+    Returns the polygons whose value is in ``keep``.
     """
     import shapely.geometry
     from rasterio import features
 
-    geoms, values = [], []
-    for geom, value in features.shapes(band, connectivity=4, transform=transform):
-        if int(value) in keep:
-            geoms.append(shapely.geometry.shape(geom))
-            values.append(int(value))
-    return geoms, np.asarray(values, dtype=np.int64)
+    return [
+        shapely.geometry.shape(geom)
+        for geom, value in features.shapes(band, connectivity=4, transform=transform)
+        if int(value) in keep
+    ]
 
 
-def _zonal_mean(geoms: list, confidence_ds, strip: int = 1024) -> np.ndarray:
-    """Mean of ``confidence_ds`` band 1 under each polygon, strip by strip.
+def _components(classes: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Label 4-connected regions of equal class: ``(labels int32, class of each label)``.
 
-    Polygon edges follow pixel edges, so rasterizing by pixel centres recovers
-    exactly the pixels each polygon was made of.
+    Label 0 is nodata (or any value >= ``n_classes``); polygonizing ``labels`` gives the
+    same polygons as polygonizing ``classes`` (4-connectivity), each carrying its label.
     """
-    import shapely
-    from rasterio import features
-    from rasterio.windows import Window
+    from scipy import ndimage
 
-    n = len(geoms)
-    sums, counts = np.zeros(n + 1), np.zeros(n + 1)
-    if not n:
-        return np.zeros(0)
-    bounds = shapely.bounds(np.asarray(geoms, dtype=object))
-    t = confidence_ds.transform
-    # row span of each polygon (north-up grids: rows grow as y falls)
-    top = np.floor((bounds[:, 3] - t.f) / t.e + 1e-9).astype(np.int64)
-    bottom = np.ceil((bounds[:, 1] - t.f) / t.e - 1e-9).astype(np.int64)
-    lo, hi = np.minimum(top, bottom), np.maximum(top, bottom)
-    for r0 in range(0, confidence_ds.height, strip):
-        h = min(strip, confidence_ds.height - r0)
-        sel = np.nonzero((lo < r0 + h) & (hi > r0))[0]
-        if not len(sel):
+    labels = np.zeros(classes.shape, dtype=np.int32)
+    owner = [-1]
+    structure = ndimage.generate_binary_structure(2, 1)
+    for c in range(n_classes):
+        sel = classes == c
+        if not sel.any():
             continue
-        win = Window(0, r0, confidence_ds.width, h)
-        ids = features.rasterize(
-            ((geoms[i], int(i) + 1) for i in sel),
-            out_shape=(h, confidence_ds.width),
-            transform=confidence_ds.window_transform(win),
-            fill=0,
-            dtype="int32",
-        ).ravel()
-        conf = confidence_ds.read(1, window=win).ravel().astype(np.float64)
-        sums += np.bincount(ids, weights=conf, minlength=n + 1)
-        counts += np.bincount(ids, minlength=n + 1)
-    return sums[1:] / np.maximum(counts[1:], 1)
+        lab, n = ndimage.label(sel, structure=structure)
+        labels[sel] = lab[sel] + len(owner) - 1
+        owner.extend([c] * n)
+    return labels, np.asarray(owner, dtype=np.int64)
 
 
 def _write_layer(path: Path, layer: str, crs: str, geoms, fields: dict[str, np.ndarray]) -> None:
@@ -149,18 +131,36 @@ def vectorize_products(
         mask_names: the mask heads' names, one per band of ``mask_path``.
     """
     import rasterio
+    import shapely.geometry
+    from rasterio import features
 
     stats: list[LayerStats] = []
     with rasterio.open(classes_path) as ds:
         crs, transform = ds.crs.to_wkt(), ds.transform
-        geoms, cls = _polygons(rasterio.band(ds, 1), transform, set(range(len(class_names))))
+        classes = ds.read(1)
+    # This simple vectorizer holds the class map and its component labels in memory
+    # (5 bytes a pixel); polygons and per-polygon confidence come from the labels.
+    labels, owner = _components(classes, len(class_names))
+    del classes
+    geoms, ids = [], []
+    for geom, value in features.shapes(labels, mask=labels > 0, connectivity=4, transform=transform):
+        geoms.append(shapely.geometry.shape(geom))
+        ids.append(int(value))
+    ids = np.asarray(ids, dtype=np.int64)
+    cls = owner[ids] if len(ids) else np.zeros(0, dtype=np.int64)
     areas = AreaCalculator(crs)
     area, _ = areas.area_perimeter(geoms) if geoms else (np.zeros(0), np.zeros(0))
-    if confidence_path is not None:
+    if confidence_path is not None and len(ids):
         with rasterio.open(confidence_path) as cds:
-            conf = _zonal_mean(geoms, cds)
+            confidence = cds.read(1).ravel()
+        flat = labels.ravel()
+        sums = np.bincount(flat, weights=confidence, minlength=len(owner))
+        counts = np.bincount(flat, minlength=len(owner))
+        conf = sums[ids] / np.maximum(counts[ids], 1)
+        del confidence, flat
     else:
         conf = np.full(len(geoms), np.nan)
+    del labels
     names = np.array(class_names, dtype=object)
     _write_layer(
         out_gpkg,
@@ -183,7 +183,7 @@ def vectorize_products(
 
     for m, name in enumerate(mask_names):
         with rasterio.open(mask_path) as mds:
-            mgeoms, _ = _polygons(rasterio.band(mds, m + 1), transform, {1})
+            mgeoms = _polygons(rasterio.band(mds, m + 1), transform, {1})
         marea, _ = areas.area_perimeter(mgeoms) if mgeoms else (np.zeros(0), np.zeros(0))
         _write_layer(
             out_gpkg,
