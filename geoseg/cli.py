@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from .errors import GeosegError
+from .pipeline import DEFAULT_TILE_SIZE
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -77,9 +78,10 @@ def cli() -> None:
 @click.option("--bands", callback=_parse_bands, default=None, metavar="I,J,...",
               help="1-based scene bands, in the order the model expects them (e.g. 3,2,1,4). "
                    "Default: bands matched by name (band descriptions), else all bands in order.")
-@click.option("--tile-size", type=click.IntRange(min=1), default=2048, show_default=True,
+@click.option("--tile-size", type=click.IntRange(min=1), default=DEFAULT_TILE_SIZE, show_default=True,
               help="Core tile size in pixels (rounded up to the model's downsampling factor). "
-                   "Results do not depend on it; larger tiles waste less compute on the halo.")
+                   "Results do not depend on it; larger tiles spend less compute on the halo, "
+                   "smaller ones less memory.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Tiles per model call [default: 1 on CPU, 4 on CUDA].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")

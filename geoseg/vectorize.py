@@ -81,14 +81,15 @@ def _components(classes: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.nda
     from scipy import ndimage
 
     labels = np.zeros(classes.shape, dtype=np.int32)
+    lab = np.empty(classes.shape, dtype=np.int32)  # reused for every class
     owner = [-1]
     structure = ndimage.generate_binary_structure(2, 1)
     for c in range(n_classes):
         sel = classes == c
         if not sel.any():
             continue
-        lab, n = ndimage.label(sel, structure=structure)
-        labels[sel] = lab[sel] + len(owner) - 1
+        n = ndimage.label(sel, structure=structure, output=lab)
+        np.add(lab, len(owner) - 1, out=labels, where=sel)
         owner.extend([c] * n)
     return labels, np.asarray(owner, dtype=np.int64)
 
@@ -154,8 +155,12 @@ def vectorize_products(
         with rasterio.open(confidence_path) as cds:
             confidence = cds.read(1).ravel()
         flat = labels.ravel()
-        sums = np.bincount(flat, weights=confidence, minlength=len(owner))
-        counts = np.bincount(flat, minlength=len(owner))
+        sums = np.zeros(len(owner))
+        counts = np.zeros(len(owner))
+        step = 1 << 22  # float64 weights chunk by chunk, not for the whole map at once
+        for i in range(0, flat.size, step):
+            sums += np.bincount(flat[i : i + step], weights=confidence[i : i + step], minlength=len(owner))
+            counts += np.bincount(flat[i : i + step], minlength=len(owner))
         conf = sums[ids] / np.maximum(counts[ids], 1)
         del confidence, flat
     else:
