@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- bench_default_model:start -->", "<!-- bench_default_model:end -->"
+from _report import write_section
 
 
 def main() -> None:
@@ -63,13 +60,12 @@ def main() -> None:
     }
     print(json.dumps(res, indent=2))
     if not args.no_write:
-        write_section(res, "python benchmarks/bench_default_model.py" + (f" --seed {args.seed}" if args.seed != 1000 else ""))
+        report(res, "python benchmarks/bench_default_model.py" + (f" --seed {args.seed}" if args.seed != 1000 else ""))
 
 
-def write_section(r: dict, command: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
+def report(r: dict, command: str) -> None:
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in r["iou"].items())
-    body = f"""{START}
+    body = f"""
 ## The shipped `default` model on a held-out synthetic scene
 
 Command: `{command}` ({time.strftime('%Y-%m-%d')}): seed {r['seed']}, {r['size']}x{r['size']} px with a
@@ -84,14 +80,8 @@ Training: `python pipelines/train_default_model.py --quiet` (seeds 1-4, validati
 | **mean IoU** (target >= 0.85) | **{r['miou']:.4f}** |
 | overall accuracy | {r['overall_accuracy']:.4f} |
 | nodata of the output = nodata of the scene | {r['nodata_agrees']} |
-{END}"""
-    text = path.read_text() if path.exists() else "# geoseg benchmarks\n\nEvery figure comes from the command shown with it.\n\n"
-    if START in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: body, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + body + "\n"
-    path.write_text(text)
-    print(f"wrote {path}")
+"""
+    write_section("bench_default_model", body)
 
 
 if __name__ == "__main__":

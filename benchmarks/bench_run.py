@@ -23,14 +23,14 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _report import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- bench_run:start -->", "<!-- bench_run:end -->"
 
 
 def synth(work: Path, size: int, seed: int) -> Path:
@@ -114,13 +114,12 @@ def main() -> None:
     }
     print(json.dumps(res, indent=2))
     if not args.no_write:
-        write_section(res, " ".join(["python", "benchmarks/bench_run.py", *sys.argv[1:]]))
+        report(res, " ".join(["python", "benchmarks/bench_run.py", *sys.argv[1:]]))
 
 
-def write_section(r: dict, command: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
+def report(r: dict, command: str) -> None:
     t = r["timings"]
-    body = f"""{START}
+    body = f"""
 ## `geoseg run` throughput and memory (issue: geoseg run)
 
 Command: `{command}` ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs,
@@ -136,14 +135,8 @@ torch threads default, model `{r['model']}`; all figures from this one run).
 | peak RSS, {r['small']}x{r['small']} scene | {r['rss_small_mib']:.0f} MiB |
 | peak RSS, {r['size']}x{r['size']} scene | {r['rss_big_mib']:.0f} MiB |
 | **RSS ratio large / small** (target <= 1.3) | **{r['rss_ratio']:.2f}** |
-{END}"""
-    text = path.read_text() if path.exists() else "# geoseg benchmarks\n\nEvery figure comes from the command shown with it.\n\n"
-    if START in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: body, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + body + "\n"
-    path.write_text(text)
-    print(f"wrote {path}")
+"""
+    write_section("bench_run", body)
 
 
 if __name__ == "__main__":
