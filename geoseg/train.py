@@ -422,9 +422,9 @@ def predict_scene(
     factor: int,
     tile: int = 512,
     nodata: float | None = None,
-    channels_last: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predict a whole in-memory scene tile by tile (tiles aligned to ``factor``, with halo).
+    """Predict a whole in-memory scene tile by tile, with the scene pipeline's grid and
+    per-tile kernel (:class:`geoseg.grid.TileGrid`, :class:`geoseg.predict.Predictor`).
 
     Args:
         module: Eval-mode module (e.g. from ``prepare_for_inference``).
@@ -434,45 +434,37 @@ def predict_scene(
         factor: The module's downsampling factor.
         tile: Core tile size (rounded up to a multiple of ``factor``).
         nodata: Image nodata (taken from the scene when one is given).
-        channels_last: Feed ``channels_last`` input (faster on CPU).
 
     Returns:
         ``(classes, masks)``: uint8 ``(H, W)`` argmax and bool ``(M, H, W)`` (logit > 0),
         or None without mask heads.
     """
+    from geoseg.grid import TileGrid
+    from geoseg.predict import NODATA, Predictor
+
     if isinstance(scene_or_image, LabeledScene):
         image, nodata = scene_or_image.image, scene_or_image.nodata
     else:
         image = scene_or_image
-    bands, h, w = image.shape
-    mean = np.asarray(normalization["mean"], np.float32).reshape(-1, 1, 1)
-    inv = (1.0 / np.asarray(normalization["std"], np.float64)).astype(np.float32).reshape(-1, 1, 1)
-    tile = int(math.ceil(tile / factor) * factor)
+    _, h, w = image.shape
+    predictor = Predictor(module, normalization["mean"], normalization["std"], factor, num_masks=0)
     classes = np.zeros((h, w), np.uint8)
     masks: np.ndarray | None = None
-    with torch.inference_mode():
-        for r0 in range(0, h, tile):
-            for c0 in range(0, w, tile):
-                r1, c1 = min(r0 + tile, h), min(c0 + tile, w)
-                R0, C0 = max(r0 - halo, 0), max(c0 - halo, 0)
-                R1, C1 = min(r1 + halo, h), min(c1 + halo, w)
-                raw = image[:, R0:R1, C0:C1]
-                valid = None if nodata is None else ~np.all(raw == nodata, axis=0)
-                x = torch.from_numpy(_normalize(raw, mean, inv, valid))[None]
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                logits, mask_logits = _outputs(module(x))
-                core = (slice(r0 - R0, r1 - R0), slice(c0 - C0, c1 - C0))
-                classes[r0:r1, c0:c1] = logits[0, :, core[0], core[1]].argmax(0).numpy()
-                if mask_logits is not None:
-                    if masks is None:
-                        masks = np.zeros((mask_logits.shape[1], h, w), bool)
-                    masks[:, r0:r1, c0:c1] = (mask_logits[0, :, core[0], core[1]] > 0).numpy()
+    for t in TileGrid(h, w, tile, halo=halo, factor=factor):
+        raw = image[(slice(None), *t.read.slices)].astype(np.float32)
+        valid = np.ones(raw.shape[1:], bool) if nodata is None else ~np.all(raw == nodata, axis=0)
+        p = predictor.predict(raw[None], valid[None])
+        classes[t.core.slices] = p.classes[0][t.crop]
+        if p.masks.shape[1]:
+            if masks is None:
+                masks = np.zeros((p.masks.shape[1], h, w), bool)
+            masks[(slice(None), *t.core.slices)] = p.masks[0][(slice(None), *t.crop)] == 1
+    classes[classes == NODATA] = 0  # nodata pixels carry no label: any class id will do
     return classes, masks
 
 
 def _confusion(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
-    keep = truth < num_classes
+    keep = (truth < num_classes) & (pred < num_classes)
     idx = truth[keep].astype(np.int64) * num_classes + pred[keep]
     return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
