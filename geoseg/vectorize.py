@@ -1,15 +1,16 @@
 """Class maps and masks to polygons in a GIS-ready GeoPackage.
 
-:func:`vectorize_products` is the one entry point the scene pipeline calls. This first
-version labels the class map's 4-connected regions in memory and polygonizes the labels
-(the same polygons as ``gdal_polygonize.py``); each polygon gets its class, its area in
-square metres (geodesic for geographic CRSs) and the mean confidence of its pixels.
-Mask layers are polygonized straight from disk. A later version makes this streaming
-and parallel.
+:func:`vectorize_products` is the one entry point the scene pipeline calls. The class
+map's 4-connected regions are labelled strip by strip (exactly, across strip edges) into
+a temporary int32 raster that GDAL polygonizes line by line, so memory is bounded by a
+strip plus the polygons; the result equals a whole-map ``gdal_polygonize.py``. Each
+polygon gets its class, its area in square metres (geodesic for geographic CRSs) and the
+mean confidence of its pixels. Mask layers are polygonized straight from disk.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,26 +73,100 @@ def _polygons(band, transform, keep: set[int]) -> list:
     ]
 
 
-def _components(classes: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Label 4-connected regions of equal class: ``(labels int32, class of each label)``.
+@dataclass
+class Components:
+    """4-connected regions of equal class over a whole map, labelled strip by strip."""
 
-    Label 0 is nodata (or any value >= ``n_classes``); polygonizing ``labels`` gives the
-    same polygons as polygonizing ``classes`` (4-connectivity), each carrying its label.
-    """
+    owner: np.ndarray  # class id of each final label (index 0: nodata)
+    sums: np.ndarray  # sum of the confidence raster under each label
+    counts: np.ndarray  # pixels of each label
+
+
+def _strip_labels(classes: np.ndarray, n_classes: int, offset: int, structure) -> tuple[np.ndarray, list[int]]:
+    """Provisional labels of one strip (``offset + 1`` upwards; 0 = nodata) and their classes."""
     from scipy import ndimage
 
-    labels = np.zeros(classes.shape, dtype=np.int32)
-    lab = np.empty(classes.shape, dtype=np.int32)  # reused for every class
-    owner = [-1]
-    structure = ndimage.generate_binary_structure(2, 1)
+    prov = np.zeros(classes.shape, dtype=np.int64)
+    lab = np.empty(classes.shape, dtype=np.int32)
+    owner: list[int] = []
     for c in range(n_classes):
         sel = classes == c
         if not sel.any():
             continue
         n = ndimage.label(sel, structure=structure, output=lab)
-        np.add(lab, len(owner) - 1, out=labels, where=sel)
+        np.add(lab, offset + len(owner), out=prov, where=sel)
         owner.extend([c] * n)
-    return labels, np.asarray(owner, dtype=np.int64)
+    return prov, owner
+
+
+def label_components(classes_ds, n_classes: int, out_path: Path, confidence_ds=None, strip: int = 512) -> Components:
+    """Label the class map's 4-connected regions into an int32 raster at ``out_path``.
+
+    Exact across strip edges and in memory bounded by the strip size: pass 1 labels each
+    strip on its own and records which provisional labels touch across each strip edge;
+    a connected-components pass over that (small) graph gives the final labels; pass 2
+    relabels the strips identically and writes the final labels. Polygonizing the result
+    gives exactly the polygons of the class map, each carrying its label.
+    """
+    import rasterio
+    from rasterio.windows import Window
+    from scipy import ndimage
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    structure = ndimage.generate_binary_structure(2, 1)
+    h, w = classes_ds.height, classes_ds.width
+    strips = [(r0, min(strip, h - r0)) for r0 in range(0, h, strip)]
+    owner, edges = [-1], []
+    total_counts, total_sums = np.zeros(1), np.zeros(1)
+    prev = prev_cls = None
+    for r0, sh in strips:
+        win = Window(0, r0, w, sh)
+        cls = classes_ds.read(1, window=win)
+        prov, own = _strip_labels(cls, n_classes, len(owner) - 1, structure)
+        owner.extend(own)
+        n = len(owner)
+        flat = prov.ravel()
+        total_counts = np.pad(total_counts, (0, n - len(total_counts)))
+        total_sums = np.pad(total_sums, (0, n - len(total_sums)))
+        total_counts += np.bincount(flat, minlength=n)
+        if confidence_ds is not None:
+            weights = confidence_ds.read(1, window=win).ravel().astype(np.float64)
+            total_sums += np.bincount(flat, weights=weights, minlength=n)
+        if prev is not None:  # equal classes touching across the strip edge
+            touch = (prev > 0) & (prov[0] > 0) & (prev_cls == cls[0])
+            edges.append(np.stack([prev[touch], prov[0][touch]]))
+        prev, prev_cls = prov[-1].copy(), cls[-1].copy()
+    n = len(owner)
+    pairs = np.concatenate(edges, axis=1) if edges else np.zeros((2, 0), dtype=np.int64)
+    graph = coo_matrix((np.ones(pairs.shape[1]), (pairs[0], pairs[1])), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    # final labels 1..K in order of first provisional label; 0 stays nodata
+    _, first, final = np.unique(comp[1:], return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    final_of = np.concatenate([[0], rank[final] + 1]).astype(np.int64)
+    k = len(order) + 1
+    out_owner = np.full(k, -1, dtype=np.int64)
+    out_owner[final_of[1:]] = np.asarray(owner[1:], dtype=np.int64)
+    profile = dict(
+        driver="GTiff", width=w, height=h, count=1, dtype="int32", crs=classes_ds.crs,
+        transform=classes_ds.transform, tiled=True, blockxsize=512, blockysize=512,
+        compress="ZSTD", ZSTD_LEVEL=1, BIGTIFF="IF_SAFER",
+    )
+    with rasterio.open(out_path, "w", **profile) as dst:
+        offset = 0
+        for r0, sh in strips:
+            cls = classes_ds.read(1, window=Window(0, r0, w, sh))
+            prov, own = _strip_labels(cls, n_classes, offset, structure)
+            offset += len(own)
+            dst.write(final_of[prov].astype(np.int32)[None], window=Window(0, r0, w, sh))
+    return Components(
+        owner=out_owner,
+        sums=np.bincount(final_of, weights=total_sums, minlength=k),
+        counts=np.bincount(final_of, weights=total_counts, minlength=k),
+    )
 
 
 def _write_layer(path: Path, layer: str, crs: str, geoms, fields: dict[str, np.ndarray]) -> None:
@@ -136,36 +211,29 @@ def vectorize_products(
     from rasterio import features
 
     stats: list[LayerStats] = []
-    with rasterio.open(classes_path) as ds:
-        crs, transform = ds.crs.to_wkt(), ds.transform
-        classes = ds.read(1)
-    # This simple vectorizer holds the class map and its component labels in memory
-    # (5 bytes a pixel); polygons and per-polygon confidence come from the labels.
-    labels, owner = _components(classes, len(class_names))
-    del classes
-    geoms, ids = [], []
-    for geom, value in features.shapes(labels, mask=labels > 0, connectivity=4, transform=transform):
-        geoms.append(shapely.geometry.shape(geom))
-        ids.append(int(value))
+    labels_path = out_gpkg.with_name(f".{out_gpkg.name}.labels.partial.tif")
+    try:
+        with ExitStack() as stack:
+            ds = stack.enter_context(rasterio.open(classes_path))
+            cds = stack.enter_context(rasterio.open(confidence_path)) if confidence_path is not None else None
+            crs, transform = ds.crs.to_wkt(), ds.transform
+            comps = label_components(ds, len(class_names), labels_path, cds)
+        with rasterio.open(labels_path) as lds:
+            geoms, ids = [], []
+            for geom, value in features.shapes(rasterio.band(lds, 1), connectivity=4, transform=transform):
+                if value > 0:
+                    geoms.append(shapely.geometry.shape(geom))
+                    ids.append(int(value))
+    finally:
+        labels_path.unlink(missing_ok=True)
     ids = np.asarray(ids, dtype=np.int64)
-    cls = owner[ids] if len(ids) else np.zeros(0, dtype=np.int64)
+    cls = comps.owner[ids] if len(ids) else np.zeros(0, dtype=np.int64)
     areas = AreaCalculator(crs)
     area, _ = areas.area_perimeter(geoms) if geoms else (np.zeros(0), np.zeros(0))
     if confidence_path is not None and len(ids):
-        with rasterio.open(confidence_path) as cds:
-            confidence = cds.read(1).ravel()
-        flat = labels.ravel()
-        sums = np.zeros(len(owner))
-        counts = np.zeros(len(owner))
-        step = 1 << 22  # float64 weights chunk by chunk, not for the whole map at once
-        for i in range(0, flat.size, step):
-            sums += np.bincount(flat[i : i + step], weights=confidence[i : i + step], minlength=len(owner))
-            counts += np.bincount(flat[i : i + step], minlength=len(owner))
-        conf = sums[ids] / np.maximum(counts[ids], 1)
-        del confidence, flat
+        conf = comps.sums[ids] / np.maximum(comps.counts[ids], 1)
     else:
         conf = np.full(len(geoms), np.nan)
-    del labels
     names = np.array(class_names, dtype=object)
     _write_layer(
         out_gpkg,
