@@ -28,7 +28,7 @@ from .predict import get_predictor, resolve_device
 from .progress import Progress
 
 #: Environment of local worker processes: the allocator settings of
-#: :func:`geoseg.models.tune_cpu_allocator` from the start, and OpenMP threads that
+#: :func:`geoseg.allocator.tune_cpu_allocator` from the start, and OpenMP threads that
 #: sleep instead of spinning when another process holds a core.
 WORKER_ENV = {
     "MALLOC_MMAP_MAX_": "0",
@@ -39,7 +39,7 @@ WORKER_ENV = {
 
 #: Default core tile size. Measured on an 8192^2 scene with the default model (56-px
 #: halo): 1024-px tiles ran as fast as 2048-px ones (inference 26.3 s vs 27.0 s) at
-#: 2.7 GB instead of 4.5 GB peak RSS.
+#: 2.7 GB instead of 4.5 GB peak RSS (whole-run peaks, with the earlier in-memory vectorizer).
 DEFAULT_TILE_SIZE = 1024
 
 
