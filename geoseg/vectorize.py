@@ -11,12 +11,17 @@ mean confidence of its pixels. Mask layers are polygonized straight from disk.
 from __future__ import annotations
 
 from contextlib import ExitStack
+from itertools import islice
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .styles import categorized_qml, categorized_sld, single_qml, write_layer_style
+
+
+#: Polygons written to the GeoPackage per batch.
+WRITE_BATCH = 20_000
 
 
 @dataclass
@@ -218,40 +223,41 @@ def vectorize_products(
             cds = stack.enter_context(rasterio.open(confidence_path)) if confidence_path is not None else None
             crs, transform = ds.crs.to_wkt(), ds.transform
             comps = label_components(ds, len(class_names), labels_path, cds)
+        areas = AreaCalculator(crs)
+        names = np.array(class_names, dtype=object)
+        s = LayerStats("classes")
+        area_by_class = np.zeros(len(class_names))
         with rasterio.open(labels_path) as lds:
-            geoms, ids = [], []
-            for geom, value in features.shapes(rasterio.band(lds, 1), connectivity=4, transform=transform):
-                if value > 0:
-                    geoms.append(shapely.geometry.shape(geom))
-                    ids.append(int(value))
+            polygons = features.shapes(rasterio.band(lds, 1), connectivity=4, transform=transform)
+            shapes = ((g, int(v)) for g, v in polygons if v > 0)
+            first = True
+            while True:  # polygons go to the GeoPackage in batches, not all at once
+                chunk = list(islice(shapes, WRITE_BATCH))
+                if not chunk and not first:
+                    break
+                first = False
+                geoms = [shapely.geometry.shape(g) for g, _ in chunk]
+                ids = np.asarray([v for _, v in chunk], dtype=np.int64)
+                cls = comps.owner[ids]
+                area, _ = areas.area_perimeter(geoms) if geoms else (np.zeros(0), np.zeros(0))
+                if confidence_path is not None:
+                    conf = comps.sums[ids] / np.maximum(comps.counts[ids], 1)
+                else:
+                    conf = np.full(len(geoms), np.nan)
+                fields = {
+                    "class_id": cls.astype(np.int32),
+                    "class_name": names[cls] if len(cls) else np.array([], dtype=object),
+                    "area_m2": area.astype(np.float64),
+                    "confidence": np.round(conf, 2).astype(np.float64),
+                }
+                _write_layer(out_gpkg, "classes", crs, geoms, fields)
+                area_by_class += np.bincount(cls, weights=area, minlength=len(class_names))
+                s.features += len(geoms)
     finally:
         labels_path.unlink(missing_ok=True)
-    ids = np.asarray(ids, dtype=np.int64)
-    cls = comps.owner[ids] if len(ids) else np.zeros(0, dtype=np.int64)
-    areas = AreaCalculator(crs)
-    area, _ = areas.area_perimeter(geoms) if geoms else (np.zeros(0), np.zeros(0))
-    if confidence_path is not None and len(ids):
-        conf = comps.sums[ids] / np.maximum(comps.counts[ids], 1)
-    else:
-        conf = np.full(len(geoms), np.nan)
-    names = np.array(class_names, dtype=object)
-    _write_layer(
-        out_gpkg,
-        "classes",
-        crs,
-        geoms,
-        {
-            "class_id": cls.astype(np.int32),
-            "class_name": names[cls] if len(cls) else np.array([], dtype=object),
-            "area_m2": area.astype(np.float64),
-            "confidence": np.round(conf, 2).astype(np.float64),
-        },
-    )
     cats = [(i, n, c) for i, (n, c) in enumerate(zip(class_names, class_colors))]
     write_layer_style(out_gpkg, "classes", categorized_qml("class_id", cats), categorized_sld("classes", "class_id", cats))
-    s = LayerStats("classes", len(geoms))
-    for i, n in enumerate(class_names):
-        s.area_m2[n] = float(area[cls == i].sum()) if len(cls) else 0.0
+    s.area_m2 = {n: float(a) for n, a in zip(class_names, area_by_class)}
     stats.append(s)
 
     for m, name in enumerate(mask_names):

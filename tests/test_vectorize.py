@@ -49,7 +49,11 @@ def test_strip_labels_equal_whole_map_components(tmp_path, strip) -> None:
     assert np.allclose(comps.sums[1:], np.bincount(flat, weights=conf.ravel().astype(float), minlength=len(comps.sums))[1:])
 
 
-def test_polygons_equal_a_whole_map_polygonize(tmp_path) -> None:
+@pytest.mark.parametrize("batch", [500, 20_000])
+def test_polygons_equal_a_whole_map_polygonize(tmp_path, monkeypatch, batch) -> None:
+    import geoseg.vectorize
+
+    monkeypatch.setattr(geoseg.vectorize, "WRITE_BATCH", batch)  # many appends, or one
     classes = _class_map(5, shape=(1100, 97))  # three 512-row strips
     cpath = write_raster(tmp_path / "c.tif", classes, nodata=255)
     conf = np.full(classes.shape, 50, np.uint8)
