@@ -18,6 +18,20 @@ import platform
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
+
+#: The settings, as (mallopt parameter, value, environment variable glibc reads at start-up).
+SETTINGS = (
+    (_M_MMAP_MAX, 0, "MALLOC_MMAP_MAX_"),
+    (_M_TRIM_THRESHOLD, 2**31 - 1, "MALLOC_TRIM_THRESHOLD_"),
+    # One arena: threads other than the main one (Dask workers) otherwise get their own
+    # arenas, whose heaps cannot hold activation buffers and give them back to the OS
+    # after every forward: 1.8x slower inference in a worker thread (measured).
+    (_M_ARENA_MAX, 1, "MALLOC_ARENA_MAX"),
+)
+
+#: The same settings for a process started with them (e.g. Dask worker processes).
+MALLOC_ENV = {name: str(value) for _, value, name in SETTINGS}
+
 _allocator_tuned: bool | None = None
 
 
@@ -42,12 +56,7 @@ def tune_cpu_allocator() -> bool:
         mallopt = libc.mallopt
         mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         mallopt.restype = ctypes.c_int
-        ok = mallopt(_M_MMAP_MAX, 0) == 1
-        ok = mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1 and ok
-        # One arena: threads other than the main one (Dask workers) otherwise get their own
-        # arenas, whose heaps cannot hold activation buffers and give them back to the OS
-        # after every forward: 1.8x slower inference in a worker thread (measured).
-        ok = mallopt(_M_ARENA_MAX, 1) == 1 and ok
+        ok = all([mallopt(param, value) == 1 for param, value, _ in SETTINGS])
     except (OSError, AttributeError):
         return False
     _allocator_tuned = ok

@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from dataclasses import replace
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np

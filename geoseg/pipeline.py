@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .allocator import MALLOC_ENV
 from .errors import ContractError, InputError
 from .grid import PixelWindow, Tile, TileGrid, batches
 from .io import GDAL_ENV, SceneSource, dtype_range, file_sha256, open_scene
@@ -30,12 +31,7 @@ from .progress import Progress
 #: Environment of local worker processes: the allocator settings of
 #: :func:`geoseg.allocator.tune_cpu_allocator` from the start, and OpenMP threads that
 #: sleep instead of spinning when another process holds a core.
-WORKER_ENV = {
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
-    "MALLOC_ARENA_MAX": "1",
-    "OMP_WAIT_POLICY": "PASSIVE",
-}
+WORKER_ENV = {**MALLOC_ENV, "OMP_WAIT_POLICY": "PASSIVE"}
 
 #: Default core tile size. Measured on an 8192^2 scene with the default model (56-px
 #: halo): 1024-px tiles ran as fast as 2048-px ones (inference 26.3 s vs 27.0 s) at

@@ -62,20 +62,17 @@ class AreaCalculator:
         return area, perim
 
 
-def _polygons(band, transform, keep: set[int]) -> list:
-    """Polygonize a raster band straight from disk (GDAL, 4-connectivity).
+def _shapes(band, transform, keep):
+    """``(GeoJSON geometry, value)`` of the polygons of a raster band whose value passes ``keep``.
 
-    GDAL reads the band line by line, so memory holds the polygons, not the raster.
-    Returns the polygons whose value is in ``keep``.
+    GDAL polygonizes the band straight from disk (4-connectivity), reading it line by line,
+    so memory holds the polygons, not the raster.
     """
-    import shapely.geometry
     from rasterio import features
 
-    return [
-        shapely.geometry.shape(geom)
-        for geom, value in features.shapes(band, connectivity=4, transform=transform)
-        if int(value) in keep
-    ]
+    for geom, value in features.shapes(band, connectivity=4, transform=transform):
+        if keep(int(value)):
+            yield geom, int(value)
 
 
 @dataclass
@@ -213,7 +210,6 @@ def vectorize_products(
     """
     import rasterio
     import shapely.geometry
-    from rasterio import features
 
     stats: list[LayerStats] = []
     labels_path = out_gpkg.with_name(f".{out_gpkg.name}.labels.partial.tif")
@@ -228,8 +224,7 @@ def vectorize_products(
         s = LayerStats("classes")
         area_by_class = np.zeros(len(class_names))
         with rasterio.open(labels_path) as lds:
-            polygons = features.shapes(rasterio.band(lds, 1), connectivity=4, transform=transform)
-            shapes = ((g, int(v)) for g, v in polygons if v > 0)
+            shapes = _shapes(rasterio.band(lds, 1), transform, keep=lambda v: v > 0)
             first = True
             while True:  # polygons go to the GeoPackage in batches, not all at once
                 chunk = list(islice(shapes, WRITE_BATCH))
@@ -262,7 +257,8 @@ def vectorize_products(
 
     for m, name in enumerate(mask_names):
         with rasterio.open(mask_path) as mds:
-            mgeoms = _polygons(rasterio.band(mds, m + 1), transform, {1})
+            shapes = _shapes(rasterio.band(mds, m + 1), transform, keep=lambda v: v == 1)
+            mgeoms = [shapely.geometry.shape(g) for g, _ in shapes]
         marea, _ = areas.area_perimeter(mgeoms) if mgeoms else (np.zeros(0), np.zeros(0))
         _write_layer(
             out_gpkg,
