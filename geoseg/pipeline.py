@@ -27,6 +27,7 @@ from .manifest import build_manifest, write_manifest
 from .outputs import OutputSet, RasterProduct, class_tags, prepare_out_dir, remove_files
 from .predict import get_predictor, resolve_device
 from .progress import Progress
+from .vectorize import VectorizeOptions
 
 #: Environment of local worker processes: the allocator settings of
 #: :func:`geoseg.allocator.tune_cpu_allocator` from the start, and OpenMP threads that
@@ -53,6 +54,9 @@ class RunOptions:
     overwrite: bool = False
     quiet: bool = False
     vectorize: bool = True
+    min_area: float = 0.0  # m^2: smaller polygons are dropped from the GeoPackage
+    simplify: float = 0.0  # metres: topology-preserving simplification of the polygons
+    connectivity: int = 4  # 4 or 8: how pixels of a class join into polygons
 
 
 @dataclass
@@ -241,6 +245,7 @@ def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         raise InputError(f"--workers must be >= 1, got {opts.workers}")
     if opts.workers and opts.scheduler:
         raise InputError("give either --workers (start a local cluster) or --scheduler (use an existing one), not both")
+    vector_options = VectorizeOptions(connectivity=opts.connectivity, min_area=opts.min_area, simplify=opts.simplify)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -298,7 +303,7 @@ def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         vector_stats = None
         if opts.vectorize:
             t3 = time.perf_counter()
-            vector_stats = _vectorize_outputs(outputs, finals["vectors"], stripes, bundle)
+            vector_stats = _vectorize_outputs(outputs, finals["vectors"], stripes, bundle, vector_options)
             timings["vectorize"] = time.perf_counter() - t3
         for p in products:
             p.discard_stripes()
@@ -356,12 +361,11 @@ def _create_products(finals: dict[str, Path], geobox, outputs: OutputSet, bundle
     return products
 
 
-def _vectorize_outputs(outputs: OutputSet, final: Path, rasters: dict[str, Path], bundle) -> list:
+def _vectorize_outputs(outputs: OutputSet, final: Path, rasters: dict[str, Path], bundle, options: VectorizeOptions) -> list:
     """Polygonize the finished class map (and masks) into a temporary GeoPackage."""
     import rasterio
 
     from .vectorize import vectorize_products
-
     tmp = outputs.temp_for(final, "gpkg-")
     try:
         with rasterio.Env(**GDAL_ENV):
@@ -373,6 +377,7 @@ def _vectorize_outputs(outputs: OutputSet, final: Path, rasters: dict[str, Path]
                 confidence_path=rasters["confidence"],
                 mask_path=rasters.get("mask"),
                 mask_names=list(bundle.mask_heads),
+                options=options,
             )
     except BaseException:
         remove_files([tmp])

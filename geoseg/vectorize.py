@@ -1,27 +1,42 @@
-"""Class maps and masks to polygons in a GIS-ready GeoPackage.
+"""Class maps and masks to GIS-ready polygon layers.
 
-:func:`vectorize_products` is the one entry point the scene pipeline calls. The class
-map's 4-connected regions are labelled strip by strip (exactly, across strip edges) into
-a temporary int32 raster that GDAL polygonizes line by line, so memory is bounded by a
-strip plus the polygons; the result equals a whole-map ``gdal_polygonize.py``. Each
-polygon gets its class, its area in square metres (geodesic for geographic CRSs) and the
-mean confidence of its pixels. Mask layers are polygonized straight from disk.
+:func:`vectorize` is what ``geoseg vectorize`` runs; :func:`vectorize_products` is what
+``geoseg run`` calls on its finished class map, confidence and masks. Both build layers
+with :func:`class_layer` / :func:`mask_layer`:
+
+1. :func:`geoseg.polygonize.polygonize` turns the raster into exact regions, block by
+   block in parallel (identical to a whole-map ``gdal_polygonize.py``);
+2. ``--min-area`` *drops* regions smaller than the threshold (they are not merged into a
+   neighbour: their pixels are simply not covered by any polygon);
+3. ``--simplify`` generalises the remaining regions as one coverage, each shared
+   boundary once (:mod:`geoseg.coverage`), so no gaps or overlaps open;
+4. pixel coordinates become CRS coordinates; ``area_m2`` and ``perimeter_m`` are
+   computed on the written polygons (geodesic on the ellipsoid for geographic CRSs);
+5. :mod:`geoseg.vector_io` writes the layer with its QGIS style.
 """
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-from itertools import islice
+import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .styles import categorized_qml, categorized_sld, single_qml, write_layer_style
+from .classes import rgb_to_hex
+from .errors import InputError
+from .polygonize import DEFAULT_BLOCK_SIZE, polygonize
+from .styles import categorized_qml, categorized_sld, single_qml
+from .vector_io import FORMATS, LayerData, check_format, layer_path, write_layer
 
+#: Colour of mask layers.
+MASK_COLOR = "#ff7f00"
 
-#: Polygons written to the GeoPackage per batch.
-WRITE_BATCH = 20_000
+#: Colours for classes whose raster names none (a qualitative palette).
+PALETTE = ["#1f78b4", "#33a02c", "#e31a1c", "#ff7f00", "#6a3d9a", "#b15928", "#a6cee3", "#b2df8a",
+           "#fb9a99", "#fdbf6f", "#cab2d6", "#ffff99"]
 
 
 @dataclass
@@ -31,22 +46,47 @@ class LayerStats:
     name: str
     features: int = 0
     area_m2: dict[str, float] = field(default_factory=dict)
+    dropped: int = 0  # regions below --min-area
+
+
+@dataclass(frozen=True)
+class VectorizeOptions:
+    """How rasters become polygons (the ``geoseg vectorize`` options)."""
+
+    connectivity: int = 4
+    min_area: float = 0.0  # m^2; smaller regions are dropped
+    simplify: float = 0.0  # metres; 0 keeps the exact pixel boundaries
+    workers: int | None = None  # parallel block tasks on local threads (default: all cores)
+    scheduler: str | None = None  # address of an existing Dask scheduler
+    block_size: int = DEFAULT_BLOCK_SIZE
+    format: str = "GPKG"
+
+    def __post_init__(self) -> None:
+        if self.connectivity not in (4, 8):
+            raise InputError(f"--connectivity must be 4 or 8, got {self.connectivity}")
+        if not self.min_area >= 0:
+            raise InputError(f"--min-area must be >= 0 square metres, got {self.min_area}")
+        if not self.simplify >= 0:
+            raise InputError(f"--simplify must be >= 0 metres, got {self.simplify}")
+        if self.workers is not None and self.workers < 1:
+            raise InputError(f"--workers must be >= 1, got {self.workers}")
+        if self.block_size < 16:
+            raise InputError(f"--block-size must be at least 16 pixels, got {self.block_size}")
+        object.__setattr__(self, "format", check_format(self.format))
 
 
 class AreaCalculator:
     """Areas (m^2) and perimeters (m) of polygons in a CRS, geodesic when geographic."""
 
-    def __init__(self, crs_wkt: str) -> None:
+    def __init__(self, crs_wkt: str | None) -> None:
         from pyproj import CRS
 
-        crs = CRS.from_wkt(crs_wkt)
-        self.geographic = crs.is_geographic
-        if self.geographic:
-            self.geod = crs.get_geod()
-            self.factor = 1.0
-        else:
-            self.geod = None
-            self.factor = float(crs.axis_info[0].unit_conversion_factor) if crs.axis_info else 1.0
+        crs = CRS.from_wkt(crs_wkt) if crs_wkt else None
+        self.geographic = bool(crs is not None and crs.is_geographic)
+        self.geod = crs.get_geod() if self.geographic else None
+        self.factor = 1.0
+        if crs is not None and not self.geographic and crs.axis_info:
+            self.factor = float(crs.axis_info[0].unit_conversion_factor)
 
     def area_perimeter(self, geoms) -> tuple[np.ndarray, np.ndarray]:
         import shapely
@@ -61,132 +101,168 @@ class AreaCalculator:
             area[i], perim[i] = abs(a), p
         return area, perim
 
+    def pixel_size_m(self, transform, height: int, width: int) -> float:
+        """Edge of a pixel in metres (for geographic CRSs: at the raster's centre)."""
+        if not self.geographic:
+            return float(np.sqrt(abs(transform.determinant))) * self.factor
+        cx, cy = transform * (width / 2, height / 2)
+        ex, ey = transform * (width / 2 + 1, height / 2)
+        sx, sy = transform * (width / 2, height / 2 + 1)
+        _, _, dx = self.geod.inv(cx, cy, ex, ey)
+        _, _, dy = self.geod.inv(cx, cy, sx, sy)
+        return float(np.sqrt(dx * dy))
 
-def _shapes(band, transform, keep):
-    """``(GeoJSON geometry, value)`` of the polygons of a raster band whose value passes ``keep``.
 
-    GDAL polygonizes the band straight from disk (4-connectivity), reading it line by line,
-    so memory holds the polygons, not the raster.
-    """
-    from rasterio import features
+def to_crs(geoms: np.ndarray, transform) -> np.ndarray:
+    """Pixel-coordinate geometries (x = column, y = row) to the raster's CRS."""
+    import shapely
 
-    for geom, value in features.shapes(band, connectivity=4, transform=transform):
-        if keep(int(value)):
-            yield geom, int(value)
+    a, b, c, d, e, f = transform[:6]
+
+    def affine(xy: np.ndarray) -> np.ndarray:
+        return np.column_stack([a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f])
+
+    return shapely.transform(geoms, affine) if len(geoms) else geoms
 
 
 @dataclass
-class Components:
-    """4-connected regions of equal class over a whole map, labelled strip by strip."""
-
-    owner: np.ndarray  # class id of each final label (index 0: nodata)
-    sums: np.ndarray  # sum of the confidence raster under each label
-    counts: np.ndarray  # pixels of each label
-
-
-def _strip_labels(classes: np.ndarray, n_classes: int, offset: int, structure) -> tuple[np.ndarray, list[int]]:
-    """Provisional labels of one strip (``offset + 1`` upwards; 0 = nodata) and their classes."""
-    from scipy import ndimage
-
-    prov = np.zeros(classes.shape, dtype=np.int64)
-    lab = np.empty(classes.shape, dtype=np.int32)
-    owner: list[int] = []
-    for c in range(n_classes):
-        sel = classes == c
-        if not sel.any():
-            continue
-        n = ndimage.label(sel, structure=structure, output=lab)
-        np.add(lab, offset + len(owner), out=prov, where=sel)
-        owner.extend([c] * n)
-    return prov, owner
+class _Raster:
+    path: str
+    crs: str | None
+    transform: object
+    height: int
+    width: int
+    count: int
 
 
-def label_components(classes_ds, n_classes: int, out_path: Path, confidence_ds=None, strip: int = 512) -> Components:
-    """Label the class map's 4-connected regions into an int32 raster at ``out_path``.
-
-    Exact across strip edges and in memory bounded by the strip size: pass 1 labels each
-    strip on its own and records which provisional labels touch across each strip edge;
-    a connected-components pass over that (small) graph gives the final labels; pass 2
-    relabels the strips identically and writes the final labels. Polygonizing the result
-    gives exactly the polygons of the class map, each carrying its label.
-    """
+def _open(path) -> _Raster:
     import rasterio
-    from rasterio.windows import Window
-    from scipy import ndimage
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
-    structure = ndimage.generate_binary_structure(2, 1)
-    h, w = classes_ds.height, classes_ds.width
-    strips = [(r0, min(strip, h - r0)) for r0 in range(0, h, strip)]
-    owner, edges = [-1], []
-    total_counts, total_sums = np.zeros(1), np.zeros(1)
-    prev = prev_cls = None
-    for r0, sh in strips:
-        win = Window(0, r0, w, sh)
-        cls = classes_ds.read(1, window=win)
-        prov, own = _strip_labels(cls, n_classes, len(owner) - 1, structure)
-        owner.extend(own)
-        n = len(owner)
-        flat = prov.ravel()
-        total_counts = np.pad(total_counts, (0, n - len(total_counts)))
-        total_sums = np.pad(total_sums, (0, n - len(total_sums)))
-        total_counts += np.bincount(flat, minlength=n)
-        if confidence_ds is not None:
-            weights = confidence_ds.read(1, window=win).ravel().astype(np.float64)
-            total_sums += np.bincount(flat, weights=weights, minlength=n)
-        if prev is not None:  # equal classes touching across the strip edge
-            touch = (prev > 0) & (prov[0] > 0) & (prev_cls == cls[0])
-            edges.append(np.stack([prev[touch], prov[0][touch]]))
-        prev, prev_cls = prov[-1].copy(), cls[-1].copy()
-    n = len(owner)
-    pairs = np.concatenate(edges, axis=1) if edges else np.zeros((2, 0), dtype=np.int64)
-    graph = coo_matrix((np.ones(pairs.shape[1]), (pairs[0], pairs[1])), shape=(n, n))
-    _, comp = connected_components(graph, directed=False)
-    # final labels 1..K in order of first provisional label; 0 stays nodata
-    _, first, final = np.unique(comp[1:], return_index=True, return_inverse=True)
-    order = np.argsort(first)
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    final_of = np.concatenate([[0], rank[final] + 1]).astype(np.int64)
-    k = len(order) + 1
-    out_owner = np.full(k, -1, dtype=np.int64)
-    out_owner[final_of[1:]] = np.asarray(owner[1:], dtype=np.int64)
-    profile = dict(
-        driver="GTiff", width=w, height=h, count=1, dtype="int32", crs=classes_ds.crs,
-        transform=classes_ds.transform, tiled=True, blockxsize=512, blockysize=512,
-        compress="ZSTD", ZSTD_LEVEL=1, BIGTIFF="IF_SAFER",
+    from .io import check_path
+
+    check_path(path)
+    try:
+        with rasterio.open(path) as ds:
+            if ds.dtypes[0] not in ("uint8", "uint16", "int16", "int32", "int8", "uint32"):
+                raise InputError(
+                    f"{path} has {ds.dtypes[0]} pixels: vectorize needs an integer class map or mask, "
+                    "e.g. the <stem>.classes.tif of `geoseg run`"
+                )
+            return _Raster(str(path), ds.crs.to_wkt() if ds.crs else None, ds.transform, ds.height, ds.width, ds.count)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"cannot read {path} as a raster ({exc}): give a GeoTIFF class map") from exc
+
+
+def _regions_to_layer(
+    raster: _Raster,
+    regions,
+    options: VectorizeOptions,
+    name: str,
+    make_fields: Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, np.ndarray]],
+    qml: str,
+    sld: str,
+) -> tuple[LayerData, np.ndarray, int]:
+    """Filter, simplify and georeference regions; return the layer, its kept rows and dropped count."""
+    from .coverage import simplify_coverage
+
+    calc = AreaCalculator(raster.crs)
+    geoms_px = regions.geometry
+    keep = np.arange(len(regions))
+    exact_area = None
+    if options.min_area > 0:
+        if calc.geographic:
+            exact_area, _ = calc.area_perimeter(to_crs(geoms_px, raster.transform))
+        else:
+            exact_area = regions.pixels * abs(raster.transform.determinant) * calc.factor**2
+        keep = np.flatnonzero(exact_area >= options.min_area)
+        geoms_px = geoms_px[keep]
+    if options.simplify > 0:
+        tolerance_px = options.simplify / calc.pixel_size_m(raster.transform, raster.height, raster.width)
+        geoms_px = simplify_coverage(geoms_px, tolerance_px)
+    geoms = to_crs(geoms_px, raster.transform)
+    area, perimeter = calc.area_perimeter(geoms)
+    fields = make_fields(keep, area, perimeter)
+    layer = LayerData(name, raster.crs or "", geoms, fields, qml, sld)
+    return layer, keep, len(regions) - len(keep)
+
+
+def class_layer(
+    path,
+    *,
+    names: list[str],
+    colors: list[str],
+    layer: str = "classes",
+    band: int = 1,
+    confidence: tuple[str | os.PathLike, int] | None = None,
+    options: VectorizeOptions = VectorizeOptions(),
+    on_block: Callable[[], None] | None = None,
+) -> tuple[LayerData, LayerStats]:
+    """A polygon layer of a class map: ``class_id``, ``class_name``, ``area_m2``,
+    ``perimeter_m`` and (with a confidence raster) ``confidence``, the mean under each polygon."""
+    raster = _open(path)
+    regions = polygonize(
+        raster.path, band, connectivity=options.connectivity, weights=confidence, block_size=options.block_size,
+        workers=options.workers, scheduler=options.scheduler, on_block=on_block,
     )
-    with rasterio.open(out_path, "w", **profile) as dst:
-        offset = 0
-        for r0, sh in strips:
-            cls = classes_ds.read(1, window=Window(0, r0, w, sh))
-            prov, own = _strip_labels(cls, n_classes, offset, structure)
-            offset += len(own)
-            dst.write(final_of[prov].astype(np.int32)[None], window=Window(0, r0, w, sh))
-    return Components(
-        owner=out_owner,
-        sums=np.bincount(final_of, weights=total_sums, minlength=k),
-        counts=np.bincount(final_of, weights=total_counts, minlength=k),
+    ids = regions.values.astype(np.int64)
+    n_known = max(len(names), int(ids.max()) + 1 if len(ids) else 0)
+    all_names = np.array(list(names) + [f"class_{i}" for i in range(len(names), n_known)], dtype=object)
+
+    def fields(keep, area, perimeter):
+        out = {
+            "class_id": ids[keep].astype(np.int32),
+            "class_name": all_names[ids[keep]] if len(keep) else np.array([], dtype=object),
+            "area_m2": area.astype(np.float64),
+            "perimeter_m": perimeter.astype(np.float64),
+        }
+        if regions.weight_mean is not None:
+            out["confidence"] = np.round(regions.weight_mean[keep], 2)
+        return out
+
+    present = sorted(set(range(len(names))) | set(ids.tolist()))
+    cats = [(i, str(all_names[i]), colors[i] if i < len(colors) else PALETTE[i % len(PALETTE)]) for i in present]
+    qml, sld = categorized_qml("class_id", cats), categorized_sld(layer, "class_id", cats)
+    data, keep, dropped = _regions_to_layer(raster, regions, options, layer, fields, qml, sld)
+    by_class = np.bincount(ids[keep], weights=data.fields["area_m2"], minlength=len(all_names))
+    stats = LayerStats(layer, len(keep), {str(all_names[i]): float(by_class[i]) for i in range(len(all_names))}, dropped)
+    return data, stats
+
+
+def mask_layer(
+    path,
+    *,
+    name: str,
+    band: int = 1,
+    color: str = MASK_COLOR,
+    options: VectorizeOptions = VectorizeOptions(),
+    on_block: Callable[[], None] | None = None,
+) -> tuple[LayerData, LayerStats]:
+    """A polygon layer of the pixels equal to 1 in a 0/1 mask band: ``mask_name``, ``area_m2``, ``perimeter_m``."""
+    raster = _open(path)
+    regions = polygonize(
+        raster.path, band, connectivity=options.connectivity, include=[1], block_size=options.block_size,
+        workers=options.workers, scheduler=options.scheduler, on_block=on_block,
     )
 
+    def fields(keep, area, perimeter):
+        return {
+            "mask_name": np.array([name] * len(keep), dtype=object),
+            "area_m2": area.astype(np.float64),
+            "perimeter_m": perimeter.astype(np.float64),
+        }
 
-def _write_layer(path: Path, layer: str, crs: str, geoms, fields: dict[str, np.ndarray]) -> None:
-    import shapely
-    from pyogrio.raw import write
+    sld = categorized_sld(name, "mask_name", [(f"'{name}'", name, color)])
+    data, keep, dropped = _regions_to_layer(raster, regions, options, name, fields, single_qml(color), sld)
+    return data, LayerStats(name, len(keep), {name: float(data.fields["area_m2"].sum())}, dropped)
 
-    wkb = np.asarray(shapely.to_wkb(np.asarray(geoms, dtype=object)), dtype=object) if len(geoms) else np.array([], dtype=object)
-    write(
-        str(path),
-        geometry=wkb,
-        field_data=list(fields.values()),
-        fields=list(fields.keys()),
-        layer=layer,
-        driver="GPKG",
-        geometry_type="Polygon",
-        crs=crs,
-        append=path.exists(),
-    )
+
+def _blocks(path, options: VectorizeOptions) -> int:
+    import rasterio
+
+    from .polygonize import block_grid
+
+    with rasterio.open(path) as ds:
+        return len(block_grid(ds.height, ds.width, options.block_size))
 
 
 def vectorize_products(
@@ -198,78 +274,201 @@ def vectorize_products(
     confidence_path: Path | None = None,
     mask_path: Path | None = None,
     mask_names: list[str] | tuple[str, ...] = (),
+    options: VectorizeOptions | None = None,
 ) -> list[LayerStats]:
-    """Write layer ``classes`` and one layer per mask head to ``out_gpkg``.
+    """Write layer ``classes`` and one layer per mask head to the GeoPackage ``out_gpkg``
+    (what ``geoseg run`` calls on its class map, confidence and mask rasters)."""
+    options = options or VectorizeOptions()
+    conf = (confidence_path, 1) if confidence_path is not None else None
+    data, stats = class_layer(classes_path, names=class_names, colors=class_colors, confidence=conf, options=options)
+    write_layer(out_gpkg, "GPKG", data)
+    out = [stats]
+    for m, name in enumerate(mask_names):
+        data, stats = mask_layer(mask_path, name=name, band=m + 1, options=options)
+        write_layer(out_gpkg, "GPKG", data)
+        out.append(stats)
+    return out
+
+
+def load_classes(ref: str) -> tuple[list[str], list[str]]:
+    """Class names and colours from a JSON file or a model (built-in name or bundle path).
+
+    The JSON may be ``[{"name": ..., "color": "#rrggbb"}, ...]`` (by class id), or
+    ``{"classes": [...]}`` in that form, or ``{"names": [...], "colors": [...]}``.
+    """
+    path = Path(ref)
+    if path.suffix.lower() == ".json":
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"--classes-from {ref}: no such file") from None
+        except (OSError, ValueError) as exc:
+            raise InputError(f"--classes-from {ref}: not valid JSON ({exc})") from None
+        if isinstance(doc, dict) and "classes" in doc:
+            doc = doc["classes"]
+        if isinstance(doc, dict) and "names" in doc:
+            names = [str(n) for n in doc["names"]]
+            colors = [str(c) for c in doc.get("colors", [])]
+        elif isinstance(doc, list) and all(isinstance(c, dict) and "name" in c for c in doc):
+            names = [str(c["name"]) for c in doc]
+            colors = [str(c.get("color", PALETTE[i % len(PALETTE)])) for i, c in enumerate(doc)]
+        else:
+            raise InputError(
+                f"--classes-from {ref}: expected a list of {{\"name\", \"color\"}} objects or "
+                '{"names": [...], "colors": [...]}'
+            )
+        return names, colors + [PALETTE[i % len(PALETTE)] for i in range(len(colors), len(names))]
+    from .models import load_model
+
+    bundle = load_model(ref)
+    return list(bundle.class_names), list(bundle.class_colors)
+
+
+def classes_of_raster(path) -> tuple[list[str], list[str]] | None:
+    """Class names and colours recorded in a class map's metadata (as ``geoseg run`` writes them)."""
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        tags = ds.tags()
+        if "GEOSEG_CLASSES" in tags:
+            classes = sorted(json.loads(tags["GEOSEG_CLASSES"]), key=lambda c: c["id"])
+            return [c["name"] for c in classes], [c["color"] for c in classes]
+        if "CLASS_NAMES" in tags:
+            names = list(json.loads(tags["CLASS_NAMES"]))
+            try:
+                cmap = ds.colormap(1)
+                colors = [rgb_to_hex(cmap[i][:3]) for i in range(len(names))]
+            except ValueError:
+                colors = [PALETTE[i % len(PALETTE)] for i in range(len(names))]
+            return names, colors
+    return None
+
+
+def mask_names_of_raster(path) -> list[str]:
+    """Names of a mask raster's bands: its ``MASK_HEADS`` tag, band descriptions, or ``mask_<i>``."""
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        heads = ds.tags().get("MASK_HEADS")
+        if heads and len(heads.split(",")) == ds.count:
+            return heads.split(",")
+        return [d or f"mask_{i + 1}" for i, d in enumerate(ds.descriptions)]
+
+
+def sibling_confidence(classes_path) -> Path | None:
+    """The ``<stem>.confidence.tif`` that ``geoseg run`` wrote next to ``<stem>.classes.tif``."""
+    p = Path(classes_path)
+    if p.name.endswith(".classes.tif"):
+        conf = p.with_name(p.name[: -len(".classes.tif")] + ".confidence.tif")
+        if conf.exists():
+            return conf
+    return None
+
+
+def vectorize(
+    raster: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    layer: str | None = None,
+    mask: bool = False,
+    classes_from: str | None = None,
+    confidence: str | os.PathLike | None = None,
+    band: int = 1,
+    overwrite: bool = False,
+    quiet: bool = True,
+    **options,
+) -> dict:
+    """Polygonize a class map (or, with ``mask=True``, each band of a 0/1 mask raster).
 
     Args:
-        classes_path: uint8 class-id raster (255 = nodata).
-        class_names, class_colors: names and ``#rrggbb`` colours by class id.
-        confidence_path: uint8 confidence raster 0-100 on the same grid, optional.
-        mask_path: uint8 raster with one 0/1 band per mask head (255 = nodata).
-        mask_names: the mask heads' names, one per band of ``mask_path``.
+        raster: an integer class map, e.g. ``<stem>.classes.tif`` from ``geoseg run``.
+        out: the output file; its suffix should match ``format`` (.gpkg, .fgb, .parquet).
+        layer: layer name (default ``classes``, or the mask names).
+        mask: treat the raster as 0/1 masks, one layer per band.
+        classes_from: class names and colours from a model or JSON file (default: the
+            raster's metadata, else ``class_<id>``).
+        confidence: a confidence raster on the same grid (default: the sibling
+            ``<stem>.confidence.tif`` of a ``geoseg run`` class map, if present).
+        band: the class map's band.
+        overwrite: replace existing outputs.
+        quiet: no progress bar.
+        **options: fields of :class:`VectorizeOptions`.
+
+    Returns:
+        A summary: output files, layers with feature counts and areas per class, timings.
     """
-    import rasterio
-    import shapely.geometry
+    import time
 
+    from .outputs import OutputSet, prepare_out_dir, remove_files
+    from .progress import Progress
+
+    t0 = time.perf_counter()
+    opts = VectorizeOptions(**options)
+    out = Path(out)
+    src = _open(raster)
+    if not 1 <= band <= src.count:
+        raise InputError(f"--band {band}: {raster} has {src.count} band(s)")
+    suffix = FORMATS[opts.format]
+    if out.suffix.lower() != suffix:
+        raise InputError(f"{out} does not end in {suffix}: name the output *{suffix} for --format {opts.format}")
+    if mask:
+        names = mask_names_of_raster(raster)
+        layers = [(layer or n) if len(names) == 1 else n for n in names]
+    else:
+        layers = [layer or "classes"]
+    outputs = OutputSet(prepare_out_dir(out.parent), overwrite=overwrite)
+    finals = [layer_path(out, opts.format, name, i == 0) for i, name in enumerate(layers)]
+    if opts.format != "GPKG":
+        finals += [f.with_suffix(".qml") for f in finals]
+    outputs.check_free(finals)
+
+    if not mask:
+        if classes_from:
+            class_names, class_colors = load_classes(classes_from)
+        else:
+            class_names, class_colors = classes_of_raster(raster) or ([], [])
+        if confidence is None:
+            confidence = sibling_confidence(raster)
+        if confidence is not None:
+            csrc = _open(confidence)
+            if (csrc.height, csrc.width) != (src.height, src.width) or csrc.transform != src.transform:
+                raise InputError(f"confidence raster {confidence} is not on the grid of {raster}: give one from the same run")
+
+    temps: dict[Path, Path] = {}
     stats: list[LayerStats] = []
-    labels_path = out_gpkg.with_name(f".{out_gpkg.name}.labels.partial.tif")
     try:
-        with ExitStack() as stack:
-            ds = stack.enter_context(rasterio.open(classes_path))
-            cds = stack.enter_context(rasterio.open(confidence_path)) if confidence_path is not None else None
-            crs, transform = ds.crs.to_wkt(), ds.transform
-            comps = label_components(ds, len(class_names), labels_path, cds)
-        areas = AreaCalculator(crs)
-        names = np.array(class_names, dtype=object)
-        s = LayerStats("classes")
-        area_by_class = np.zeros(len(class_names))
-        with rasterio.open(labels_path) as lds:
-            shapes = _shapes(rasterio.band(lds, 1), transform, keep=lambda v: v > 0)
-            first = True
-            while True:  # polygons go to the GeoPackage in batches, not all at once
-                chunk = list(islice(shapes, WRITE_BATCH))
-                if not chunk and not first:
-                    break
-                first = False
-                geoms = [shapely.geometry.shape(g) for g, _ in chunk]
-                ids = np.asarray([v for _, v in chunk], dtype=np.int64)
-                cls = comps.owner[ids]
-                area, _ = areas.area_perimeter(geoms) if geoms else (np.zeros(0), np.zeros(0))
-                if confidence_path is not None:
-                    conf = comps.sums[ids] / np.maximum(comps.counts[ids], 1)
+        with Progress(total=_blocks(raster, opts) * len(layers), desc=f"{Path(raster).name}: blocks",
+                      disable=quiet, unit="block") as progress:
+            for i, name in enumerate(layers):
+                if mask:
+                    data, st = mask_layer(raster, name=name, band=i + 1, options=opts, on_block=progress.update)
                 else:
-                    conf = np.full(len(geoms), np.nan)
-                fields = {
-                    "class_id": cls.astype(np.int32),
-                    "class_name": names[cls] if len(cls) else np.array([], dtype=object),
-                    "area_m2": area.astype(np.float64),
-                    "confidence": np.round(conf, 2).astype(np.float64),
-                }
-                _write_layer(out_gpkg, "classes", crs, geoms, fields)
-                area_by_class += np.bincount(cls, weights=area, minlength=len(class_names))
-                s.features += len(geoms)
-    finally:
-        labels_path.unlink(missing_ok=True)
-    cats = [(i, n, c) for i, (n, c) in enumerate(zip(class_names, class_colors))]
-    write_layer_style(out_gpkg, "classes", categorized_qml("class_id", cats), categorized_sld("classes", "class_id", cats))
-    s.area_m2 = {n: float(a) for n, a in zip(class_names, area_by_class)}
-    stats.append(s)
-
-    for m, name in enumerate(mask_names):
-        with rasterio.open(mask_path) as mds:
-            shapes = _shapes(rasterio.band(mds, m + 1), transform, keep=lambda v: v == 1)
-            mgeoms = [shapely.geometry.shape(g) for g, _ in shapes]
-        marea, _ = areas.area_perimeter(mgeoms) if mgeoms else (np.zeros(0), np.zeros(0))
-        _write_layer(
-            out_gpkg,
-            name,
-            crs,
-            mgeoms,
-            {"mask_name": np.array([name] * len(mgeoms), dtype=object), "area_m2": marea.astype(np.float64)},
-        )
-        color = "#ff7f00"
-        write_layer_style(
-            out_gpkg, name, single_qml(color), categorized_sld(name, "mask_name", [(f"'{name}'", name, color)])
-        )
-        stats.append(LayerStats(name, len(mgeoms), {name: float(marea.sum())}))
-    return stats
+                    conf = (str(confidence), 1) if confidence is not None else None
+                    data, st = class_layer(raster, names=class_names, colors=class_colors, layer=name, band=band,
+                                           confidence=conf, options=opts, on_block=progress.update)
+                final = finals[i]
+                tmp = temps.get(final) or temps.setdefault(final, outputs.temp_for(final))
+                qml_tmp = None
+                if opts.format != "GPKG":
+                    qml_final = final.with_suffix(".qml")
+                    qml_tmp = temps.setdefault(qml_final, outputs.temp_for(qml_final))
+                write_layer(tmp, opts.format, data, qml_tmp)
+                stats.append(st)
+        for final, tmp in temps.items():
+            outputs.stage(final, tmp)
+        outputs.commit()
+    except BaseException:
+        remove_files(list(temps.values()))
+        raise
+    return {
+        "input": str(raster),
+        "outputs": [str(f) for f in temps],
+        "format": opts.format,
+        "options": {"connectivity": opts.connectivity, "min_area_m2": opts.min_area, "simplify_m": opts.simplify,
+                    "block_size": opts.block_size},
+        "layers": [
+            {"name": s.name, "features": s.features, "dropped_below_min_area": s.dropped, "area_m2": s.area_m2}
+            for s in stats
+        ],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }

@@ -71,8 +71,9 @@ def test_outputs_have_the_exact_georeferencing(tmp_path, synth_scene, small_unet
     info = pyogrio.read_info(tmp_path / "scene.gpkg", layer="classes")
     assert CRS.from_user_input(info["crs"]) == CRS.from_user_input(ref[0])
     # the polygons tile the valid area exactly
-    _, _, geoms, fields = pyogrio.raw.read(tmp_path / "scene.gpkg", layer="classes")
-    areas = fields[2]
+    meta, _, geoms, fields = pyogrio.raw.read(tmp_path / "scene.gpkg", layer="classes")
+    assert list(meta["fields"]) == ["class_id", "class_name", "area_m2", "perimeter_m", "confidence"]
+    areas, confidence = fields[2], fields[4]
     assert areas.sum() == pytest.approx(300 * 417 * 100.0, rel=1e-9)
     union = shapely.union_all(shapely.from_wkb(geoms))
     assert union.area == pytest.approx(300 * 417 * 100.0, rel=1e-9)
@@ -80,8 +81,8 @@ def test_outputs_have_the_exact_georeferencing(tmp_path, synth_scene, small_unet
     # polygon confidence is the mean of the confidence raster under it: weighted by pixel
     # counts, the means add up to the raster's total
     conf = read(tmp_path / "scene.confidence.tif")[0].astype(np.float64)
-    assert (fields[3] * areas / 100.0).sum() == pytest.approx(conf.sum(), rel=1e-4)
-    assert ((fields[3] >= 0) & (fields[3] <= 100)).all()
+    assert (confidence * areas / 100.0).sum() == pytest.approx(conf.sum(), rel=1e-4)
+    assert ((confidence >= 0) & (confidence <= 100)).all()
     names = {m["path"] for m in manifest["outputs"].values()}
     assert names == {"scene.classes.tif", "scene.confidence.tif", "scene.mask.tif", "scene.gpkg"}
 
