@@ -23,11 +23,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _measure import measure
 from _report import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,14 +66,8 @@ def floor_seconds(model: str, n_tiles: int, tile: int = 1024) -> tuple[float, fl
 def run_geoseg(scene: Path, out: Path, model: str, extra: list[str]) -> tuple[float, float, dict]:
     """Wall seconds, peak RSS (MiB) and manifest of one ``geoseg run`` process."""
     cmd = [sys.executable, "-m", "geoseg", "run", str(scene), "-o", str(out), "-m", model, "--overwrite", "--json", *extra]
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"geoseg run failed: {stderr}")
-    return wall, usage.ru_maxrss / 1024, json.loads(stdout)
+    wall, rss, stdout = measure(cmd)
+    return wall, rss, json.loads(stdout)
 
 
 def main() -> None:
@@ -92,9 +86,10 @@ def main() -> None:
 
     big, small = synth(args.work, args.size, 11), synth(args.work, args.small, 12)
     n_tiles = (args.size // 1024) ** 2
-    floor_s, floor_mpx = floor_seconds(args.model, n_tiles)
+    # the runs first, from a small process (a child's peak RSS includes ours: see _measure)
     run_s, rss_big, manifest = run_geoseg(big, args.work / "out_big", args.model, args.run_args)
     _, rss_small, manifest_small = run_geoseg(small, args.work / "out_small", args.model, args.run_args)
+    floor_s, floor_mpx = floor_seconds(args.model, n_tiles)
     mpx = args.size**2 / 1e6
     res = {
         "size": args.size,

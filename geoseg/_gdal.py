@@ -5,11 +5,11 @@ while it does, so polygonizing in threads does not scale, and building shapely
 geometries from the tuples costs as much again. Here the same GDAL functions
 (``GDALPolygonize``, ``GDALRasterizeGeometries``) are called through ``ctypes`` on the
 GDAL library rasterio has already loaded: ``ctypes`` releases the GIL for each call,
-polygons come back as WKB, and block labels come from rasterizing the polygons back
-(pixel-aligned polygons burn exactly their own pixels).
+polygons come back as WKB, and block labels (when asked for) come from rasterizing the
+polygons back (pixel-aligned polygons burn exactly their own pixels).
 
 :func:`polygonize_block` falls back to rasterio's Python API (same results, slower)
-when that library cannot be found, e.g. on a platform without ``/proc/self/maps``.
+when that library cannot be found (or with ``GEOSEG_GDAL_CTYPES=0`` in the environment).
 """
 
 from __future__ import annotations

@@ -215,8 +215,7 @@ def run_blocks(
         except OSError as exc:
             raise InputError(f"cannot connect to Dask scheduler {scheduler} ({exc}): check the address") from exc
         try:
-            futures = {client.submit(fn, *args, key=f"polygonize-{k}-{os.getpid()}", pure=False): k
-                       for k, (fn, *args) in zip(range(len(keys)), tasks.values())}
+            futures = {client.submit(fn, *args, pure=False): k for k, (fn, *args) in enumerate(tasks.values())}
             out = {}
             for fut in as_completed(futures):
                 out[keys[futures[fut]]] = fut.result()
