@@ -268,6 +268,12 @@ def demo_cmd(directory, size, model):
     click.echo(f"outputs are in {directory / 'outputs'} (open demo_scene.classes.tif and demo_scene.gpkg in QGIS)")
 
 
+from .train_cli import evaluate_command, train_command  # noqa: E402  (they import CONTEXT and handle_errors from here)
+
+cli.add_command(train_command)
+cli.add_command(evaluate_command)
+
+
 def main() -> None:
     """Console-script entry point."""
     from .allocator import tune_cpu_allocator

@@ -1,15 +1,20 @@
-"""Training: random chips from labelled scenes, a U-Net bundle, validation by mIoU.
+"""Training: chips from labelled scenes, a U-Net bundle, validation by mIoU.
 
 The data plumbing is deliberately simple: a :class:`LabeledScene` holds whole numpy
-arrays (read with :func:`load_scene`, or made in memory). :func:`train` samples random
-square chips from the training scenes (skipping mostly unlabelled ones), normalises them
-with per-band statistics computed over valid (non-nodata) training pixels, augments them
-(flips, 90-degree rotations, per-band brightness/contrast), and optimises cross-entropy
-(``ignore_index`` 255, optional class weights) for the class head plus BCE + Dice for the
-mask heads with AdamW and a one-cycle or cosine learning-rate schedule. After each epoch
-it predicts the validation scenes (spatially separate from the training area: other
-scenes, or a strip split off each training scene) tile by tile with the model's halo and
-reports mIoU. Same seed, same data, same thread count: same result.
+arrays (read with :func:`load_scene`, which puts label rasters on any grid and polygons
+onto the image grid with :mod:`geoseg.labels`, or made in memory). :func:`train` samples
+square chips from the training scenes (at random, or on a regular grid; skipping mostly
+unlabelled ones), normalises them with per-band statistics computed over valid
+(non-nodata) training pixels, augments them (flips, 90-degree rotations, per-band
+brightness/contrast), and optimises cross-entropy (``ignore_index`` 255, optional class
+weights) for the class head plus BCE + Dice for the mask heads, optionally with an L1
+(MAE) term on the probabilities, with AdamW and a one-cycle or cosine learning-rate
+schedule, on CUDA with mixed precision when present. After each epoch it predicts the
+validation scenes (spatially separate from the training area: other scenes, or a strip
+split off each training scene) tile by tile with the model's halo, reports mIoU, and,
+with ``TrainConfig.checkpoint``, writes a checkpoint that ``resume=True`` continues from
+(:mod:`geoseg.checkpoint`). Same seed, same data, same thread count: same result, also
+across an interruption and a resume.
 
 Example::
 
@@ -24,10 +29,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import os
+import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,22 +45,25 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from geoseg.errors import InputError
+from geoseg.grid import GeoBox
+from geoseg.labels import LabelOptions, read_labels
+from geoseg.metrics import Metrics, confusion_matrix, metrics_from_confusion
 from geoseg.models.bundle import ModelBundle
 from geoseg.models.perf import prepare_for_inference
 
 __all__ = [
     "IGNORE",
-    "LabeledScene",
-    "load_scene",
-    "split_scene",
-    "TrainConfig",
     "EpochStats",
-    "TrainHistory",
+    "LabeledScene",
     "Metrics",
-    "compute_normalization",
+    "TrainConfig",
+    "TrainHistory",
     "class_frequencies",
-    "predict_scene",
+    "compute_normalization",
     "evaluate",
+    "load_scene",
+    "predict_scene",
+    "split_scene",
     "train",
 ]
 
@@ -116,33 +126,38 @@ def load_scene(
     image_path: str | os.PathLike[str],
     labels_path: str | os.PathLike[str],
     mask_paths: Sequence[str | os.PathLike[str]] = (),
+    *,
+    label_options: LabelOptions | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> LabeledScene:
-    """Read an image and its label raster (and optional mask rasters) with rasterio.
+    """Read an image and its labels (and optional mask-head targets) as in-memory arrays.
+
+    The labels may be a class raster on any grid and CRS (reprojected with nearest
+    neighbour) or polygons (rasterised), and are put onto the image's grid by
+    :mod:`geoseg.labels`; so are the mask files (any labelled non-zero value is 1).
+
+    Args:
+        image_path: The image (all bands are read).
+        labels_path: Class raster or vector file.
+        mask_paths: One label file per mask head, in head order.
+        label_options: A :class:`geoseg.labels.LabelOptions` (field, background, nodata ...).
+        class_names: Class names, for text-field polygons and a background given by name.
 
     Raises:
-        InputError: If the rasters are not on the same grid.
+        InputError: If the labels do not overlap the image or are not class ids.
     """
     import rasterio
 
+    options = label_options or LabelOptions()
     with rasterio.open(image_path) as src:
         image = src.read()
         nodata = src.nodata
-        grid = (src.width, src.height, src.transform)
-    with rasterio.open(labels_path) as src:
-        if (src.width, src.height, src.transform) != grid:
-            raise InputError(f"{labels_path} is not on the grid of {image_path}")
-        labels = src.read(1).astype(np.uint8)
-        if src.nodata is not None and src.nodata != IGNORE:
-            labels[src.read(1) == src.nodata] = IGNORE
+        geobox = GeoBox(src.height, src.width, src.transform, src.crs.to_wkt() if src.crs else None)
+    labels = read_labels(labels_path, geobox, options, class_names)
     masks = None
     if mask_paths:
-        layers = []
-        for p in mask_paths:
-            with rasterio.open(p) as src:
-                if (src.width, src.height, src.transform) != grid:
-                    raise InputError(f"{p} is not on the grid of {image_path}")
-                layers.append(src.read(1).astype(np.uint8))
-        masks = np.stack(layers)
+        mask_options = dataclasses.replace(options, field=None, background="auto")
+        masks = np.stack([read_labels(p, geobox, mask_options, binary=True) for p in mask_paths])
     return LabeledScene(image, labels, masks, nodata, name=os.fspath(image_path))
 
 
@@ -153,9 +168,13 @@ def split_scene(scene: LabeledScene, val_fraction: float = 0.2, gap: int = 64) -
     validation pixels are spatially separate.
     """
     h = scene.shape[0]
-    n_val = int(round(h * val_fraction))
+    n_val = round(h * val_fraction)
     if not 0 < n_val < h - gap:
-        raise InputError(f"scene {scene.name!r}: cannot split {h} rows with val_fraction={val_fraction}, gap={gap}")
+        raise InputError(
+            f"scene {scene.name!r}: cannot split {h} rows into training and validation with "
+            f"val_fraction={val_fraction} and a gap of {gap} rows: use a smaller val_fraction or gap, "
+            "or give separate validation scenes"
+        )
     train_part = scene.window(slice(0, h - n_val - gap), slice(None))
     val_part = scene.window(slice(h - n_val, h), slice(None))
     return train_part, val_part
@@ -169,10 +188,13 @@ class TrainConfig:
     """Training options.
 
     Attributes:
-        epochs: Passes of ``chips_per_epoch`` random chips.
-        chips_per_epoch: Chips sampled per epoch.
+        epochs: Passes of ``chips_per_epoch`` random chips (or of the chip grid).
+        chips_per_epoch: Chips sampled per epoch (random sampling).
         chip_size: Side of the square chips (a multiple of the model's downsampling).
         batch_size: Chips per optimiser step.
+        sampling: ``"random"`` chips anywhere in the training area, or ``"grid"``: each
+            epoch visits every chip of a regular grid (stride ``chip_size``) once, in a
+            random order.
         lr: Peak learning rate.
         weight_decay: AdamW weight decay.
         schedule: ``"onecycle"``, ``"cosine"`` (with warmup) or ``"constant"``.
@@ -182,6 +204,12 @@ class TrainConfig:
         mask_classes: For each mask head without explicit targets, the class ids whose
             pixels are positive (e.g. ``{"built_up": [4, 5]}``).
         mask_loss_weight: Weight of (BCE + Dice) of the mask heads.
+        ce_weight: Weight of the class head's cross-entropy.
+        bce_weight: Weight of BCE within the mask-head loss.
+        dice_weight: Weight of soft Dice within the mask-head loss.
+        mae_weight: Weight of an L1 (MAE) term: mean absolute difference between the
+            class probabilities and the one-hot labels (plus, with mask heads, between
+            the mask probabilities and targets), over labelled pixels. 0: off.
         augment: Random flips, 90-degree rotations and per-band brightness/contrast.
         brightness: Max additive per-band shift, in units of the band's std.
         contrast: Max relative per-band gain change.
@@ -196,6 +224,14 @@ class TrainConfig:
         channels_last: Train in ``channels_last`` memory format (faster on CPU).
         seed: Seed of chip sampling, augmentation and torch's RNG.
         num_threads: torch threads (None: leave as is).
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        amp: Mixed precision (autocast; bf16, or fp16 with gradient scaling): ``"auto"``
+            = on CUDA only (on CPU it is much slower).
+        checkpoint: File rewritten after every epoch with everything needed to resume
+            (None: no checkpoints).
+        resume: Continue from ``checkpoint`` (written by a run with the same data and
+            options; ``early_stopping``, ``time_limit``, threads, device and progress
+            may differ).
         progress: Show a tqdm progress bar.
     """
 
@@ -203,6 +239,7 @@ class TrainConfig:
     chips_per_epoch: int = 512
     chip_size: int = 128
     batch_size: int = 16
+    sampling: Literal["random", "grid"] = "random"
     lr: float = 3e-3
     weight_decay: float = 1e-4
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
@@ -210,6 +247,10 @@ class TrainConfig:
     class_weights: Sequence[float] | Literal["auto"] | None = None
     mask_classes: Mapping[str, Sequence[int]] | None = None
     mask_loss_weight: float = 1.0
+    ce_weight: float = 1.0
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    mae_weight: float = 0.0
     augment: bool = True
     brightness: float = 0.1
     contrast: float = 0.1
@@ -223,6 +264,10 @@ class TrainConfig:
     channels_last: bool = True
     seed: int = 0
     num_threads: int | None = None
+    device: str = "auto"
+    amp: bool | Literal["auto"] = "auto"
+    checkpoint: str | os.PathLike[str] | None = None
+    resume: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -231,40 +276,17 @@ class TrainConfig:
                 raise InputError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.schedule not in ("onecycle", "cosine", "constant"):
             raise InputError(f"TrainConfig.schedule must be onecycle, cosine or constant, got {self.schedule!r}")
+        if self.sampling not in ("random", "grid"):
+            raise InputError(f"TrainConfig.sampling must be random or grid, got {self.sampling!r}")
         if not self.lr > 0:
             raise InputError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
-
-
-@dataclass
-class Metrics:
-    """Segmentation metrics over labelled pixels.
-
-    Attributes:
-        miou: Mean IoU over the classes present in the ground truth or the prediction.
-        iou: Per-class IoU (NaN for a class absent from both).
-        accuracy: Overall pixel accuracy.
-        mask_iou: IoU of each mask head (prediction: logit > 0).
-        confusion: ``(C, C)`` confusion matrix, rows = truth, columns = prediction.
-        pixels: Number of labelled pixels evaluated.
-    """
-
-    miou: float
-    iou: list[float]
-    accuracy: float
-    mask_iou: dict[str, float]
-    confusion: np.ndarray
-    pixels: int
-
-    def as_dict(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-        """JSON-able summary (per-class IoU keyed by class name when given)."""
-        names = list(class_names) if class_names else [str(i) for i in range(len(self.iou))]
-        return {
-            "miou": round(self.miou, 4),
-            "iou": {n: (None if math.isnan(v) else round(v, 4)) for n, v in zip(names, self.iou)},
-            "accuracy": round(self.accuracy, 4),
-            "mask_iou": {k: round(v, 4) for k, v in self.mask_iou.items()},
-            "pixels": self.pixels,
-        }
+        for name in ("ce_weight", "bce_weight", "dice_weight", "mae_weight", "mask_loss_weight"):
+            if not getattr(self, name) >= 0:
+                raise InputError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.amp not in (True, False, "auto"):
+            raise InputError(f"TrainConfig.amp must be True, False or 'auto', got {self.amp!r}")
+        if self.resume and self.checkpoint is None:
+            raise InputError("TrainConfig.resume needs TrainConfig.checkpoint: the file to resume from")
 
 
 @dataclass
@@ -280,6 +302,16 @@ class EpochStats:
     @property
     def val_miou(self) -> float:
         return float("nan") if self.val is None else self.val.miou
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain-Python state (for checkpoints); :meth:`from_state` reverses it."""
+        return {"epoch": self.epoch, "train_loss": self.train_loss, "lr": self.lr, "seconds": self.seconds,
+                "val": None if self.val is None else self.val.to_state()}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> EpochStats:
+        val = None if state["val"] is None else Metrics.from_state(state["val"])
+        return cls(int(state["epoch"]), float(state["train_loss"]), val, float(state["lr"]), float(state["seconds"]))
 
 
 @dataclass
@@ -315,7 +347,8 @@ class TrainHistory:
         """JSON-able provenance for a bundle's ``training`` metadata."""
         best = self.best
         cfg = dataclasses.asdict(self.config) if self.config else {}
-        cfg.pop("progress", None)
+        for key in ("progress", "checkpoint", "resume"):
+            cfg.pop(key, None)
         if isinstance(cfg.get("mask_classes"), Mapping):
             cfg["mask_classes"] = {k: list(v) for k, v in cfg["mask_classes"].items()}
         return {
@@ -422,6 +455,7 @@ def predict_scene(
     factor: int,
     tile: int = 512,
     nodata: float | None = None,
+    device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Predict a whole in-memory scene tile by tile, with the scene pipeline's grid and
     per-tile kernel (:class:`geoseg.grid.TileGrid`, :class:`geoseg.predict.Predictor`).
@@ -434,6 +468,7 @@ def predict_scene(
         factor: The module's downsampling factor.
         tile: Core tile size (rounded up to a multiple of ``factor``).
         nodata: Image nodata (taken from the scene when one is given).
+        device: Torch device of the forward passes.
 
     Returns:
         ``(classes, masks)``: uint8 ``(H, W)`` argmax and bool ``(M, H, W)`` (logit > 0),
@@ -447,7 +482,7 @@ def predict_scene(
     else:
         image = scene_or_image
     _, h, w = image.shape
-    predictor = Predictor(module, normalization["mean"], normalization["std"], factor, num_masks=0)
+    predictor = Predictor(module, normalization["mean"], normalization["std"], factor, num_masks=0, device=device)
     classes = np.zeros((h, w), np.uint8)
     masks: np.ndarray | None = None
     for t in TileGrid(h, w, tile, halo=halo, factor=factor):
@@ -463,28 +498,9 @@ def predict_scene(
     return classes, masks
 
 
-def _confusion(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
-    keep = (truth < num_classes) & (pred < num_classes)
-    idx = truth[keep].astype(np.int64) * num_classes + pred[keep]
-    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def _metrics(conf: np.ndarray, mask_stats: dict[str, list[int]]) -> Metrics:
-    tp = np.diag(conf).astype(np.float64)
-    union = conf.sum(0) + conf.sum(1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / union, np.nan)
-    present = iou[~np.isnan(iou)]
-    total = int(conf.sum())
-    mask_iou = {k: (v[0] / v[1] if v[1] else float("nan")) for k, v in mask_stats.items()}
-    return Metrics(
-        miou=float(present.mean()) if present.size else float("nan"),
-        iou=[float(v) for v in iou],
-        accuracy=float(tp.sum() / total) if total else float("nan"),
-        mask_iou=mask_iou,
-        confusion=conf,
-        pixels=total,
-    )
+#: Kept for callers of the former private helpers (now :mod:`geoseg.metrics`).
+_confusion = confusion_matrix
+_metrics = metrics_from_confusion
 
 
 def evaluate(
@@ -499,6 +515,7 @@ def evaluate(
     num_classes: int | None = None,
     tile: int = 512,
     fast: bool = True,
+    device: str = "cpu",
 ) -> Metrics:
     """Predict labelled scenes and compute mIoU, per-class IoU and mask-head IoU.
 
@@ -516,6 +533,7 @@ def evaluate(
         num_classes: Number of classes (bare module).
         tile: Core tile size.
         fast: Predict with a BatchNorm-folded ``channels_last`` copy.
+        device: Torch device of the forward passes.
     """
     if isinstance(model, ModelBundle):
         module = model.module
@@ -536,10 +554,11 @@ def evaluate(
     mask_stats = {h: [0, 0] for h in mask_heads}
     evaluated: set[str] = set()
     for s in scenes:
-        pred, pred_masks = predict_scene(module, s, normalization, halo=halo, factor=factor, tile=tile)
+        pred, pred_masks = predict_scene(module, s, normalization, halo=halo, factor=factor, tile=tile,
+                                         device=device)
         heads = list(mask_heads) if s.masks is not None else [h for h in mask_heads if h in mask_classes]
         labels, targets = _targets(s, slice(None), slice(None), heads, mask_classes)
-        conf += _confusion(labels, pred, num_classes)
+        conf += confusion_matrix(labels, pred, num_classes)
         if pred_masks is None or targets is None:
             continue
         for t, head in zip(targets, heads):
@@ -548,20 +567,33 @@ def evaluate(
             mask_stats[head][0] += int(np.count_nonzero(p & tt))
             mask_stats[head][1] += int(np.count_nonzero(p | tt))
             evaluated.add(head)
-    return _metrics(conf, {k: v for k, v in mask_stats.items() if k in evaluated})
+    return metrics_from_confusion(conf, {k: v for k, v in mask_stats.items() if k in evaluated})
 
 
 # --------------------------------------------------------------------------- sampling and augmentation
 
 
+def _grid_starts(n: int, c: int) -> list[int]:
+    """Chip origins every ``c`` pixels, the last one flush with the end."""
+    starts = list(range(0, n - c + 1, c))
+    if starts[-1] != n - c:
+        starts.append(n - c)
+    return starts
+
+
 class _ChipSampler:
-    """Random labelled chips from the training scenes, normalised and augmented."""
+    """Labelled chips from the training scenes (random or on a grid), normalised and augmented."""
 
     def __init__(self, scenes: Sequence[LabeledScene], cfg: TrainConfig, norm: Mapping[str, Sequence[float]],
                  heads: Sequence[str], rng: np.random.Generator) -> None:
         self.scenes = [s for s in scenes if min(s.shape) >= cfg.chip_size]
         if not self.scenes:
-            raise InputError(f"no training scene is at least chip_size={cfg.chip_size} pixels on each side")
+            sizes = ", ".join(f"{s.shape[0]}x{s.shape[1]}" for s in scenes)
+            raise InputError(
+                f"no training area is at least chip_size={cfg.chip_size} pixels on each side ({sizes} after "
+                "the validation split): use a smaller chip size, a smaller validation fraction or gap, or "
+                "larger images"
+            )
         areas = np.array([s.shape[0] * s.shape[1] for s in self.scenes], np.float64)
         self.p = areas / areas.sum()
         self.cfg = cfg
@@ -570,24 +602,53 @@ class _ChipSampler:
         self.mean = np.asarray(norm["mean"], np.float32).reshape(-1, 1, 1)
         self.inv = (1.0 / np.asarray(norm["std"], np.float64)).astype(np.float32).reshape(-1, 1, 1)
         self.rng = rng
+        self.positions = self._grid() if cfg.sampling == "grid" else None
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps per epoch."""
+        n = self.cfg.chips_per_epoch if self.positions is None else len(self.positions)
+        return math.ceil(n / self.cfg.batch_size)
+
+    def _grid(self) -> list[tuple[int, int, int]]:
+        c = self.cfg.chip_size
+        full, some = [], []
+        for k, s in enumerate(self.scenes):
+            for r in _grid_starts(s.shape[0], c):
+                for q in _grid_starts(s.shape[1], c):
+                    labels, _ = _targets(s, slice(r, r + c), slice(q, q + c), [], {})
+                    n = np.count_nonzero(labels != IGNORE)
+                    (full if n >= self.cfg.min_labeled * c * c else some if n else []).append((k, r, q))
+        if not full and not some:
+            raise InputError("no training chip has a labelled pixel: check the labels and the image nodata")
+        return full or some
 
     def chip(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """A random chip with at least ``min_labeled`` labelled pixels (if one is found in 50 draws)."""
         c, rng = self.cfg.chip_size, self.rng
         for _ in range(50):
-            s = self.scenes[rng.choice(len(self.scenes), p=self.p)]
+            k = int(rng.choice(len(self.scenes), p=self.p))
+            s = self.scenes[k]
             r = int(rng.integers(0, s.shape[0] - c + 1))
             q = int(rng.integers(0, s.shape[1] - c + 1))
-            rows, cols = slice(r, r + c), slice(q, q + c)
-            labels, masks = _targets(s, rows, cols, self.heads, self.mask_classes)
+            labels, masks = _targets(s, slice(r, r + c), slice(q, q + c), self.heads, self.mask_classes)
             if np.count_nonzero(labels != IGNORE) >= self.cfg.min_labeled * c * c:
                 break
+        return self._make(k, r, q, labels, masks)
+
+    def _make(self, k: int, r: int, q: int, labels: np.ndarray | None = None,
+              masks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        s, c = self.scenes[k], self.cfg.chip_size
+        rows, cols = slice(r, r + c), slice(q, q + c)
+        if labels is None:
+            labels, masks = _targets(s, rows, cols, self.heads, self.mask_classes)
         valid = None if s.nodata is None else s.valid(rows, cols)
         x = _normalize(s.image[:, rows, cols], self.mean, self.inv, valid)
         if self.cfg.augment:
             x, labels, masks = self._augment(x, labels, masks)
         return x, labels, masks
 
-    def _augment(self, x: np.ndarray, labels: np.ndarray, masks: np.ndarray | None):  # noqa: ANN202
+    def _augment(self, x: np.ndarray, labels: np.ndarray, masks: np.ndarray | None) -> tuple:
         rng, cfg = self.rng, self.cfg
         k = int(rng.integers(0, 4))
         flip = bool(rng.integers(0, 2))
@@ -605,19 +666,34 @@ class _ChipSampler:
         return x, out[1][0], (out[2] if masks is not None else None)
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        chips = [self.chip() for _ in range(n)]
+        """``n`` random chips as ``(x, labels, masks)`` tensors."""
+        return self._collate([self.chip() for _ in range(n)])
+
+    def _collate(self, chips: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         x = torch.from_numpy(np.stack([c[0] for c in chips]))
         y = torch.from_numpy(np.stack([c[1] for c in chips]).astype(np.int64))
         m = None
         if self.heads:
-            m = torch.from_numpy(np.stack([c[2] for c in chips]))  # type: ignore[misc]
+            m = torch.from_numpy(np.stack([c[2] for c in chips]))
         return x, y, m
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """The batches of one epoch (:attr:`steps` of them)."""
+        bs = self.cfg.batch_size
+        if self.positions is None:
+            for _ in range(self.steps):
+                yield self.batch(bs)
+            return
+        order = self.rng.permutation(len(self.positions))
+        for i in range(0, len(order), bs):
+            yield self._collate([self._make(*self.positions[j]) for j in order[i : i + bs]])
 
 
 # --------------------------------------------------------------------------- losses
 
 
-def _mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _mask_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 1.0,
+               dice_weight: float = 1.0) -> torch.Tensor:
     """BCE + soft Dice over labelled pixels (target 255 = ignore), averaged over heads."""
     keep = target != IGNORE
     t = (target == 1).to(logits.dtype)
@@ -628,7 +704,35 @@ def _mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     dims = (0, 2, 3)
     inter = (p * t).sum(dims)
     dice = 1.0 - (2.0 * inter + 1.0) / (p.sum(dims) + (t * w).sum(dims) + 1.0)
-    return bce + dice.mean()
+    return bce_weight * bce + dice_weight * dice.mean()
+
+
+def _mae_loss(logits: torch.Tensor, labels: torch.Tensor, mask_logits: torch.Tensor | None,
+              masks: torch.Tensor | None) -> torch.Tensor:
+    """Mean |probability - one-hot target| over labelled pixels (and classes), plus the
+    same for the mask heads' sigmoid probabilities."""
+    keep = labels != IGNORE
+    onehot = F.one_hot(torch.where(keep, labels, 0), logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
+    err = (torch.softmax(logits, 1) - onehot).abs().mean(1)
+    loss = (err * keep).sum() / keep.sum().clamp_min(1)
+    if mask_logits is not None and masks is not None:
+        mkeep = masks != IGNORE
+        merr = (torch.sigmoid(mask_logits) - (masks == 1).to(mask_logits.dtype)).abs()
+        loss = loss + (merr * mkeep).sum() / mkeep.sum().clamp_min(1)
+    return loss
+
+
+def _loss(cfg: TrainConfig, logits: torch.Tensor, mask_logits: torch.Tensor | None, labels: torch.Tensor,
+          masks: torch.Tensor | None, ce_weight: torch.Tensor | None) -> torch.Tensor:
+    """The training objective; pixels labelled 255 (unlabelled or nodata) contribute nothing."""
+    loss = logits.new_zeros(())
+    if cfg.ce_weight and bool((labels != IGNORE).any()):
+        loss = loss + cfg.ce_weight * F.cross_entropy(logits, labels, weight=ce_weight, ignore_index=IGNORE)
+    if mask_logits is not None and masks is not None and mask_logits.shape[1]:
+        loss = loss + cfg.mask_loss_weight * _mask_loss(mask_logits, masks, cfg.bce_weight, cfg.dice_weight)
+    if cfg.mae_weight:
+        loss = loss + cfg.mae_weight * _mae_loss(logits, labels, mask_logits, masks)
+    return loss
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total: int) -> torch.optim.lr_scheduler.LRScheduler:
@@ -646,6 +750,17 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total: int) -> torc
         def factor(step: int) -> float:
             return 1.0
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _amp_dtype(amp: bool | str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: bf16 where CUDA supports it, else fp16; None: full precision."""
+    if amp == "auto":
+        amp = device.type == "cuda"
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
 
 
 # --------------------------------------------------------------------------- training
@@ -669,15 +784,16 @@ def train(
         val_data: Validation scenes, spatially separate from the training data; None:
             hold out the bottom ``val_fraction`` of each training scene.
         config: Options (:class:`TrainConfig`); keyword ``options`` override its fields.
-        on_epoch: Called with each epoch's :class:`EpochStats`.
+        on_epoch: Called with each epoch's :class:`EpochStats` (after its checkpoint).
 
     Returns:
-        ``(module, history)``: the trained module (eval mode; the best epoch's weights
-        with ``restore_best``) and a :class:`TrainHistory` whose ``normalization`` goes
-        with the module (``bundle.replace(module=..., normalization=...)``).
+        ``(module, history)``: the trained module (eval mode, on the CPU; the best
+        epoch's weights with ``restore_best``) and a :class:`TrainHistory` whose
+        ``normalization`` goes with the module
+        (``bundle.replace(module=..., normalization=...)``).
 
     Raises:
-        InputError: For inconsistent data or options.
+        InputError: For inconsistent data or options, or a checkpoint that does not fit.
     """
     cfg = dataclasses.replace(config or TrainConfig(), **options)
     threads = torch.get_num_threads()
@@ -689,6 +805,36 @@ def train(
         torch.set_num_threads(threads)
 
 
+@dataclass
+class _Loop:
+    """The training loop's state besides model and optimiser (saved in checkpoints)."""
+
+    best_score: float = -1.0
+    best_state: dict[str, torch.Tensor] | None = None
+    stale: int = 0
+    seconds: float = 0.0  # wall time of earlier runs (before a resume)
+
+
+#: Options that may change between an interrupted run and its resume.
+_RESUMABLE = {"early_stopping", "restore_best", "time_limit", "num_threads", "device", "amp", "checkpoint",
+              "resume", "progress", "val_tile"}
+
+
+def _fingerprint(bundle: ModelBundle, cfg: TrainConfig, norm: Mapping[str, Any], weights: Any,
+                 scenes: Sequence[LabeledScene]) -> dict[str, str]:
+    """What a checkpoint must agree on to be resumed (each value as canonical JSON)."""
+    opts = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUMABLE}
+    items = {f"option {k}": v for k, v in opts.items()}
+    spec = bundle.spec
+    items.update({
+        "model": [spec.architecture, spec.arch_params, spec.bands, [c.name for c in spec.classes], spec.mask_heads],
+        "normalization statistics (training data)": norm,
+        "class weights": weights,
+        "training scene shapes": [list(s.shape) for s in scenes],
+    })
+    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in items.items()}
+
+
 def _train(
     bundle: ModelBundle,
     train_data: LabeledScene | Sequence[LabeledScene],
@@ -696,6 +842,8 @@ def _train(
     cfg: TrainConfig,
     on_epoch: Callable[[EpochStats], None] | None,
 ) -> tuple[nn.Module, TrainHistory]:
+    from geoseg.predict import resolve_device
+
     t_start = time.perf_counter()
     scenes = [train_data] if isinstance(train_data, LabeledScene) else list(train_data)
     if val_data is None:
@@ -709,57 +857,63 @@ def _train(
         raise InputError(f"chip_size={cfg.chip_size} must be a multiple of the model's downsampling {bundle.downsampling}")
 
     norm = compute_normalization(scenes)
-    weights: list[float] | None = None
-    if cfg.class_weights == "auto":
-        freq = class_frequencies(scenes, bundle.num_classes)
-        raw = np.where(freq > 0, 1.0 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
-        raw = raw / raw[freq > 0].mean()
-        weights = [round(float(v), 4) for v in np.clip(raw, 0.0, 10.0)]
-    elif cfg.class_weights is not None:
-        weights = [float(v) for v in cfg.class_weights]
-        if len(weights) != bundle.num_classes:
-            raise InputError(f"class_weights has {len(weights)} values for {bundle.num_classes} classes")
+    weights = _class_weights(cfg, scenes, bundle.num_classes)
+    device = torch.device(resolve_device(cfg.device))
+    amp_dtype = _amp_dtype(cfg.amp, device)
 
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    module = copy.deepcopy(bundle.module)
+    module = copy.deepcopy(bundle.module).to(device)
     if cfg.channels_last:
         module = module.to(memory_format=torch.channels_last)
     sampler = _ChipSampler(scenes, cfg, norm, heads, rng)
-    steps = math.ceil(cfg.chips_per_epoch / cfg.batch_size)
+    steps = sampler.steps
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = _scheduler(opt, cfg, steps * cfg.epochs)
-    ce_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    ce_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
 
     history = TrainHistory(
         normalization=norm, class_weights=weights, config=cfg, class_names=list(bundle.class_names)
     )
-    best_miou, best_state, stale = -1.0, None, 0
-    for epoch in range(1, cfg.epochs + 1):
+    loop = _Loop()
+    fingerprint = _fingerprint(bundle, cfg, norm, weights, scenes)
+    if cfg.resume:
+        _restore(cfg.checkpoint, fingerprint, module, opt, sched, scaler, rng, history, loop)
+        if history.stopped != "early_stopping":
+            history.stopped = "epochs"
+    val_device = str(device)
+    for epoch in range(len(history.epochs) + 1, cfg.epochs + 1):
+        if history.stopped == "early_stopping":
+            break
         t0 = time.perf_counter()
         module.train()
-        losses = []
-        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False)
-        for _ in bar:
-            x, y, m = sampler.batch(cfg.batch_size)
+        losses: list[float] = []
+        bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False,
+                   file=sys.stderr)
+        last_val = history.epochs[-1].val_miou if history.epochs else float("nan")
+        for x, y, m in sampler.epoch():
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            m = None if m is None else m.to(device, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            logits, mask_logits = _outputs(module(x))
-            loss = F.cross_entropy(logits, y, weight=ce_weight, ignore_index=IGNORE)
-            if heads and mask_logits is not None and m is not None:
-                loss = loss + cfg.mask_loss_weight * _mask_loss(mask_logits, m)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits, mask_logits = _outputs(module(x))
+            loss = _loss(cfg, logits.float(), None if mask_logits is None else mask_logits.float(), y, m, ce_weight)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", val_miou=f"{last_val:.4f}")
         bar.close()
         module.eval()
         val = evaluate(
             module, vals, normalization=norm, halo=bundle.halo, factor=bundle.downsampling,
             mask_heads=heads, mask_classes=cfg.mask_classes, num_classes=bundle.num_classes,
-            tile=cfg.val_tile,
+            tile=cfg.val_tile, device=val_device,
         ) if vals else None
         stats = EpochStats(epoch, float(np.mean(losses)), val, opt.param_groups[0]["lr"], time.perf_counter() - t0)
         history.epochs.append(stats)
@@ -767,28 +921,107 @@ def _train(
             masks = "" if val is None else " ".join(f"{k} IoU {v:.4f}" for k, v in val.mask_iou.items())
             tqdm.write(
                 f"epoch {epoch}/{cfg.epochs}: loss {stats.train_loss:.4f}, val mIoU {stats.val_miou:.4f} "
-                f"{masks} ({stats.seconds:.0f} s)"
+                f"{masks} ({stats.seconds:.0f} s)", file=sys.stderr,
             )
+        score = stats.val_miou if val is not None else -stats.train_loss
+        if score > loop.best_score:
+            loop.best_score, loop.stale, history.best_epoch = score, 0, epoch
+            if cfg.restore_best:
+                loop.best_state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        else:
+            loop.stale += 1
+        if cfg.early_stopping is not None and loop.stale >= cfg.early_stopping:
+            history.stopped = "early_stopping"
+        elif cfg.time_limit is not None and time.perf_counter() - t_start > cfg.time_limit:
+            history.stopped = "time_limit"
+        history.seconds = loop.seconds + time.perf_counter() - t_start
+        if cfg.checkpoint is not None:
+            _save(cfg.checkpoint, fingerprint, module, opt, sched, scaler, rng, history, loop)
         if on_epoch is not None:
             on_epoch(stats)
-        score = stats.val_miou if val is not None else -stats.train_loss
-        if score > best_miou:
-            best_miou, stale, history.best_epoch = score, 0, epoch
-            if cfg.restore_best:
-                best_state = copy.deepcopy(module.state_dict())
-        else:
-            stale += 1
-        if cfg.early_stopping is not None and stale >= cfg.early_stopping:
-            history.stopped = "early_stopping"
+        if history.stopped != "epochs":
             break
-        if cfg.time_limit is not None and time.perf_counter() - t_start > cfg.time_limit:
-            history.stopped = "time_limit"
-            break
-    if cfg.restore_best and best_state is not None:
-        module.load_state_dict(best_state)
+    module = module.cpu()
+    if cfg.restore_best and loop.best_state is not None:
+        module.load_state_dict(loop.best_state)
     module = module.to(memory_format=torch.contiguous_format).eval()
-    history.seconds = time.perf_counter() - t_start
+    history.seconds = loop.seconds + time.perf_counter() - t_start
     return module, history
+
+
+def _class_weights(cfg: TrainConfig, scenes: Sequence[LabeledScene], num_classes: int) -> list[float] | None:
+    if cfg.class_weights == "auto":
+        freq = class_frequencies(scenes, num_classes)
+        raw = np.where(freq > 0, 1.0 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
+        raw = raw / raw[freq > 0].mean()
+        return [round(float(v), 4) for v in np.clip(raw, 0.0, 10.0)]
+    if cfg.class_weights is not None:
+        weights = [float(v) for v in cfg.class_weights]
+        if len(weights) != num_classes:
+            raise InputError(f"class_weights has {len(weights)} values for {num_classes} classes")
+        return weights
+    return None
+
+
+def _save(path: str | os.PathLike[str], fingerprint: Mapping[str, str], module: nn.Module,
+          opt: torch.optim.Optimizer, sched: Any, scaler: Any, rng: np.random.Generator,
+          history: TrainHistory, loop: _Loop) -> None:
+    from geoseg.checkpoint import save_checkpoint
+
+    meta = {
+        "epochs": [e.to_state() for e in history.epochs],
+        "best_epoch": history.best_epoch,
+        "stopped": history.stopped,
+        "best_score": loop.best_score,
+        "stale": loop.stale,
+        "seconds": history.seconds,
+    }
+    save_checkpoint(path, {
+        "fingerprint": dict(fingerprint),
+        "meta": json.dumps(meta),
+        "model": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "best": loop.best_state,
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict(),
+        "numpy_rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    })
+
+
+def _restore(path: str | os.PathLike[str] | None, fingerprint: Mapping[str, str], module: nn.Module,
+             opt: torch.optim.Optimizer, sched: Any, scaler: Any, rng: np.random.Generator,
+             history: TrainHistory, loop: _Loop) -> None:
+    from geoseg.checkpoint import load_checkpoint
+
+    assert path is not None
+    state = load_checkpoint(path)
+    saved = state.get("fingerprint", {})
+    diffs = [k for k in fingerprint if saved.get(k) != fingerprint[k]]
+    if diffs:
+        raise InputError(
+            f"checkpoint {path} was written by a different training setup ({', '.join(diffs[:4])} differ): "
+            "resume with the original data and options, or start over without --resume"
+        )
+    try:
+        module.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        meta = json.loads(state["meta"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        raise InputError(f"checkpoint {path} is damaged ({str(err)[:200]}): start over without --resume") from None
+    history.epochs = [EpochStats.from_state(e) for e in meta["epochs"]]
+    history.best_epoch = int(meta["best_epoch"])
+    history.stopped = str(meta["stopped"])
+    loop.best_score, loop.stale = float(meta["best_score"]), int(meta["stale"])
+    loop.best_state = state["best"]
+    loop.seconds = float(meta["seconds"])
 
 
 def _check_data(bundle: ModelBundle, scenes: Sequence[LabeledScene], heads: Sequence[str], cfg: TrainConfig) -> None:

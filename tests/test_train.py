@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,19 +44,19 @@ def scenes() -> tuple[LabeledScene, LabeledScene]:
     return LabeledScene(img, lab, name="train"), LabeledScene(vimg, vlab, name="val")
 
 
-def _tiny(seed: int = 0):  # noqa: ANN202
+def _tiny(seed: int = 0):
     return build_unet(BANDS, LANDCOVER_CLASSES, ["built_up"], base_width=8, depth=2, seed=seed)
 
 
-FAST = dict(chip_size=64, batch_size=8, lr=1e-2, class_weights="auto", mask_classes=BUILT_UP,
-            progress=False, num_threads=1)
+FAST = {"chip_size": 64, "batch_size": 8, "lr": 1e-2, "class_weights": "auto", "mask_classes": BUILT_UP,
+        "progress": False, "num_threads": 1}
 
 
 # --------------------------------------------------------------------------- learning
 
 
 @pytest.mark.slow
-def test_tiny_model_learns(scenes) -> None:  # noqa: ANN001
+def test_tiny_model_learns(scenes) -> None:
     train_scene, val_scene = scenes
     bundle = _tiny()
     before = evaluate(bundle.replace(normalization=compute_normalization([train_scene])), val_scene,
@@ -77,7 +78,7 @@ def test_tiny_model_learns(scenes) -> None:  # noqa: ANN001
     assert summary["best_epoch"] == history.best_epoch and len(summary["loss"]) == 6
 
 
-def test_reproducible(scenes) -> None:  # noqa: ANN001
+def test_reproducible(scenes) -> None:
     train_scene, val_scene = scenes
     runs = [
         train(_tiny(), train_scene, val_scene, epochs=2, chips_per_epoch=16, restore_best=False, **FAST)
@@ -93,7 +94,7 @@ def test_reproducible(scenes) -> None:  # noqa: ANN001
     assert [e.train_loss for e in h3.epochs] != [e.train_loss for e in h1.epochs]
 
 
-def test_input_bundle_not_modified(scenes) -> None:  # noqa: ANN001
+def test_input_bundle_not_modified(scenes) -> None:
     bundle = _tiny()
     before = {k: v.clone() for k, v in bundle.module.state_dict().items()}
     train(bundle, scenes[0], scenes[1], epochs=1, chips_per_epoch=8, **FAST)
@@ -101,14 +102,14 @@ def test_input_bundle_not_modified(scenes) -> None:  # noqa: ANN001
         assert torch.equal(v, before[k])
 
 
-def test_split_validation_and_time_limit(scenes) -> None:  # noqa: ANN001
+def test_split_validation_and_time_limit(scenes) -> None:
     _, history = train(_tiny(), scenes[0], None, epochs=3, chips_per_epoch=8, time_limit=0.0,
                        schedule="cosine", **FAST)
     assert history.stopped == "time_limit" and len(history.epochs) == 1
     assert history.epochs[0].val is not None and history.epochs[0].val.pixels == 64 * 320
 
 
-def test_early_stopping(scenes) -> None:  # noqa: ANN001
+def test_early_stopping(scenes) -> None:
     unlabeled = LabeledScene(scenes[1].image, np.full_like(scenes[1].labels, IGNORE))
     _, history = train(_tiny(), scenes[0], unlabeled, epochs=4, chips_per_epoch=8, early_stopping=1, **FAST)
     assert history.stopped == "early_stopping" and len(history.epochs) == 1
@@ -212,7 +213,7 @@ def test_load_scene(tmp_path: Path) -> None:
     img = np.arange(2 * 16 * 16, dtype=np.uint16).reshape(2, 16, 16)
     lab = np.ones((16, 16), np.uint8)
     lab[0, 0] = 9
-    kw = dict(driver="GTiff", width=16, height=16, crs="EPSG:32633", transform=transform)
+    kw = {"driver": "GTiff", "width": 16, "height": 16, "crs": "EPSG:32633", "transform": transform}
     with rasterio.open(tmp_path / "img.tif", "w", count=2, dtype="uint16", nodata=0, **kw) as dst:
         dst.write(img)
     with rasterio.open(tmp_path / "lab.tif", "w", count=1, dtype="uint8", nodata=9, **kw) as dst:
@@ -221,16 +222,22 @@ def test_load_scene(tmp_path: Path) -> None:
     assert scene.image.shape == (2, 16, 16) and scene.nodata == 0
     assert scene.labels[0, 0] == IGNORE and scene.labels[1, 1] == 1
     assert scene.masks is not None and scene.masks.shape == (1, 16, 16)
+    # labels on another grid are put onto the image's grid; outside their extent: unlabelled
     with rasterio.open(tmp_path / "other.tif", "w", count=1, dtype="uint8", **{**kw, "width": 8}) as dst:
-        dst.write(np.zeros((1, 16, 8), np.uint8))
-    with pytest.raises(InputError, match="grid"):
-        load_scene(tmp_path / "img.tif", tmp_path / "other.tif")
+        dst.write(np.full((1, 16, 8), 2, np.uint8))
+    other = load_scene(tmp_path / "img.tif", tmp_path / "other.tif")
+    assert np.all(other.labels[:, :8] == 2) and np.all(other.labels[:, 8:] == IGNORE)
+    far = {**kw, "transform": Affine(1.0, 0.0, 5000.0, 0.0, -1.0, 100.0)}
+    with rasterio.open(tmp_path / "far.tif", "w", count=1, dtype="uint8", **far) as dst:
+        dst.write(np.zeros((1, 16, 16), np.uint8))
+    with pytest.raises(InputError, match="does not overlap"):
+        load_scene(tmp_path / "img.tif", tmp_path / "far.tif")
 
 
 # --------------------------------------------------------------------------- validation errors
 
 
-def test_data_errors(scenes) -> None:  # noqa: ANN001
+def test_data_errors(scenes) -> None:
     train_scene, val_scene = scenes
     three = LabeledScene(train_scene.image[:3], train_scene.labels)
     with pytest.raises(InputError, match="3 bands"):
@@ -270,3 +277,101 @@ def test_metrics_from_confusion() -> None:
     assert m.mask_iou == {"built_up": 0.75}
     d = m.as_dict(["a", "b", "c"])
     assert d["iou"]["c"] is None and json.dumps(d)
+
+
+# --------------------------------------------------------------------------- loss terms, sampling, checkpoints
+
+
+def test_loss_ignores_unlabelled_pixels() -> None:
+    """Cross-entropy, BCE + Dice and MAE: logits at pixels labelled 255 change nothing."""
+    from geoseg.train import _loss
+
+    torch.manual_seed(0)
+    logits, mask_logits = torch.randn(2, 3, 8, 8), torch.randn(2, 1, 8, 8)
+    labels = torch.randint(0, 3, (2, 8, 8))
+    labels[:, :, :3] = IGNORE
+    masks = (labels == 2).to(torch.uint8)[:, None]
+    masks[labels[:, None] == IGNORE] = IGNORE
+    cfg = TrainConfig(mae_weight=0.7, class_weights=None)
+    base = _loss(cfg, logits, mask_logits, labels, masks, torch.tensor([1.0, 2.0, 0.5]))
+    changed_logits, changed_masks = logits.clone(), mask_logits.clone()
+    changed_logits[..., :3] = torch.randn(2, 3, 8, 3) * 50
+    changed_masks[..., :3] = 99.0
+    other = _loss(cfg, changed_logits, changed_masks, labels, masks, torch.tensor([1.0, 2.0, 0.5]))
+    assert other.item() == pytest.approx(base.item(), rel=1e-6)
+    # ... and they get no gradient
+    x = logits.clone().requires_grad_()
+    _loss(cfg, x, mask_logits, labels, masks, None).backward()
+    assert torch.all(x.grad[..., :3] == 0) and torch.any(x.grad[..., 3:] != 0)
+    # every term counts on labelled pixels; with nothing labelled the loss is 0, not NaN
+    assert _loss(TrainConfig(mae_weight=1.0, ce_weight=0.0), logits, None, labels, None, None).item() > 0
+    empty = torch.full_like(labels, IGNORE)
+    assert _loss(cfg, logits, mask_logits, empty, torch.full_like(masks, IGNORE), None).item() == 0.0
+
+
+def test_grid_sampling_visits_every_chip_once_per_epoch() -> None:
+    labels = np.zeros((50, 70), np.uint8)
+    labels[:, 60:] = IGNORE  # the last column of chips is mostly unlabelled: left out
+    image = np.stack([np.arange(50 * 70, dtype=np.float64).reshape(50, 70)])
+    scene = LabeledScene(image, labels)
+    cfg = TrainConfig(chip_size=16, batch_size=5, sampling="grid", augment=False, min_labeled=0.5)
+    sampler = _ChipSampler([scene], cfg, {"mean": [0.0], "std": [1.0]}, [], np.random.default_rng(0))
+    # rows 0, 16, 32, 34 (flush with the end) x columns 0, 16, 32, 48 (54 is mostly unlabelled)
+    assert sorted(sampler.positions) == [(0, r, c) for r in (0, 16, 32, 34) for c in (0, 16, 32, 48)]
+    assert sampler.steps == 4
+    for _ in range(2):
+        corners = [int(x[i, 0, 0, 0]) for x, _, _ in sampler.epoch() for i in range(x.shape[0])]
+        assert sorted(corners) == sorted(r * 70 + c for r in (0, 16, 32, 34) for c in (0, 16, 32, 48))
+
+
+def test_checkpoint_resume_is_exact_and_checked(scenes, tmp_path: Path) -> None:
+    train_scene, val_scene = scenes
+    opts = dict(epochs=3, chips_per_epoch=16, **FAST)
+    whole, h1 = train(_tiny(), train_scene, val_scene, checkpoint=tmp_path / "a.ckpt", **opts)
+    stops = []
+    _, h2 = train(_tiny(), train_scene, val_scene, checkpoint=tmp_path / "b.ckpt", time_limit=0.0,
+                  on_epoch=stops.append, **opts)
+    assert h2.stopped == "time_limit" and len(stops) == 1
+    resumed, h3 = train(_tiny(), train_scene, val_scene, checkpoint=tmp_path / "b.ckpt", resume=True, **opts)
+    assert [e.train_loss for e in h3.epochs] == [e.train_loss for e in h1.epochs]
+    assert h3.best_epoch == h1.best_epoch and h3.stopped == "epochs"
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(InputError, match=r"different training setup \(option lr"):
+        train(_tiny(), train_scene, val_scene, checkpoint=tmp_path / "b.ckpt", resume=True, **{**opts, "lr": 0.5})
+    with pytest.raises(InputError, match="training scene shapes"):
+        train(_tiny(), train_scene.window(slice(0, 256), slice(None)), val_scene, checkpoint=tmp_path / "b.ckpt",
+              resume=True, **opts)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_checkpoints_are_never_unpickled_as_objects(tmp_path: Path) -> None:
+    import pickle
+
+    from geoseg.checkpoint import load_checkpoint, save_checkpoint
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("echo unsafe",))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"format": ["geoseg-checkpoint", 1], "x": Boom()}, evil)
+    with pytest.raises(InputError, match="not a readable geoseg checkpoint"):
+        load_checkpoint(evil)
+    (tmp_path / "junk.ckpt").write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(InputError, match="geoseg checkpoint"):
+        load_checkpoint(tmp_path / "junk.ckpt")
+    path = save_checkpoint(tmp_path / "ok.ckpt", {"t": torch.ones(2), "meta": "{}"})
+    assert torch.equal(load_checkpoint(path)["t"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.ckpt", "junk.ckpt", "ok.ckpt"]  # no temp files
+
+
+def test_mixed_precision_path_and_device_errors(scenes) -> None:
+    """amp=True runs autocast (bf16 on CPU: slow, so 'auto' keeps it for CUDA); a CUDA
+    device that is not there is refused with what to do."""
+    train_scene, val_scene = scenes
+    module, history = train(_tiny(), train_scene, val_scene, epochs=1, chips_per_epoch=8, amp=True, **FAST)
+    assert np.isfinite(history.epochs[0].train_loss) and next(module.parameters()).dtype == torch.float32
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="--device cpu"):
+            train(_tiny(), train_scene, val_scene, epochs=1, chips_per_epoch=8, device="cuda", **FAST)
