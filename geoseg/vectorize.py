@@ -325,7 +325,8 @@ def load_classes(ref: str) -> tuple[list[str], list[str]]:
 
 
 def classes_of_raster(path) -> tuple[list[str], list[str]] | None:
-    """Class names and colours recorded in a class map's metadata (as ``geoseg run`` writes them)."""
+    """Class names and colours recorded in a class map's metadata (as ``geoseg run`` writes
+    them), or only the colours of its colour table; None when it has neither."""
     import rasterio
 
     with rasterio.open(path) as ds:
@@ -341,7 +342,11 @@ def classes_of_raster(path) -> tuple[list[str], list[str]] | None:
             except ValueError:
                 colors = [PALETTE[i % len(PALETTE)] for i in range(len(names))]
             return names, colors
-    return None
+        try:  # no names, but a colour table: keep its colours for class_<id>
+            cmap = ds.colormap(1)
+        except ValueError:
+            return None
+        return [], [rgb_to_hex(cmap[i][:3]) for i in range(256)]
 
 
 def mask_names_of_raster(path) -> list[str]:

@@ -294,6 +294,13 @@ def test_masks_and_classes_from_json(tmp_path) -> None:
     spec.write_text(json.dumps([{"name": n, "color": c} for n, c in zip(NAMES, COLORS)]))
     vectorize(cpath, tmp_path / "a.gpkg")
     vectorize(cpath, tmp_path / "b.gpkg", classes_from=str(spec))
+    with rasterio.open(cpath, "r+") as ds:  # a colour table alone gives the style its colours
+        ds.write_colormap(1, {1: (10, 20, 30, 255)})
+    vectorize(cpath, tmp_path / "c.gpkg")
+    con = sqlite3.connect(tmp_path / "c.gpkg")
+    qml = con.execute("select styleQML from layer_styles").fetchone()[0]
+    con.close()
+    assert '"10,20,30,255"' in qml
     assert set(pyogrio.raw.read(tmp_path / "a.gpkg", layer="classes")[3][1]) <= {f"class_{i}" for i in range(6)}
     assert set(pyogrio.raw.read(tmp_path / "b.gpkg", layer="classes")[3][1]) <= set(NAMES)
 
