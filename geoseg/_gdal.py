@@ -3,10 +3,8 @@
 ``rasterio.features.shapes`` turns every vertex into a Python tuple and holds the GIL
 while it does, so polygonizing in threads does not scale, and building shapely
 geometries from the tuples costs as much again. Here the same GDAL functions
-(``GDALPolygonize``, ``GDALRasterizeGeometries``) are called through ``ctypes`` on the
-GDAL library rasterio has already loaded: ``ctypes`` releases the GIL for each call,
-polygons come back as WKB, and block labels (when asked for) come from rasterizing the
-polygons back (pixel-aligned polygons burn exactly their own pixels).
+(``GDALPolygonize``) are called through ``ctypes`` on the GDAL library rasterio has
+already loaded: ``ctypes`` releases the GIL for each call, and polygons come back as WKB.
 
 :func:`polygonize_block` falls back to rasterio's Python API (same results, slower)
 when that library cannot be found (or with ``GEOSEG_GDAL_CTYPES=0`` in the environment).
@@ -79,10 +77,6 @@ class _Gdal:
         self.wkb_size = fn("OGR_G_WkbSize", ci, vp)
         self.export_wkb = fn("OGR_G_ExportToWkb", ci, vp, ci, cs)
         self.feature_destroy = fn("OGR_F_Destroy", None, vp)
-        self.rasterize = fn(
-            "GDALRasterizeGeometries", ci, vp, ci, ctypes.POINTER(ci), ci, ctypes.POINTER(vp),
-            vp, vp, ctypes.POINTER(cd), ctypes.POINTER(cs), vp, vp,
-        )
         self.error_msg = fn("CPLGetLastErrorMsg", cs)
         fn("GDALAllRegister", None)()  # idempotent; rasterio registers drivers only in an Env
         self.raster_driver = self.get_driver(b"MEM")
@@ -113,8 +107,8 @@ def available() -> bool:
 
 
 def polygonize_block(
-    values: np.ndarray, valid: np.ndarray, origin: tuple[int, int], connectivity: int = 4, labels: bool = False
-) -> tuple[np.ndarray, list[bytes], np.ndarray | None]:
+    values: np.ndarray, valid: np.ndarray, origin: tuple[int, int], connectivity: int = 4
+) -> tuple[np.ndarray, list[bytes]]:
     """Polygons of the connected regions of equal value in one block.
 
     Args:
@@ -123,12 +117,10 @@ def polygonize_block(
         origin: ``(row, col)`` of the block's first pixel in the whole raster; polygons
             are in whole-raster pixel coordinates (x = column, y = row), exact integers.
         connectivity: 4 or 8.
-        labels: also return the block's region labels.
 
     Returns:
-        ``(values, polygons as WKB, labels)``: the value of each region, its polygon, and
-        (when asked for, else None) an int32 array of the block's shape holding ``i + 1``
-        on the pixels of region ``i`` and 0 elsewhere.
+        ``(values, polygons as WKB)``: the value and the polygon of each region, in
+        GDAL's order.
     """
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
@@ -137,8 +129,8 @@ def polygonize_block(
     with _INIT_LOCK:
         g = _gdal()
     if g is None:
-        return _polygonize_rasterio(values, valid, origin, connectivity, labels)
-    return _polygonize_ctypes(g, values, valid, origin, connectivity, labels)
+        return _polygonize_rasterio(values, valid, origin, connectivity)
+    return _polygonize_ctypes(g, values, valid, origin, connectivity)
 
 
 def _check(g: _Gdal, ok, what: str):
@@ -147,27 +139,7 @@ def _check(g: _Gdal, ok, what: str):
     return ok
 
 
-def _burn(g: _Gdal, shape, origin, geoms, ids) -> np.ndarray:
-    """Rasterize polygons (OGR handles) with burn values ``ids + 1`` onto a zeroed int32 window."""
-    h, w = shape
-    out = np.zeros(shape, dtype=np.int32)
-    if not len(ids):
-        return out
-    ds = _check(g, g.create(g.raster_driver, b"", w, h, 1, _GDT_INT32, None), "create a MEM raster")
-    try:
-        g.set_geotransform(ds, (ctypes.c_double * 6)(origin[1], 1.0, 0.0, origin[0], 0.0, 1.0))
-        n = len(ids)
-        handles = (ctypes.c_void_p * n)(*(geoms[i] for i in ids))
-        burn = (ctypes.c_double * n)(*(float(i + 1) for i in ids))
-        if g.rasterize(ds, 1, (ctypes.c_int * 1)(1), n, handles, None, None, burn, None, None, None) != 0:
-            _check(g, False, "rasterize a block's polygons")
-        g.raster_io(g.get_band(ds, 1), _GF_READ, 0, 0, w, h, out.ctypes.data, w, h, _GDT_INT32, 0, 0)
-    finally:
-        g.close(ds)
-    return out
-
-
-def _polygonize_ctypes(g: _Gdal, values, valid, origin, connectivity, want_labels):
+def _polygonize_ctypes(g: _Gdal, values, valid, origin, connectivity):
     h, w = values.shape
     row0, col0 = origin
     ds = _check(g, g.create(g.raster_driver, b"", w, h, 2, _GDT_INT32, None), "create a MEM raster")
@@ -189,7 +161,6 @@ def _polygonize_ctypes(g: _Gdal, values, valid, origin, connectivity, want_label
         n = int(g.feature_count(layer, 1))
         out_values = np.empty(n, dtype=np.int32)
         wkbs: list[bytes] = [b""] * n
-        geoms = [0] * n
         next_feature, get_int, geometry_ref = g.next_feature, g.get_int, g.geometry_ref
         wkb_size, export_wkb, buffer = g.wkb_size, g.export_wkb, ctypes.create_string_buffer
         g.reset_reading(layer)
@@ -197,12 +168,11 @@ def _polygonize_ctypes(g: _Gdal, values, valid, origin, connectivity, want_label
             feat = next_feature(layer)
             features.append(feat)
             out_values[i] = get_int(feat, 0)
-            geom = geoms[i] = geometry_ref(feat)
+            geom = geometry_ref(feat)
             buf = buffer(wkb_size(geom))
             export_wkb(geom, _WKB_NDR, buf)
             wkbs[i] = buf.raw
-        labels = _burn(g, (h, w), origin, geoms, range(n)) if want_labels else None
-        return out_values, wkbs, labels
+        return out_values, wkbs
     finally:
         for feat in features:
             g.feature_destroy(feat)
@@ -211,7 +181,7 @@ def _polygonize_ctypes(g: _Gdal, values, valid, origin, connectivity, want_label
         g.close(ds)
 
 
-def _polygonize_rasterio(values, valid, origin, connectivity, want_labels):
+def _polygonize_rasterio(values, valid, origin, connectivity):
     """The same as :func:`_polygonize_ctypes` through rasterio's Python API."""
     import shapely
     import shapely.geometry
@@ -225,10 +195,4 @@ def _polygonize_rasterio(values, valid, origin, connectivity, want_labels):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         shapes = list(features.shapes(values, mask=valid.astype(bool), connectivity=connectivity, transform=transform))
     out_values = np.asarray([int(v) for _, v in shapes], dtype=np.int32)
-    geoms = [shapely.geometry.shape(s) for s, _ in shapes]
-    labels = None
-    if want_labels:
-        labels = np.zeros(values.shape, dtype=np.int32)
-        if geoms:
-            features.rasterize(zip(geoms, range(1, len(geoms) + 1)), out=labels, transform=transform)
-    return out_values, [shapely.to_wkb(g) for g in geoms], labels
+    return out_values, [shapely.to_wkb(shapely.geometry.shape(s)) for s, _ in shapes]

@@ -3,7 +3,7 @@
 A whole-map ``gdal_polygonize.py`` is correct but single-threaded and reads the map in
 one pass; cutting the map into blocks is what makes it parallel, and what cuts polygons
 at block edges in other tools. Here each block is a Dask task (:func:`polygonize_window`)
-that returns its regions as WKB plus the region labels along its four edges; the
+that returns its regions (GDAL polygons) plus the region labels along its four edges; the
 labels of equal-valued pixels facing each other across an edge (and, with
 8-connectivity, across the diagonals and block corners) join the regions into
 connected components of the whole map (:func:`_join_across_edges`), and the pieces of
@@ -87,22 +87,58 @@ def polygonize_window(
         valid = ds.read_masks(band, window=win) > 0
     if include is not None:
         valid &= np.isin(values, np.asarray(include))
-    vals, wkb, labels = _gdal.polygonize_block(values, valid, (window.row, window.col), connectivity, labels=weights is not None)
+    vals, wkb = _gdal.polygonize_block(values, valid, (window.row, window.col), connectivity)
     geoms = shapely.from_wkb(np.asarray(wkb, dtype=object)) if wkb else np.zeros(0, dtype=object)
     top, bottom, left, right = edge_labels(geoms, window)
+    first = first_pixels(geoms, window)
     if connectivity == 8:  # GDAL's 8-connected rings touch themselves at corners: make them valid
         bad = ~shapely.is_valid(geoms)
         geoms[bad] = shapely.make_valid(geoms[bad])
     sums = None
-    if weights is not None:  # weight sums per region need every pixel's label
-        flat = labels.ravel()
-        pixels = np.bincount(flat, minlength=len(vals) + 1)[1:].astype(np.int64)
+    if weights is not None:  # per-region sums need every pixel's region: label the block
         with rasterio.open(weights[0]) as wds:
             w = wds.read(weights[1], window=win).astype(np.float64)
-        sums = np.bincount(flat, weights=w.ravel(), minlength=len(vals) + 1)[1:]
+        pixels, sums = region_sums(values, valid, w, first, connectivity)
     else:  # pixel-aligned polygons in pixel units: area = pixel count, exactly
         pixels = np.rint(shapely.area(geoms)).astype(np.int64)
     return BlockRegions(window, vals, geoms, pixels, sums, top, bottom, left, right)
+
+
+def first_pixels(geoms: np.ndarray, window: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
+    """Block row and column of one pixel of each region: its first in raster order.
+
+    The topmost vertex of a pixel-aligned exterior ring (leftmost among equals) is the
+    top-left corner of the region's first pixel.
+    """
+    import shapely
+
+    if not len(geoms):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    xy, idx = shapely.get_coordinates(shapely.get_exterior_ring(geoms), return_index=True)
+    order = np.lexsort((xy[:, 0], xy[:, 1], idx))  # by region, then y, then x
+    first = order[np.r_[0, np.flatnonzero(np.diff(idx[order])) + 1]]
+    return (np.rint(xy[first, 1]).astype(np.int64) - window.row, np.rint(xy[first, 0]).astype(np.int64) - window.col)
+
+
+def region_sums(values, valid, weights, first, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel counts and weight sums of a block's regions (GDAL's order, found by
+    their first pixels) from a connected-component labelling of the block."""
+    from scipy import ndimage
+
+    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    labels = np.zeros(values.shape, dtype=np.int64)
+    offset = 0
+    scratch = np.empty(values.shape, dtype=np.int32)
+    for v in np.unique(values[valid]):
+        sel = valid & (values == v)
+        n = ndimage.label(sel, structure=structure, output=scratch)
+        np.add(scratch, offset, out=labels, where=sel)
+        offset += n
+    flat = labels.ravel()
+    counts = np.bincount(flat, minlength=offset + 1)
+    sums = np.bincount(flat, weights=weights.ravel(), minlength=offset + 1)
+    which = labels[first]
+    return counts[which].astype(np.int64), sums[which]
 
 
 def edge_labels(geoms: np.ndarray, window: PixelWindow) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

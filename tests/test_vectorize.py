@@ -115,16 +115,19 @@ def test_diagonals_join_only_with_8_connectivity(tmp_path) -> None:
     assert shapely.is_valid(eight.geometry).all()
 
 
-def test_confidence_is_the_mean_under_each_polygon(tmp_path) -> None:
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_confidence_is_the_mean_under_each_polygon(tmp_path, connectivity) -> None:
     classes = tricky_map(3)
     conf = np.random.default_rng(2).integers(0, 101, classes.shape).astype(np.uint8)
     cpath = write_raster(tmp_path / "c.tif", classes, nodata=255)
     fpath = write_raster(tmp_path / "f.tif", conf, nodata=255)
-    regions = polygonize(cpath, weights=(fpath, 1), block_size=16)
-    labels, n = ndimage.label(classes == 1, structure=ndimage.generate_binary_structure(2, 1))
+    regions = polygonize(cpath, weights=(fpath, 1), block_size=16, connectivity=connectivity)
+    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    labels, n = ndimage.label(classes == 1, structure=structure)
     means = ndimage.mean(conf, labels, index=np.arange(1, n + 1))
     ours = regions.weight_mean[regions.values == 1]
     assert sorted(np.round(ours, 9)) == sorted(np.round(means, 9))
+    assert regions.pixels.sum() == (classes != 255).sum()
 
 
 def _class_map(tmp_path, classes, name="scene.classes.tif"):
