@@ -6,21 +6,33 @@ Public API::
     manifest = geoseg.run_scene("scene.tif", "out/", model="default")
     bundle = geoseg.load_model("default")      # bundle.module is a torch.nn.Module
     geoseg.synthesize("synth.tif", 2048, seed=0, labels_path="labels.tif")
+    report = geoseg.run_batch("catalog.yaml", workers=2)   # every scene of a catalog
 """
 
 from __future__ import annotations
 
-from .errors import ContractError, GeosegError, InputError, ModelError, OutputError, RasterReadError
+from .errors import (
+    CatalogError,
+    ContractError,
+    GeosegError,
+    InputError,
+    LockedError,
+    ModelError,
+    OutputError,
+    RasterReadError,
+)
 from .grid import GeoBox, PixelWindow, Tile, TileGrid
 from .pipeline import RunOptions, run_scene
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CatalogError",
     "ContractError",
     "GeoBox",
     "GeosegError",
     "InputError",
+    "LockedError",
     "ModelError",
     "OutputError",
     "PixelWindow",
@@ -30,6 +42,7 @@ __all__ = [
     "TileGrid",
     "list_models",
     "load_model",
+    "run_batch",
     "run_scene",
     "synthesize",
 ]
@@ -54,3 +67,10 @@ def synthesize(*args, **kwargs):
     from .synthetic import synthesize as _synth
 
     return _synth(*args, **kwargs)
+
+
+def run_batch(*args, **kwargs):
+    """Run every scene of a catalog that is not up to date (see :func:`geoseg.batch.run_batch`)."""
+    from .batch import run_batch as _run
+
+    return _run(*args, **kwargs)

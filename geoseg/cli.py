@@ -2,60 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
 import time
 from pathlib import Path
 
 import click
 
-from .errors import GeosegError
+from .batch_cli import batch_command
+from .cli_common import CONTEXT, _parse_bands, handle_errors
 from .pipeline import DEFAULT_TILE_SIZE
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"geoseg: error: {message}", err=True)
-    sys.exit(code)
-
-
-def handle_errors(fn):
-    """Turn geoseg's (and the usual I/O) errors into one line and exit code 1.
-
-    With ``--debug`` the traceback is shown instead.
-    """
-
-    @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-    @functools.wraps(fn)
-    def wrapper(*args, debug: bool = False, **kwargs):
-        if debug:
-            return fn(*args, **kwargs)
-        try:
-            return fn(*args, **kwargs)
-        except GeosegError as exc:
-            _fail(str(exc))
-        except KeyboardInterrupt:
-            _fail("interrupted; no output was left under a final name", 130)
-        except MemoryError:
-            _fail("out of memory: use a smaller --tile-size or --batch-size")
-        except OSError as exc:
-            _fail(f"{exc.strerror or exc}{': ' + str(exc.filename) if getattr(exc, 'filename', None) else ''}")
-
-    return wrapper
-
-
-def _parse_bands(ctx, param, value: str | None):
-    if value is None:
-        return None
-    try:
-        out = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give 1-based band numbers separated by commas, e.g. 3,2,1,4") from None
-    if not out:
-        raise click.BadParameter("give at least one band number")
-    return out
+from .train_cli import evaluate_command, train_command
 
 
 @click.group(context_settings=CONTEXT)
@@ -268,10 +224,9 @@ def demo_cmd(directory, size, model):
     click.echo(f"outputs are in {directory / 'outputs'} (open demo_scene.classes.tif and demo_scene.gpkg in QGIS)")
 
 
-from .train_cli import evaluate_command, train_command  # noqa: E402  (they import CONTEXT and handle_errors from here)
-
 cli.add_command(train_command)
 cli.add_command(evaluate_command)
+cli.add_command(batch_command)
 
 
 def main() -> None:

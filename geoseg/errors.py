@@ -31,3 +31,11 @@ class ContractError(ModelError):
 
 class OutputError(GeosegError, OSError):
     """An output cannot be written (exists, unwritable directory, ...)."""
+
+
+class CatalogError(GeosegError, ValueError):
+    """A batch catalog (``catalog.yaml``) is invalid; the message names file, line and field."""
+
+
+class LockedError(GeosegError, OSError):
+    """Another process holds the lock of a batch catalog."""

@@ -84,7 +84,7 @@ def build_manifest(
     outputs = {}
     for final, tmp in staged.items():
         kind = final.name[len(Path(source.path).stem) + 1 :]
-        outputs[kind] = {"path": final.name, "sha256": file_sha256(tmp), "bytes": tmp.stat().st_size}
+        outputs[kind] = output_entry(final, tmp)
     mpx = gb.width * gb.height / 1e6
     return {
         "geoseg_manifest": 1,
@@ -112,6 +112,7 @@ def build_manifest(
             "halo": int(bundle.halo),
             "downsampling": int(bundle.downsampling),
         },
+        "options": options.output_options(),
         "parameters": {
             "tile_size": grid.tile_size,
             "halo": grid.halo,
@@ -134,6 +135,16 @@ def build_manifest(
         "polygons": n_polys,
         "outputs": outputs,
     }
+
+
+def output_entry(final: Path, tmp: Path) -> dict:
+    """What the manifest records of one output, from its finished temporary file.
+
+    ``mtime_ns`` survives the rename to ``final``: a later check can trust the recorded
+    ``sha256`` while size and mtime are unchanged, and hash the file again otherwise.
+    """
+    st = tmp.stat()
+    return {"path": final.name, "sha256": file_sha256(tmp), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def write_manifest(manifest: dict, final: Path, outputs: OutputSet) -> None:

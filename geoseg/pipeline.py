@@ -10,6 +10,7 @@ them as they complete. Either way, at most a few tiles are in memory at once.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -57,6 +58,19 @@ class RunOptions:
     min_area: float = 0.0  # m^2: smaller polygons are dropped from the GeoPackage
     simplify: float = 0.0  # metres: topology-preserving simplification of the polygons
     connectivity: int = 4  # 4 or 8: how pixels of a class join into polygons
+    stac: bool = False  # also write <stem>.stac.json, a STAC Item describing the outputs
+
+    def output_options(self) -> dict:
+        """The options that shape the outputs, as requested (recorded in the manifest as
+        ``options``; ``geoseg batch`` reruns a scene when one of them changes). Where the
+        work runs (workers, scheduler, threads) and how it is reported are left out."""
+        out = {name: getattr(self, name) for name in OUTPUT_OPTIONS}
+        out["bands"] = list(self.bands) if self.bands is not None else None
+        return out
+
+
+#: The :class:`RunOptions` fields that shape a run's outputs.
+OUTPUT_OPTIONS = ("tile_size", "batch_size", "device", "bands", "vectorize", "min_area", "simplify", "connectivity", "stac")
 
 
 @dataclass
@@ -90,7 +104,7 @@ def predict_batch(
     """Dask task: read the tiles (with halo), run the model, crop to the cores."""
     import rasterio
 
-    predictor = get_predictor(model, device, torch_threads)
+    predictor = get_predictor(model, resolve_device(device), torch_threads)
     with rasterio.Env(**GDAL_ENV), rasterio.open(source.path) as ds:
         reads = [source.read(t.read, ds) for t in tiles]
     data = np.stack([r[0] for r in reads])
@@ -160,19 +174,23 @@ def _run_threaded(sink: TileSink, tasks: list[tuple], threads: int) -> None:
     dask.threaded.get(dsk, writes, num_workers=threads)
 
 
-def _run_distributed(sink: TileSink, tasks: list[tuple], scheduler: str | None, workers: int | None) -> dict:
-    from distributed import Client, LocalCluster, as_completed
+def connect_cluster(scheduler: str | None, workers: int | None):
+    """A ``distributed.Client`` of an existing scheduler or of a new local cluster.
+
+    Returns ``(client, cluster, info)``: ``cluster`` is the :class:`LocalCluster` this
+    call started (``None`` for ``scheduler``); the caller closes both.
+    """
     import logging
 
-    info: dict = {}
-    cluster = None
+    from distributed import Client, LocalCluster
+
     if scheduler:
         try:
             client = Client(scheduler, timeout="20s")
         except OSError as exc:
             raise InputError(f"cannot connect to Dask scheduler {scheduler} ({exc}): check the address") from exc
-        info["scheduler"] = scheduler
-    else:
+        return client, None, {"scheduler": scheduler}
+    try:
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
@@ -181,25 +199,69 @@ def _run_distributed(sink: TileSink, tasks: list[tuple], scheduler: str | None, 
             silence_logs=logging.ERROR,
             env=WORKER_ENV,
         )
-        client = Client(cluster)
-        info["scheduler"] = "LocalCluster"
+    except (RuntimeError, OSError) as exc:
+        raise InputError(
+            f"cannot start a local Dask cluster of {workers} worker processes ({exc}): check that processes "
+            "can start here (a script that starts geoseg needs an `if __name__ == '__main__':` guard)"
+        ) from exc
+    return Client(cluster), cluster, {"scheduler": "LocalCluster"}
+
+
+def check_resources(client, resources: dict[str, float] | None) -> None:
+    """Refuse worker resources no worker of the cluster offers (their tasks would wait forever)."""
+    if not resources:
+        return
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    for w in workers.values():
+        have = w.get("resources") or {}
+        if all(have.get(k, 0) >= v for k, v in resources.items()):
+            return
+    want = " ".join(f"{k}={v:g}" for k, v in resources.items())
+    raise InputError(
+        f"no worker of the Dask cluster offers the resources {want}: start workers with "
+        f"`dask worker ADDRESS --resources \"{want}\"`, or drop `resources` from the catalog"
+    )
+
+
+def _run_distributed(
+    sink: TileSink,
+    tasks: list[tuple],
+    scheduler: str | None,
+    workers: int | None,
+    client=None,
+    resources: dict[str, float] | None = None,
+) -> dict:
+    """Run the tile tasks on a cluster: ``client`` when given (left open), else one
+    connected to ``scheduler`` or a new local cluster of ``workers`` (closed after)."""
+    from distributed import as_completed
+
+    cluster = None
+    own = client is None
+    if own:
+        client, cluster, info = connect_cluster(scheduler, workers)
+    else:
+        info = {"scheduler": scheduler or "LocalCluster"}
     try:
+        check_resources(client, resources)
         n = max(1, len(client.scheduler_info().get("workers", {})) or (workers or 1))
         info["workers"] = n
+        if resources:
+            info["resources"] = dict(resources)
         pending = list(tasks)
         window = 2 * n
         ac = as_completed()
         for _ in range(min(window, len(pending))):
-            ac.add(client.submit(predict_batch, *pending.pop(0), pure=False))
+            ac.add(client.submit(predict_batch, *pending.pop(0), pure=False, resources=resources))
         for fut in ac:
             sink.write(fut.result())
             fut.release()
             if pending:
-                ac.add(client.submit(predict_batch, *pending.pop(0), pure=False))
+                ac.add(client.submit(predict_batch, *pending.pop(0), pure=False, resources=resources))
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        if own:
+            client.close()
+            if cluster is not None:
+                cluster.close()
     return info
 
 
@@ -207,27 +269,46 @@ def _default_out_dir(path: str | os.PathLike) -> Path:
     return Path.cwd() / f"{Path(path).stem}_geoseg"
 
 
-def output_paths(out_dir: Path, stem: str, has_masks: bool, vectorize: bool = True) -> dict[str, Path]:
-    """The final output paths of a scene run."""
+def output_paths(out_dir: Path, stem: str, has_masks: bool, vectorize: bool = True, stac: bool = False) -> dict[str, Path]:
+    """The final output paths of a scene run (the manifest, written last, comes last)."""
     paths = {"classes": out_dir / f"{stem}.classes.tif", "confidence": out_dir / f"{stem}.confidence.tif"}
     if has_masks:
         paths["mask"] = out_dir / f"{stem}.mask.tif"
     if vectorize:
         paths["vectors"] = out_dir / f"{stem}.gpkg"
+    if stac:
+        paths["stac"] = out_dir / f"{stem}.stac.json"
     paths["manifest"] = out_dir / f"{stem}.run.json"
     return paths
 
 
-def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None, model: str = "default", **options) -> dict:
+def run_scene(
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    model: str = "default",
+    *,
+    client=None,
+    resources: dict[str, float] | None = None,
+    stac_item: dict | None = None,
+    **options,
+) -> dict:
     """Segment one scene; write its COGs, GeoPackage and run manifest.
 
     Args:
         path: input raster (any size; read window by window).
         out_dir: output directory (default ``./<stem>_geoseg/``).
         model: a built-in model name or a bundle path.
+        client: a ``distributed.Client`` to run the tile tasks on (left open; e.g. one
+            shared by the scenes of a batch) instead of one made for this scene from
+            ``workers``/``scheduler``, which then only describe it in the manifest.
+        resources: Dask worker resources every tile task needs (e.g. ``{"GPU": 1}``);
+            only on a cluster. The device (``auto`` too) is then resolved on the workers.
+        stac_item: fields merged into the STAC Item (with ``stac=True``): ``id``,
+            ``properties``, ``links``.
         **options: fields of :class:`RunOptions` (``tile_size``, ``batch_size``,
             ``device``, ``bands``, ``workers``, ``scheduler``, ``threads``,
-            ``overwrite``, ``quiet``, ``vectorize``).
+            ``overwrite``, ``quiet``, ``vectorize``, ``min_area``, ``simplify``,
+            ``connectivity``, ``stac``).
 
     Returns:
         The run manifest (also written as ``<stem>.run.json``).
@@ -253,7 +334,10 @@ def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     bundle = load_model(model)
     source = scene.select(opts.bands, tuple(bundle.bands))
     check_contract(source, bundle)
-    device = resolve_device(opts.device)
+    distributed = bool(opts.workers or opts.scheduler or client is not None)
+    resources = dict(resources) if resources and distributed else None
+    # tasks that target worker resources (GPUs) resolve the device where they run
+    device = opts.device if resources else resolve_device(opts.device)
     if device == "cpu":
         # best effort for API users; most effective before torch starts (geoseg.allocator)
         tune_cpu_allocator()
@@ -263,7 +347,7 @@ def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     out = prepare_out_dir(out_dir if out_dir is not None else _default_out_dir(path))
     stem = Path(path).stem
     has_masks = len(bundle.mask_heads) > 0
-    finals = output_paths(out, stem, has_masks, opts.vectorize)
+    finals = output_paths(out, stem, has_masks, opts.vectorize, opts.stac)
     outputs = OutputSet(out, overwrite=opts.overwrite)
     outputs.check_free(list(finals.values()))
     timings["validate"] = time.perf_counter() - t0
@@ -278,7 +362,6 @@ def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
 
         tiles = list(grid)
         plan = batches(tiles, batch_size)
-        distributed = bool(opts.workers or opts.scheduler)
         torch_threads = max(1, (os.cpu_count() or 1) // opts.workers) if opts.workers else None
         model_ref = str(Path(model).resolve()) if Path(str(model)).exists() else str(model)
         tasks = [(source, b, model_ref, device, torch_threads) for b in plan]
@@ -286,7 +369,7 @@ def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         with Progress(total=len(tiles), desc=f"{stem}: tiles", disable=opts.quiet) as progress:
             sink = TileSink(classes, confidence, masks, progress)
             if distributed:
-                sched_info = _run_distributed(sink, tasks, opts.scheduler, opts.workers)
+                sched_info = _run_distributed(sink, tasks, opts.scheduler, opts.workers, client, resources)
             else:
                 sched_info = {"scheduler": "threads", "threads": opts.threads or 2}
                 _run_threaded(sink, tasks, opts.threads or 2)
@@ -325,6 +408,8 @@ def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
             vector_stats=vector_stats,
             staged=outputs.staged,
         )
+        if opts.stac:
+            _stage_stac_item(outputs, finals["stac"], manifest, stac_item)
         outputs.commit()
         write_manifest(manifest, finals["manifest"], outputs)
         return manifest
@@ -338,6 +423,21 @@ def run_scene(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         raise
     finally:
         hasher.shutdown(wait=False)
+
+
+def _stage_stac_item(outputs: OutputSet, final: Path, manifest: dict, fields: dict | None) -> None:
+    """Write the STAC Item of the outputs under a temporary name, stage it, list it in the manifest."""
+    from .manifest import output_entry
+    from .stac import scene_item
+
+    tmp = outputs.temp_for(final, "json-")
+    try:
+        tmp.write_text(json.dumps(scene_item(manifest, **(fields or {})), indent=2) + "\n")
+    except BaseException:
+        remove_files([tmp])
+        raise
+    outputs.stage(final, tmp)
+    manifest["outputs"]["stac.json"] = output_entry(final, tmp)
 
 
 def _create_products(finals: dict[str, Path], geobox, outputs: OutputSet, bundle) -> list[RasterProduct]:

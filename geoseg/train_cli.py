@@ -4,9 +4,8 @@
 config (:func:`geoseg.train_config.load_train_config`) overridden by flags;
 ``evaluate_command`` calls :func:`geoseg.evaluate.evaluate_model`.
 
-:mod:`geoseg.cli` registers both at its end (``from .train_cli import train_command,
-evaluate_command``; ``cli.add_command(...)``), after its shared helpers are defined: so
-import :mod:`geoseg.cli` (or run ``geoseg``) rather than this module first.
+:mod:`geoseg.cli` registers both; the helpers they share with the other commands are in
+:mod:`geoseg.cli_common`.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from typing import Any
 
 import click
 
-from .cli import CONTEXT, _parse_bands, handle_errors
+from .cli_common import CONTEXT, _parse_bands, handle_errors
 from .errors import InputError
 
 __all__ = ["evaluate_command", "train_command"]

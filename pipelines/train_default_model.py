@@ -11,6 +11,13 @@ Usage::
 
     python pipelines/train_default_model.py                 # writes geoseg/models/weights/default.safetensors
     python pipelines/train_default_model.py --epochs 2 --chips-per-epoch 64 --out /tmp/x.safetensors
+
+Scheduling: a one-off or release-time job (the result is a file in the package), e.g. a
+manually triggered CI job or an Airflow ``BashOperator`` with
+``bash_command="python pipelines/train_default_model.py --quiet --out /models/default.safetensors"``.
+It exits non-zero on failure and writes the bundle only when training finished; the same
+seeds give the same model. ``pipelines/nightly_catalog.py`` shows cron, Airflow and
+Kubernetes CronJob definitions for recurring jobs.
 """
 
 from __future__ import annotations

@@ -14,9 +14,7 @@ from click.testing import CliRunner, Result
 from conftest import write_raster
 
 from geoseg.classes import LANDCOVER_CLASSES
-from geoseg.cli import (
-    cli,  # first: geoseg.cli registers the commands of geoseg.train_cli
-)
+from geoseg.cli import cli
 from geoseg.labels import IGNORE, geobox_of, read_labels
 from geoseg.models import read_bundle
 from geoseg.train_cli import evaluate_command, train_command

@@ -1,0 +1,156 @@
+"""Benchmark ``geoseg batch``: a catalog of N scenes against N single ``geoseg run`` calls.
+
+Measured in one run of this script, every command in a fresh process:
+
+1. ``geoseg run`` of one NxN synthetic scene (default threads);
+2. ``geoseg batch`` of a catalog of ``--scenes`` such scenes (seeds 101, 102, ...), with
+   the threaded default and with ``--workers 2``; the ratio batch / (scenes x single);
+3. the same ``geoseg batch`` again, when every scene is up to date and skipped.
+
+It also counts the pixels in which the two batches' class maps, masks and confidence differ
+(the scheduling does not change outputs; torch's float sums can, with 1 thread per worker
+process against 2 in one process, by 1 percentage point of confidence here and there).
+
+Usage::
+
+    python benchmarks/bench_batch.py                                 # 8 scenes of 2048x2048, model default
+    python benchmarks/bench_batch.py --size 512 --scenes 2 --no-write
+
+Results go into BENCHMARKS.md between the markers of this benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _report import write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The ``geoseg`` command, as the console script runs it.
+GEOSEG = [sys.executable, "-m", "geoseg"]
+
+
+def timed(cmd: list[str]) -> float:
+    """Wall seconds of one command (a fresh process); exits on failure."""
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[3:] if cmd[:3] == GEOSEG else cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return wall
+
+
+def make_scenes(work: Path, size: int, n: int) -> Path:
+    from geoseg.synthetic import synthesize
+
+    d = work / "scenes"
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        path = d / f"scene_{i + 1:02d}.tif"
+        if not path.exists():
+            synthesize(path, size, seed=101 + i)
+    for extra in sorted(d.glob("scene_*.tif"))[n:]:
+        extra.unlink()
+    return d
+
+
+def catalog(work: Path, name: str, model: str) -> Path:
+    path = work / f"{name}.yaml"
+    path.write_text(f"defaults:\n  model: {model}\n  out: out_{name}/{{id}}\nscenes:\n  - glob: scenes/scene_*.tif\n")
+    shutil.rmtree(work / f"out_{name}", ignore_errors=True)
+    return path
+
+
+def batch(cat: Path, report: Path, extra: list[str]) -> tuple[float, dict]:
+    wall = timed([*GEOSEG, "batch", str(cat), "--quiet", "--report", str(report), *extra])
+    return wall, json.loads(report.read_text())
+
+
+def compare(a: Path, b: Path, ids: list[str]) -> dict[str, list[int]]:
+    """Per product: pixels that differ between two batches' outputs, and the largest difference."""
+    import numpy as np
+    import rasterio
+
+    out = {}
+    for product in ("classes", "mask", "confidence"):
+        count, largest = 0, 0
+        for sid in ids:
+            with rasterio.open(a / sid / f"{sid}.{product}.tif") as x, rasterio.open(b / sid / f"{sid}.{product}.tif") as y:
+                d = np.abs(x.read().astype(np.int16) - y.read().astype(np.int16))
+            count, largest = count + int((d > 0).sum()), max(largest, int(d.max()))
+        out[product] = [count, largest]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--scenes", type=int, default=8)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work")
+    ap.add_argument("--no-write", action="store_true", help="Print only; leave BENCHMARKS.md alone.")
+    args = ap.parse_args()
+    work = args.work / f"batch_{args.size}"
+    scenes = make_scenes(work, args.size, args.scenes)
+
+    single = timed([sys.executable, "-m", "geoseg", "run", str(scenes / "scene_01.tif"), "-o", str(work / "single"),
+                    "-m", args.model, "--overwrite", "--quiet"])
+    threads_cat, workers_cat = catalog(work, "threads", args.model), catalog(work, "workers", args.model)
+    threads_s, threads_rep = batch(threads_cat, work / "report_threads.json", [])
+    rerun_s, rerun_rep = batch(threads_cat, work / "report_rerun.json", [])
+    workers_s, workers_rep = batch(workers_cat, work / "report_workers.json", ["--workers", str(args.workers)])
+    for name, rep, want in (("threads", threads_rep, "done"), ("rerun", rerun_rep, "skipped"), ("workers", workers_rep, "done")):
+        if rep["counts"] != {want: args.scenes}:
+            raise SystemExit(f"{name}: expected {args.scenes} scenes {want}, got {rep['counts']}")
+    diffs = compare(work / "out_threads", work / "out_workers", [s["id"] for s in threads_rep["scenes"]])
+    n = args.scenes
+    res = {
+        "size": args.size, "scenes": n, "model": args.model, "workers": args.workers,
+        "single_s": single, "threads_s": threads_s, "workers_s": workers_s, "rerun_s": rerun_s,
+        "ratio_threads": threads_s / (n * single), "ratio_workers": workers_s / (n * single),
+        "rerun_ratio": rerun_s / threads_s, "differences": diffs,
+        "scene_s_threads": [s["seconds"] for s in threads_rep["scenes"]],
+        "scene_s_workers": [s["seconds"] for s in workers_rep["scenes"]],
+    }
+    print(json.dumps(res, indent=2))
+    if not args.no_write:
+        report(res, " ".join(["python", "benchmarks/bench_batch.py", *sys.argv[1:]]))
+
+
+def report(r: dict, command: str) -> None:
+    n, size, d = r["scenes"], r["size"], r["differences"]
+    mpx = n * size * size / 1e6
+    body = f"""
+## `geoseg batch` over a catalog (issue: geoseg batch)
+
+Command: `{command}` ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs,
+model `{r['model']}`; a catalog of {n} synthetic {size}x{size} scenes; every figure from
+this one run, each command in a fresh process, wall time including start-up).
+
+| measure | value |
+|---|---|
+| one `geoseg run` of one scene | {r['single_s']:.1f} s |
+| {n} x one `geoseg run` | {n * r['single_s']:.1f} s |
+| `geoseg batch` (threaded default) | {r['threads_s']:.1f} s ({mpx / r['threads_s']:.2f} Mpx/s) |
+| **ratio batch / ({n} x single), threaded** (target <= 1.0) | **{r['ratio_threads']:.2f}** |
+| `geoseg batch --workers {r['workers']}` | {r['workers_s']:.1f} s ({mpx / r['workers_s']:.2f} Mpx/s) |
+| **ratio batch / ({n} x single), `--workers {r['workers']}`** (target <= 1.0) | **{r['ratio_workers']:.2f}** |
+| rerun, every scene up to date and skipped | {r['rerun_s']:.2f} s |
+| **rerun / first run** (target < 0.05) | **{r['rerun_ratio']:.3f}** |
+| pixels that differ, threaded vs `--workers {r['workers']}`: class maps / masks / confidence (largest difference) | {d['classes'][0]} / {d['mask'][0]} / {d['confidence'][0]} ({d['confidence'][1]} %) |
+"""
+    write_section("batch", body)
+
+
+if __name__ == "__main__":
+    main()
