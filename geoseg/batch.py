@@ -36,9 +36,10 @@ from typing import TYPE_CHECKING
 from .catalog import Catalog, SceneJob, load_catalog, missing_inputs_error, resolve
 from .errors import CatalogError, GeosegError, InputError, LockedError, OutputError
 from .io import file_sha256
+from .outputs import write_json
 from .pipeline import RunOptions, connect_cluster, run_scene
 from .progress import Progress
-from .stac import GEOSEG_CATALOG_KEY, ITEM_TYPE, write_catalog, write_json
+from .stac import GEOSEG_CATALOG_KEY, ITEM_TYPE, write_catalog
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import file_sha256
-from .outputs import OutputSet, remove_files
+from .outputs import OutputSet, write_json
 
 
 def package_versions() -> dict[str, str]:
@@ -149,10 +147,4 @@ def output_entry(final: Path, tmp: Path) -> dict:
 
 def write_manifest(manifest: dict, final: Path, outputs: OutputSet) -> None:
     """Write the manifest under a temporary name, then rename it into place."""
-    tmp = outputs.temp_for(final, "json-")
-    try:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(tmp, final)
-    except BaseException:
-        remove_files([tmp])
-        raise
+    write_json(final, manifest)

@@ -99,6 +99,17 @@ class OutputSet:
         self._pending.clear()
 
 
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as JSON under a temporary name next to ``path``, then rename it into place."""
+    tmp = OutputSet(path.parent).temp_for(path, "json-")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        remove_files([tmp])
+        raise
+
+
 def remove_files(paths: list[Path]) -> None:
     """Delete temporary files and their GDAL side-cars, ignoring missing ones."""
     for tmp in paths:

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from .errors import InputError
+from .outputs import write_json
 
 STAC_VERSION = "1.0.0"
 PROJECTION = "https://stac-extensions.github.io/projection/v1.1.0/schema.json"
@@ -194,19 +195,6 @@ def scene_item(
         "links": list(links or []),
         "assets": assets,
     }
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Write JSON under a temporary name next to ``path``, then rename it into place."""
-    from .outputs import OutputSet, remove_files
-
-    tmp = OutputSet(path.parent).temp_for(path, "json-")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        remove_files([tmp])
-        raise
 
 
 def write_catalog(path: Path, items: list[tuple[str, Path]], *, id: str, description: str, source: str) -> dict:
