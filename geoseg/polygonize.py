@@ -242,14 +242,11 @@ def run_blocks(
         return {}
     keys = list(tasks)
     if scheduler:
-        from distributed import Client, as_completed
+        from distributed import as_completed
 
-        from .errors import InputError
+        from .pipeline import connect_cluster
 
-        try:
-            client = Client(scheduler, timeout="20s")
-        except OSError as exc:
-            raise InputError(f"cannot connect to Dask scheduler {scheduler} ({exc}): check the address") from exc
+        client, _, _ = connect_cluster(scheduler, None)
         try:
             futures = {client.submit(fn, *args, pure=False): k for k, (fn, *args) in enumerate(tasks.values())}
             out = {}
