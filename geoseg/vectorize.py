@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,13 +143,21 @@ def _open(path) -> _Raster:
 
     check_path(path)
     try:
-        with rasterio.open(path) as ds:
+        with warnings.catch_warnings():  # a raster without georeferencing gets our error below
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            ds = rasterio.open(path)
+        with ds:
             if ds.dtypes[0] not in ("uint8", "uint16", "int16", "int32", "int8", "uint32"):
                 raise InputError(
                     f"{path} has {ds.dtypes[0]} pixels: vectorize needs an integer class map or mask, "
                     "e.g. the <stem>.classes.tif of `geoseg run`"
                 )
-            return _Raster(str(path), ds.crs.to_wkt() if ds.crs else None, ds.transform, ds.height, ds.width, ds.count)
+            if not ds.crs:
+                raise InputError(
+                    f"{path} has no CRS: polygons need one for their coordinates and areas; assign it first, "
+                    "e.g. gdal_edit.py -a_srs EPSG:32633 FILE"
+                )
+            return _Raster(str(path), ds.crs.to_wkt(), ds.transform, ds.height, ds.width, ds.count)
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"cannot read {path} as a raster ({exc}): give a GeoTIFF class map") from exc
 

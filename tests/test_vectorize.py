@@ -329,12 +329,16 @@ def test_runs_on_a_dask_scheduler(tmp_path) -> None:
         (["c.tif", "o.gpkg", "--classes-from", "nope.json"], "no such file"),
         (["c.tif", "o.gpkg", "--min-area", "-1"], "--min-area must be >= 0"),
         (["c.tif", "exists.gpkg"], "already exist"),
+        (["nocrs.tif", "o.gpkg"], "has no CRS"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, args, message) -> None:
     monkeypatch.chdir(tmp_path)
     write_raster(tmp_path / "c.tif", tricky_map(), nodata=255)
     write_raster(tmp_path / "float.tif", np.zeros((8, 8), np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        write_raster(tmp_path / "nocrs.tif", np.zeros((8, 8), np.uint8), crs=None, transform=None)
     (tmp_path / "exists.gpkg").write_bytes(b"keep me")
     before = set(tmp_path.iterdir())
     res = CliRunner().invoke(cli, ["vectorize", *args])
