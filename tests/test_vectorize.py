@@ -347,3 +347,21 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, args, m
     assert len(lines) == 1 and lines[0].startswith("geoseg: error:") and message in lines[0], res.stderr
     assert set(tmp_path.iterdir()) == before
     assert (tmp_path / "exists.gpkg").read_bytes() == b"keep me"
+
+
+def test_geoseg_run_passes_the_vectorize_options(tmp_path, synth_scene) -> None:
+    scene, _ = synth_scene
+    stem = scene.stem
+    runs = {"plain": [], "filtered": ["--min-area", "2000", "--connectivity", "8"], "simple": ["--simplify", "15"]}
+    layers = {}
+    for name, extra in runs.items():
+        res = CliRunner().invoke(cli, ["run", str(scene), "-o", str(tmp_path / name), "-q", *extra])
+        assert res.exit_code == 0, res.output
+        meta, _, wkb, f = pyogrio.raw.read(tmp_path / name / f"{stem}.gpkg", layer="classes")
+        layers[name] = (shapely.from_wkb(wkb), dict(zip(meta["fields"], f)))
+    manifest = json.loads((tmp_path / "filtered" / f"{stem}.run.json").read_text())
+    assert manifest["parameters"]["min_area_m2"] == 2000 and manifest["parameters"]["connectivity"] == 8
+    plain, filtered, simple = layers["plain"][0], layers["filtered"][0], layers["simple"][0]
+    assert 0 < len(filtered) < len(plain) and (layers["filtered"][1]["area_m2"] >= 2000).all()
+    assert len(simple) == len(plain) and shapely.is_valid(simple).all()
+    assert shapely.get_num_coordinates(simple).sum() < 0.8 * shapely.get_num_coordinates(plain).sum()
