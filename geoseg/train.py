@@ -1,20 +1,31 @@
-"""Training: chips from labelled scenes, a U-Net bundle, validation by mIoU.
+"""Training: a U-Net bundle trained on chips of labelled scenes, validated by mIoU.
 
-The data plumbing is deliberately simple: a :class:`LabeledScene` holds whole numpy
-arrays (read with :func:`load_scene`, which puts label rasters on any grid and polygons
-onto the image grid with :mod:`geoseg.labels`, or made in memory). :func:`train` samples
-square chips from the training scenes (at random, or on a regular grid; skipping mostly
-unlabelled ones), normalises them with per-band statistics computed over valid
-(non-nodata) training pixels, augments them (flips, 90-degree rotations, per-band
-brightness/contrast), and optimises cross-entropy (``ignore_index`` 255, optional class
-weights) for the class head plus BCE + Dice for the mask heads, optionally with an L1
-(MAE) term on the probabilities, with AdamW and a one-cycle or cosine learning-rate
+This module holds the options (:class:`TrainConfig`), the loop (:func:`train`), its
+results (:class:`TrainHistory`) and validation (:func:`predict_scene`,
+:func:`evaluate`); the pieces it drives each live in a module of their own:
+
+- :mod:`geoseg.scenes`: the data. A :class:`LabeledScene` holds whole numpy arrays (read
+  with :func:`load_scene`, which puts label rasters on any grid and polygons onto the
+  image grid with :mod:`geoseg.labels`, or made in memory); :func:`compute_normalization`
+  gives the per-band statistics over valid (non-nodata) training pixels.
+- :mod:`geoseg.chips`: square chips sampled from the training scenes (at random, or on a
+  regular grid; skipping mostly unlabelled ones), normalised with those statistics and
+  augmented (flips, 90-degree rotations, per-band brightness/contrast).
+- :mod:`geoseg.losses`: cross-entropy (``ignore_index`` 255, optional class weights) for
+  the class head plus BCE + Dice for the mask heads, optionally with an L1 (MAE) term on
+  the probabilities.
+- :mod:`geoseg.checkpoint`: the checkpoint file.
+
+:func:`train` optimises with AdamW and a one-cycle, cosine or constant learning-rate
 schedule, on CUDA with mixed precision when present. After each epoch it predicts the
 validation scenes (spatially separate from the training area: other scenes, or a strip
-split off each training scene) tile by tile with the model's halo, reports mIoU, and,
-with ``TrainConfig.checkpoint``, writes a checkpoint that ``resume=True`` continues from
-(:mod:`geoseg.checkpoint`). Same seed, same data, same thread count: same result, also
-across an interruption and a resume.
+split off each training scene by :func:`split_scene`) tile by tile with the model's halo,
+reports mIoU, and, with ``TrainConfig.checkpoint``, writes a checkpoint that
+``resume=True`` continues from. Same seed, same data, same thread count: same result,
+also across an interruption and a resume.
+
+The public names of :mod:`geoseg.scenes` are re-exported here
+(``from geoseg.train import LabeledScene, load_scene`` keeps working).
 
 Example::
 
@@ -34,22 +45,30 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from geoseg.chips import ChipSampler
 from geoseg.errors import InputError
-from geoseg.grid import GeoBox
-from geoseg.labels import LabelOptions, read_labels
+from geoseg.losses import mae_loss, mask_loss, total_loss
 from geoseg.metrics import Metrics, confusion_matrix, metrics_from_confusion
 from geoseg.models.bundle import ModelBundle
 from geoseg.models.perf import prepare_for_inference
+from geoseg.scenes import (
+    IGNORE,
+    LabeledScene,
+    class_frequencies,
+    compute_normalization,
+    load_scene,
+    split_scene,
+    window_targets,
+)
 
 __all__ = [
     "IGNORE",
@@ -67,117 +86,14 @@ __all__ = [
     "train",
 ]
 
-#: Label value that marks pixels without ground truth (ignored by losses and metrics).
-IGNORE = 255
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclass
-class LabeledScene:
-    """A raster and its ground truth, as in-memory arrays on the same grid.
-
-    Attributes:
-        image: Raw ``(bands, H, W)`` values (any numeric dtype).
-        labels: ``(H, W)`` uint8 class ids; 255 = no label.
-        masks: Optional ``(M, H, W)`` uint8 targets of the mask heads (0/1, 255 = no
-            label); when None they are derived from the labels (``mask_classes``).
-        nodata: Image nodata value: pixels where every band equals it are invalid
-            (excluded from statistics, labels treated as 255).
-        name: For messages.
-    """
-
-    image: np.ndarray
-    labels: np.ndarray
-    masks: np.ndarray | None = None
-    nodata: float | None = None
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        if self.image.ndim != 3:
-            raise InputError(f"scene {self.name!r}: image must be (bands, H, W), got shape {self.image.shape}")
-        if self.labels.shape != self.image.shape[1:]:
-            raise InputError(
-                f"scene {self.name!r}: labels shape {self.labels.shape} does not match image "
-                f"{self.image.shape[1:]}"
-            )
-        if self.masks is not None and (self.masks.ndim != 3 or self.masks.shape[1:] != self.labels.shape):
-            raise InputError(f"scene {self.name!r}: masks must be (M, H, W) on the labels' grid")
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(H, W)``."""
-        return self.labels.shape  # type: ignore[return-value]
-
-    def valid(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
-        """Boolean ``(h, w)``: not nodata (all bands) in the window."""
-        if self.nodata is None:
-            return np.ones(self.labels[rows, cols].shape, bool)
-        return ~np.all(self.image[:, rows, cols] == self.nodata, axis=0)
-
-    def window(self, rows: slice, cols: slice) -> LabeledScene:
-        """A view of a window of the scene."""
-        masks = None if self.masks is None else self.masks[:, rows, cols]
-        return LabeledScene(self.image[:, rows, cols], self.labels[rows, cols], masks, self.nodata, self.name)
-
-
-def load_scene(
-    image_path: str | os.PathLike[str],
-    labels_path: str | os.PathLike[str],
-    mask_paths: Sequence[str | os.PathLike[str]] = (),
-    *,
-    label_options: LabelOptions | None = None,
-    class_names: Sequence[str] | None = None,
-) -> LabeledScene:
-    """Read an image and its labels (and optional mask-head targets) as in-memory arrays.
-
-    The labels may be a class raster on any grid and CRS (reprojected with nearest
-    neighbour) or polygons (rasterised), and are put onto the image's grid by
-    :mod:`geoseg.labels`; so are the mask files (any labelled non-zero value is 1).
-
-    Args:
-        image_path: The image (all bands are read).
-        labels_path: Class raster or vector file.
-        mask_paths: One label file per mask head, in head order.
-        label_options: A :class:`geoseg.labels.LabelOptions` (field, background, nodata ...).
-        class_names: Class names, for text-field polygons and a background given by name.
-
-    Raises:
-        InputError: If the labels do not overlap the image or are not class ids.
-    """
-    import rasterio
-
-    options = label_options or LabelOptions()
-    with rasterio.open(image_path) as src:
-        image = src.read()
-        nodata = src.nodata
-        geobox = GeoBox(src.height, src.width, src.transform, src.crs.to_wkt() if src.crs else None)
-    labels = read_labels(labels_path, geobox, options, class_names)
-    masks = None
-    if mask_paths:
-        mask_options = dataclasses.replace(options, field=None, background="auto")
-        masks = np.stack([read_labels(p, geobox, mask_options, binary=True) for p in mask_paths])
-    return LabeledScene(image, labels, masks, nodata, name=os.fspath(image_path))
-
-
-def split_scene(scene: LabeledScene, val_fraction: float = 0.2, gap: int = 64) -> tuple[LabeledScene, LabeledScene]:
-    """Split a scene into a training part (top) and a validation strip (bottom).
-
-    ``gap`` rows between the two are used by neither, so that training chips and
-    validation pixels are spatially separate.
-    """
-    h = scene.shape[0]
-    n_val = round(h * val_fraction)
-    if not 0 < n_val < h - gap:
-        raise InputError(
-            f"scene {scene.name!r}: cannot split {h} rows into training and validation with "
-            f"val_fraction={val_fraction} and a gap of {gap} rows: use a smaller val_fraction or gap, "
-            "or give separate validation scenes"
-        )
-    train_part = scene.window(slice(0, h - n_val - gap), slice(None))
-    val_part = scene.window(slice(h - n_val, h), slice(None))
-    return train_part, val_part
+#: Kept for callers of the former private names (now in :mod:`geoseg.chips`, :mod:`geoseg.losses`
+#: and :mod:`geoseg.metrics`).
+_ChipSampler = ChipSampler
+_mask_loss = mask_loss
+_mae_loss = mae_loss
+_loss = total_loss
+_confusion = confusion_matrix
+_metrics = metrics_from_confusion
 
 
 # --------------------------------------------------------------------------- config and results
@@ -364,86 +280,7 @@ class TrainHistory:
         }
 
 
-# --------------------------------------------------------------------------- statistics
-
-
-def compute_normalization(scenes: Iterable[LabeledScene], block: int = 512) -> dict[str, list[float]]:
-    """Per-band mean and std over valid (non-nodata) pixels of all scenes.
-
-    Computed in float64 block by block (no full-size float copies).
-
-    Raises:
-        InputError: If there are no valid pixels or the band counts differ.
-    """
-    total = None
-    count = 0
-    for s in scenes:
-        h, w = s.shape
-        for r in range(0, h, block):
-            for c in range(0, w, block):
-                rows, cols = slice(r, r + block), slice(c, c + block)
-                px = s.image[:, rows, cols].reshape(s.image.shape[0], -1).astype(np.float64)
-                px = px[:, s.valid(rows, cols).ravel()]
-                sums = np.stack([px.sum(1), np.square(px).sum(1)])
-                if total is None:
-                    total = sums
-                elif total.shape != sums.shape:
-                    raise InputError("scenes have different band counts")
-                else:
-                    total += sums
-                count += px.shape[1]
-    if total is None or count == 0:
-        raise InputError("no valid (non-nodata) pixels to compute normalisation statistics from")
-    mean = total[0] / count
-    std = np.sqrt(np.maximum(total[1] / count - mean**2, 0.0))
-    std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)
-    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
-
-
-def class_frequencies(scenes: Iterable[LabeledScene], num_classes: int) -> np.ndarray:
-    """Fraction of labelled pixels in each class."""
-    counts = np.zeros(num_classes, np.int64)
-    for s in scenes:
-        counts += np.bincount(s.labels.ravel(), minlength=256)[:num_classes]
-    return counts / max(counts.sum(), 1)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _targets(scene: LabeledScene, rows: slice, cols: slice, heads: Sequence[str],
-             mask_classes: Mapping[str, Sequence[int]]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Labels (255 on nodata) and mask targets (255 = ignore) of a window."""
-    labels = scene.labels[rows, cols].copy()
-    if scene.nodata is not None:
-        labels[~scene.valid(rows, cols)] = IGNORE
-    if not heads:
-        return labels, None
-    if scene.masks is not None:
-        masks = scene.masks[:, rows, cols].copy()
-        masks[:, labels == IGNORE] = IGNORE
-    else:
-        masks = np.empty((len(heads),) + labels.shape, np.uint8)
-        for i, head in enumerate(heads):
-            masks[i] = np.isin(labels, list(mask_classes[head]))
-        masks[:, labels == IGNORE] = IGNORE
-    return labels, masks
-
-
-def _normalize(raw: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-    """float32 ``(raw - mean) / std``; invalid pixels become 0 (the band mean)."""
-    x = raw.astype(np.float32)
-    x -= mean
-    x *= inv_std
-    if valid is not None:
-        x[..., ~valid] = 0.0
-    return x
-
-
-def _outputs(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(out, tuple):
-        return out[0], out[1]
-    return out, None
+# --------------------------------------------------------------------------- prediction and validation
 
 
 def predict_scene(
@@ -496,11 +333,6 @@ def predict_scene(
             masks[(slice(None), *t.core.slices)] = p.masks[0][(slice(None), *t.crop)] == 1
     classes[classes == NODATA] = 0  # nodata pixels carry no label: any class id will do
     return classes, masks
-
-
-#: Kept for callers of the former private helpers (now :mod:`geoseg.metrics`).
-_confusion = confusion_matrix
-_metrics = metrics_from_confusion
 
 
 def evaluate(
@@ -557,7 +389,7 @@ def evaluate(
         pred, pred_masks = predict_scene(module, s, normalization, halo=halo, factor=factor, tile=tile,
                                          device=device)
         heads = list(mask_heads) if s.masks is not None else [h for h in mask_heads if h in mask_classes]
-        labels, targets = _targets(s, slice(None), slice(None), heads, mask_classes)
+        labels, targets = window_targets(s, slice(None), slice(None), heads, mask_classes)
         conf += confusion_matrix(labels, pred, num_classes)
         if pred_masks is None or targets is None:
             continue
@@ -570,169 +402,13 @@ def evaluate(
     return metrics_from_confusion(conf, {k: v for k, v in mask_stats.items() if k in evaluated})
 
 
-# --------------------------------------------------------------------------- sampling and augmentation
+# --------------------------------------------------------------------------- loop helpers
 
 
-def _grid_starts(n: int, c: int) -> list[int]:
-    """Chip origins every ``c`` pixels, the last one flush with the end."""
-    starts = list(range(0, n - c + 1, c))
-    if starts[-1] != n - c:
-        starts.append(n - c)
-    return starts
-
-
-class _ChipSampler:
-    """Labelled chips from the training scenes (random or on a grid), normalised and augmented."""
-
-    def __init__(self, scenes: Sequence[LabeledScene], cfg: TrainConfig, norm: Mapping[str, Sequence[float]],
-                 heads: Sequence[str], rng: np.random.Generator) -> None:
-        self.scenes = [s for s in scenes if min(s.shape) >= cfg.chip_size]
-        if not self.scenes:
-            sizes = ", ".join(f"{s.shape[0]}x{s.shape[1]}" for s in scenes)
-            raise InputError(
-                f"no training area is at least chip_size={cfg.chip_size} pixels on each side ({sizes} after "
-                "the validation split): use a smaller chip size, a smaller validation fraction or gap, or "
-                "larger images"
-            )
-        areas = np.array([s.shape[0] * s.shape[1] for s in self.scenes], np.float64)
-        self.p = areas / areas.sum()
-        self.cfg = cfg
-        self.heads = list(heads)
-        self.mask_classes = cfg.mask_classes or {}
-        self.mean = np.asarray(norm["mean"], np.float32).reshape(-1, 1, 1)
-        self.inv = (1.0 / np.asarray(norm["std"], np.float64)).astype(np.float32).reshape(-1, 1, 1)
-        self.rng = rng
-        self.positions = self._grid() if cfg.sampling == "grid" else None
-
-    @property
-    def steps(self) -> int:
-        """Optimiser steps per epoch."""
-        n = self.cfg.chips_per_epoch if self.positions is None else len(self.positions)
-        return math.ceil(n / self.cfg.batch_size)
-
-    def _grid(self) -> list[tuple[int, int, int]]:
-        c = self.cfg.chip_size
-        full, some = [], []
-        for k, s in enumerate(self.scenes):
-            for r in _grid_starts(s.shape[0], c):
-                for q in _grid_starts(s.shape[1], c):
-                    labels, _ = _targets(s, slice(r, r + c), slice(q, q + c), [], {})
-                    n = np.count_nonzero(labels != IGNORE)
-                    (full if n >= self.cfg.min_labeled * c * c else some if n else []).append((k, r, q))
-        if not full and not some:
-            raise InputError("no training chip has a labelled pixel: check the labels and the image nodata")
-        return full or some
-
-    def chip(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """A random chip with at least ``min_labeled`` labelled pixels (if one is found in 50 draws)."""
-        c, rng = self.cfg.chip_size, self.rng
-        for _ in range(50):
-            k = int(rng.choice(len(self.scenes), p=self.p))
-            s = self.scenes[k]
-            r = int(rng.integers(0, s.shape[0] - c + 1))
-            q = int(rng.integers(0, s.shape[1] - c + 1))
-            labels, masks = _targets(s, slice(r, r + c), slice(q, q + c), self.heads, self.mask_classes)
-            if np.count_nonzero(labels != IGNORE) >= self.cfg.min_labeled * c * c:
-                break
-        return self._make(k, r, q, labels, masks)
-
-    def _make(self, k: int, r: int, q: int, labels: np.ndarray | None = None,
-              masks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        s, c = self.scenes[k], self.cfg.chip_size
-        rows, cols = slice(r, r + c), slice(q, q + c)
-        if labels is None:
-            labels, masks = _targets(s, rows, cols, self.heads, self.mask_classes)
-        valid = None if s.nodata is None else s.valid(rows, cols)
-        x = _normalize(s.image[:, rows, cols], self.mean, self.inv, valid)
-        if self.cfg.augment:
-            x, labels, masks = self._augment(x, labels, masks)
-        return x, labels, masks
-
-    def _augment(self, x: np.ndarray, labels: np.ndarray, masks: np.ndarray | None) -> tuple:
-        rng, cfg = self.rng, self.cfg
-        k = int(rng.integers(0, 4))
-        flip = bool(rng.integers(0, 2))
-        arrays = [x, labels[None]] + ([masks] if masks is not None else [])
-        out = []
-        for a in arrays:
-            a = np.rot90(a, k, axes=(-2, -1))
-            if flip:
-                a = a[..., ::-1]
-            out.append(np.ascontiguousarray(a))
-        x = out[0]
-        gain = 1.0 + rng.uniform(-cfg.contrast, cfg.contrast, size=(x.shape[0], 1, 1)).astype(np.float32)
-        shift = rng.uniform(-cfg.brightness, cfg.brightness, size=(x.shape[0], 1, 1)).astype(np.float32)
-        x = x * gain + shift
-        return x, out[1][0], (out[2] if masks is not None else None)
-
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``n`` random chips as ``(x, labels, masks)`` tensors."""
-        return self._collate([self.chip() for _ in range(n)])
-
-    def _collate(self, chips: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        x = torch.from_numpy(np.stack([c[0] for c in chips]))
-        y = torch.from_numpy(np.stack([c[1] for c in chips]).astype(np.int64))
-        m = None
-        if self.heads:
-            m = torch.from_numpy(np.stack([c[2] for c in chips]))
-        return x, y, m
-
-    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        """The batches of one epoch (:attr:`steps` of them)."""
-        bs = self.cfg.batch_size
-        if self.positions is None:
-            for _ in range(self.steps):
-                yield self.batch(bs)
-            return
-        order = self.rng.permutation(len(self.positions))
-        for i in range(0, len(order), bs):
-            yield self._collate([self._make(*self.positions[j]) for j in order[i : i + bs]])
-
-
-# --------------------------------------------------------------------------- losses
-
-
-def _mask_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 1.0,
-               dice_weight: float = 1.0) -> torch.Tensor:
-    """BCE + soft Dice over labelled pixels (target 255 = ignore), averaged over heads."""
-    keep = target != IGNORE
-    t = (target == 1).to(logits.dtype)
-    w = keep.to(logits.dtype)
-    denom = w.sum().clamp_min(1.0)
-    bce = (F.binary_cross_entropy_with_logits(logits, t, reduction="none") * w).sum() / denom
-    p = torch.sigmoid(logits) * w
-    dims = (0, 2, 3)
-    inter = (p * t).sum(dims)
-    dice = 1.0 - (2.0 * inter + 1.0) / (p.sum(dims) + (t * w).sum(dims) + 1.0)
-    return bce_weight * bce + dice_weight * dice.mean()
-
-
-def _mae_loss(logits: torch.Tensor, labels: torch.Tensor, mask_logits: torch.Tensor | None,
-              masks: torch.Tensor | None) -> torch.Tensor:
-    """Mean |probability - one-hot target| over labelled pixels (and classes), plus the
-    same for the mask heads' sigmoid probabilities."""
-    keep = labels != IGNORE
-    onehot = F.one_hot(torch.where(keep, labels, 0), logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
-    err = (torch.softmax(logits, 1) - onehot).abs().mean(1)
-    loss = (err * keep).sum() / keep.sum().clamp_min(1)
-    if mask_logits is not None and masks is not None:
-        mkeep = masks != IGNORE
-        merr = (torch.sigmoid(mask_logits) - (masks == 1).to(mask_logits.dtype)).abs()
-        loss = loss + (merr * mkeep).sum() / mkeep.sum().clamp_min(1)
-    return loss
-
-
-def _loss(cfg: TrainConfig, logits: torch.Tensor, mask_logits: torch.Tensor | None, labels: torch.Tensor,
-          masks: torch.Tensor | None, ce_weight: torch.Tensor | None) -> torch.Tensor:
-    """The training objective; pixels labelled 255 (unlabelled or nodata) contribute nothing."""
-    loss = logits.new_zeros(())
-    if cfg.ce_weight and bool((labels != IGNORE).any()):
-        loss = loss + cfg.ce_weight * F.cross_entropy(logits, labels, weight=ce_weight, ignore_index=IGNORE)
-    if mask_logits is not None and masks is not None and mask_logits.shape[1]:
-        loss = loss + cfg.mask_loss_weight * _mask_loss(mask_logits, masks, cfg.bce_weight, cfg.dice_weight)
-    if cfg.mae_weight:
-        loss = loss + cfg.mae_weight * _mae_loss(logits, labels, mask_logits, masks)
-    return loss
+def _outputs(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(out, tuple):
+        return out[0], out[1]
+    return out, None
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total: int) -> torch.optim.lr_scheduler.LRScheduler:
@@ -866,7 +542,7 @@ def _train(
     module = copy.deepcopy(bundle.module).to(device)
     if cfg.channels_last:
         module = module.to(memory_format=torch.channels_last)
-    sampler = _ChipSampler(scenes, cfg, norm, heads, rng)
+    sampler = ChipSampler(scenes, cfg, norm, heads, rng)
     steps = sampler.steps
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = _scheduler(opt, cfg, steps * cfg.epochs)
@@ -899,7 +575,7 @@ def _train(
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits, mask_logits = _outputs(module(x))
-            loss = _loss(cfg, logits.float(), None if mask_logits is None else mask_logits.float(), y, m, ce_weight)
+            loss = total_loss(cfg, logits.float(), None if mask_logits is None else mask_logits.float(), y, m, ce_weight)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
