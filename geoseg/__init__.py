@@ -6,6 +6,8 @@ Public API::
     manifest = geoseg.run_scene("scene.tif", "out/", model="default")
     bundle = geoseg.load_model("default")      # bundle.module is a torch.nn.Module
     geoseg.synthesize("synth.tif", 2048, seed=0, labels_path="labels.tif")
+    summary = geoseg.vectorize("out/scene.classes.tif", "scene.gpkg", min_area=500, simplify=5)
+    ev = geoseg.evaluate_model("default", "scene.tif", "labels.tif")   # ev.report(): miou, ...
     report = geoseg.run_batch("catalog.yaml", workers=2)   # every scene of a catalog
 """
 
@@ -23,6 +25,7 @@ from .errors import (
 )
 from .grid import GeoBox, PixelWindow, Tile, TileGrid
 from .pipeline import RunOptions, run_scene
+from .vectorize import VectorizeOptions, vectorize
 
 __version__ = "0.1.0"
 
@@ -40,11 +43,14 @@ __all__ = [
     "RunOptions",
     "Tile",
     "TileGrid",
+    "VectorizeOptions",
+    "evaluate_model",
     "list_models",
     "load_model",
     "run_batch",
     "run_scene",
     "synthesize",
+    "vectorize",
 ]
 
 
@@ -74,3 +80,10 @@ def run_batch(*args, **kwargs):
     from .batch import run_batch as _run
 
     return _run(*args, **kwargs)
+
+
+def evaluate_model(*args, **kwargs):
+    """Score a model on a labelled scene through the full pipeline (see :func:`geoseg.evaluate.evaluate_model`)."""
+    from .evaluate import evaluate_model as _evaluate
+
+    return _evaluate(*args, **kwargs)
