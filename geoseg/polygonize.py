@@ -11,7 +11,7 @@ each component are unioned into one geometry. Coordinates stay whole-raster pixe
 coordinates (exact integers) until the very end, so shared edges match bit for bit.
 
 The result equals a whole-map polygonize: one feature per connected region of equal
-value, with the same area, whatever the block size (``tests/test_polygonize.py``).
+value, with the same area, whatever the block size (``tests/test_vectorize.py``).
 Memory holds one block per worker plus the polygons themselves.
 """
 
