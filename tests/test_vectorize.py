@@ -16,6 +16,8 @@ import shapely
 from affine import Affine
 from click.testing import CliRunner
 from conftest import write_raster
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pyproj import Geod
 from rasterio import features
 from scipy import ndimage
@@ -365,3 +367,20 @@ def test_geoseg_run_passes_the_vectorize_options(tmp_path, synth_scene) -> None:
     assert 0 < len(filtered) < len(plain) and (layers["filtered"][1]["area_m2"] >= 2000).all()
     assert len(simple) == len(plain) and shapely.is_valid(simple).all()
     assert shapely.get_num_coordinates(simple).sum() < 0.8 * shapely.get_num_coordinates(plain).sum()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 60), st.lists(st.tuples(st.integers(0, 59), st.integers(0, 59)), max_size=120))
+def test_connected_components_match_scipy(n, edges) -> None:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as scipy_components
+
+    from geoseg.polygonize import connected_components
+
+    a = np.array([e[0] % n for e in edges], dtype=np.int64)
+    b = np.array([e[1] % n for e in edges], dtype=np.int64)
+    ours = connected_components(n, a, b)
+    _, ref = scipy_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
+    assert len({(x, y) for x, y in zip(ours, ref)}) == len(set(ours)) == len(set(ref))
+    for label in set(ours.tolist()):
+        assert label == np.flatnonzero(ours == label).min()
