@@ -46,7 +46,8 @@ def cli() -> None:
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Use an existing dask.distributed scheduler, e.g. tcp://10.0.0.5:8786.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Threads of the local threaded scheduler [default: 2: one reads/writes while one infers].")
+              help="Threads of the local threaded scheduler, each running one tile's forward on one core "
+                   "[default: the number of cores, at least 2].")
 @click.option("--no-vectorize", is_flag=True, help="Skip the GeoPackage of polygons.")
 @click.option("--min-area", type=float, default=0.0, show_default=True, metavar="M2",
               help="Drop polygons smaller than this many square metres from the GeoPackage.")

@@ -9,6 +9,7 @@ nothing about files or Dask.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from dataclasses import dataclass
@@ -75,8 +76,9 @@ class Predictor:
         self._inv_std = (1.0 / np.asarray(std, dtype=np.float32))[:, None, None]
         self.factor = int(factor)
         self.num_masks = int(num_masks)
-        #: One forward at a time per predictor: the model already uses every core (or the GPU).
-        self.lock = threading.Lock()
+        #: One forward at a time on a GPU; on CPU, forwards run in parallel, one per core
+        #: (see geoseg.pipeline.CPU_TORCH_THREADS).
+        self.lock = threading.Lock() if self.device.type != "cpu" else contextlib.nullcontext()
 
     @classmethod
     def for_bundle(cls, bundle, device: str = "cpu", threads: int | None = None) -> Predictor:

@@ -161,10 +161,12 @@ def test_input_dtypes(tmp_path, synth_scene, dtype) -> None:
     assert (read(tmp_path / "out" / f"s_{dtype}.classes.tif") == read(tmp_path / "ref" / "ref.classes.tif")).all()
 
 
-def test_local_cluster_output_is_identical_to_threads(tmp_path, synth_scene, small_unet) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_local_cluster_output_is_identical_to_threads(tmp_path, synth_scene, small_unet, workers) -> None:
+    # one core per forward everywhere (pipeline.CPU_TORCH_THREADS): bytes identical, confidence included
     scene, _ = synth_scene
     run(scene, tmp_path / "threads", small_unet, tile_size=128, vectorize=False)
-    manifest = run(scene, tmp_path / "cluster", small_unet, tile_size=128, workers=2, vectorize=False)
+    manifest = run(scene, tmp_path / "cluster", small_unet, tile_size=128, workers=workers, vectorize=False)
     assert manifest["execution"]["scheduler"] == "LocalCluster"
     for product in PRODUCTS:
         a, b = read(tmp_path / "threads" / f"scene.{product}"), read(tmp_path / "cluster" / f"scene.{product}")
