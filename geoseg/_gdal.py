@@ -100,12 +100,6 @@ def _gdal() -> _Gdal | None:
 _INIT_LOCK = threading.Lock()
 
 
-def available() -> bool:
-    """Whether the GIL-free path is usable in this process."""
-    with _INIT_LOCK:
-        return _gdal() is not None
-
-
 def polygonize_block(
     values: np.ndarray, valid: np.ndarray, origin: tuple[int, int], connectivity: int = 4
 ) -> tuple[np.ndarray, list[bytes]]:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .polygonize import run_offsets
+
 
 def _ring_segments(xy: np.ndarray, ring: np.ndarray) -> np.ndarray:
     """Indices ``i`` of the points that start a segment ``xy[i] -> xy[i + 1]`` of one ring."""
@@ -57,7 +59,7 @@ def node_coverage(geoms: np.ndarray) -> np.ndarray:
 
     # the inserted points, in the direction of their segment
     which = np.repeat(np.arange(len(seg)), inner)
-    k = np.arange(inner.sum()) - np.repeat(np.cumsum(inner) - inner, inner)
+    k = run_offsets(inner)
     forward = np.where(horizontal, x1 > x0, y1 > y0)[which]
     key_index = np.where(forward, start[which] + k, end[which] - 1 - k)
     keys = np.where(horizontal[which], by_row[np.minimum(key_index, len(by_row) - 1)], by_col[np.minimum(key_index, len(by_col) - 1)])

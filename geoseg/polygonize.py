@@ -35,7 +35,6 @@ DEFAULT_BLOCK_SIZE = 2048
 class BlockRegions:
     """The regions of one block: what a polygonize task returns."""
 
-    window: PixelWindow
     values: np.ndarray  # (n,) int32: the raster value of each region
     geoms: np.ndarray  # n shapely polygons in whole-raster pixel coordinates
     pixels: np.ndarray  # (n,) int64: pixel count of each region
@@ -55,7 +54,6 @@ class Regions:
     pixels: np.ndarray  # int64
     weight_mean: np.ndarray | None  # mean of the weight raster under each region
     pieces: int  # block pieces before joining (for reports)
-    blocks: int
 
     def __len__(self) -> int:
         return len(self.values)
@@ -99,7 +97,13 @@ def polygonize_window(
         bad = ~shapely.is_valid(geoms)
         geoms[bad] = shapely.make_valid(geoms[bad])
     pixels = np.rint(shapely.area(geoms)).astype(np.int64)  # pixel-aligned, pixel units: exact
-    return BlockRegions(window, vals, geoms, pixels, sums, top, bottom, left, right)
+    return BlockRegions(vals, geoms, pixels, sums, top, bottom, left, right)
+
+
+def run_offsets(lengths: np.ndarray) -> np.ndarray:
+    """``0 .. n - 1`` for every run length ``n``, concatenated: the position of each element
+    within its run when runs of ``lengths`` are laid end to end."""
+    return np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
 
 def ring_sums(geoms: np.ndarray, window: PixelWindow, weights: np.ndarray) -> np.ndarray:
@@ -126,8 +130,7 @@ def ring_sums(geoms: np.ndarray, window: PixelWindow, weights: np.ndarray) -> np
     seg = np.flatnonzero((ring[:-1] == ring[1:]) & (x[:-1] == x[1:]))  # vertical edges
     xs, ya, yb = x[seg], y[seg], y[seg + 1]
     length = np.abs(yb - ya)
-    step = np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length)
-    rows = np.repeat(np.minimum(ya, yb), length) + step
+    rows = np.repeat(np.minimum(ya, yb), length) + run_offsets(length)
     per_edge = np.bincount(np.repeat(np.arange(len(seg)), length), weights=prefix[rows, np.repeat(xs, length)],
                            minlength=len(seg))
     direction = np.sign(yb - ya)
@@ -153,7 +156,7 @@ def edge_labels(geoms: np.ndarray, window: PixelWindow) -> tuple[np.ndarray, np.
     out = []
     if len(geoms):
         bounds = shapely.bounds(geoms)  # minx, miny, maxx, maxy
-    # (edge line coordinate axis, its value, the axis along the edge, start, length)
+    # (axis across the edge line, the line's coordinate on it, first pixel along the edge, edge length)
     for axis, value, start, length in ((1, r0, c0, w), (1, r0 + h, c0, w), (0, c0, r0, h), (0, c0 + w, r0, h)):
         lab = np.zeros(length, dtype=np.int32)
         if len(geoms):
@@ -170,8 +173,7 @@ def edge_labels(geoms: np.ndarray, window: PixelWindow) -> tuple[np.ndarray, np.
                 lo, hi = np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64)
                 region = touching[owner[ring[seg]]] + 1
                 n = hi - lo
-                pos = np.repeat(lo - np.cumsum(n) + n, n) + np.arange(n.sum())
-                lab[pos] = np.repeat(region, n)
+                lab[np.repeat(lo, n) + run_offsets(n)] = np.repeat(region, n)
         out.append(lab)
     return tuple(out)
 
@@ -213,37 +215,32 @@ def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
             return label
 
 
-def _join_across_edges(grid: TileGrid, blocks: dict[tuple[int, int], BlockRegions], offsets, connectivity: int):
-    """Component id of every region of every block (regions are numbered by ``offsets``)."""
-    total = int(offsets[-1])
+def _join_across_edges(blocks: dict[tuple[int, int], BlockRegions], offsets: dict, connectivity: int) -> np.ndarray:
+    """Component id of every region of every block (block ``k``'s regions are numbered from ``offsets[k]``)."""
     pairs = [np.zeros((2, 0), dtype=np.int64)]
 
-    def link(a, ai, a_lab, b, bi, b_lab, shift=0):
+    def link(ka, a_lab, kb, b_lab, shift=0):
+        """Join the regions of blocks ``ka`` and ``kb`` whose edge pixels face each other
+        (``shift``: offset along the edge, for the diagonals of 8-connectivity)."""
         if shift > 0:
             a_lab, b_lab = a_lab[:-shift], b_lab[shift:]
         elif shift < 0:
             a_lab, b_lab = a_lab[-shift:], b_lab[:shift]
-        pairs.append(_pairs(a_lab, offsets[ai], a.values, b_lab, offsets[bi], b.values))
+        pairs.append(_pairs(a_lab, offsets[ka], blocks[ka].values, b_lab, offsets[kb], blocks[kb].values))
 
     shifts = (0, 1, -1) if connectivity == 8 else (0,)
-    index = {key: k for k, key in enumerate(blocks)}
     for (i, j), a in blocks.items():
-        ai = index[(i, j)]
-        for di, dj, a_edge, b_edge in ((0, 1, "right", "left"), (1, 0, "bottom", "top")):
-            b = blocks.get((i + di, j + dj))
-            if b is None:
-                continue
-            bi = index[(i + di, j + dj)]
-            for s in shifts:
-                link(a, ai, getattr(a, a_edge), b, bi, getattr(b, b_edge), s)
+        for kb, a_edge, b_edge in (((i, j + 1), "right", "left"), ((i + 1, j), "bottom", "top")):
+            if kb in blocks:
+                for s in shifts:
+                    link((i, j), getattr(a, a_edge), kb, getattr(blocks[kb], b_edge), s)
         if connectivity == 8:  # corners: only diagonal neighbours meet there
-            d = blocks.get((i + 1, j + 1))
-            if d is not None:
-                link(a, ai, a.bottom[-1:], d, index[(i + 1, j + 1)], d.top[:1])
-            c = blocks.get((i + 1, j - 1))
-            if c is not None:
-                link(a, ai, a.bottom[:1], c, index[(i + 1, j - 1)], c.top[-1:])
+            if (i + 1, j + 1) in blocks:
+                link((i, j), a.bottom[-1:], (i + 1, j + 1), blocks[(i + 1, j + 1)].top[:1])
+            if (i + 1, j - 1) in blocks:
+                link((i, j), a.bottom[:1], (i + 1, j - 1), blocks[(i + 1, j - 1)].top[-1:])
     edges = np.concatenate(pairs, axis=1)
+    total = sum(len(b.values) for b in blocks.values())
     return connected_components(total, edges[0], edges[1])
 
 
@@ -332,11 +329,11 @@ def polygonize(
     }
     blocks: dict[tuple[int, int], BlockRegions] = run_blocks(tasks, workers=workers, scheduler=scheduler, on_done=on_block)
     blocks = {k: blocks[k] for k in tasks}  # row-major order
-    counts = np.array([len(b.values) for b in blocks.values()], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    component = _join_across_edges(grid, blocks, offsets, connectivity)
+    counts = [len(b.values) for b in blocks.values()]
+    offsets = dict(zip(blocks, np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)))
+    component = _join_across_edges(blocks, offsets, connectivity)
 
-    values = np.concatenate([b.values for b in blocks.values()]) if blocks else np.zeros(0, np.int32)
+    values = np.concatenate([b.values for b in blocks.values()])
     pixels = np.concatenate([b.pixels for b in blocks.values()])
     pieces = np.concatenate([b.geoms for b in blocks.values()])
 
@@ -370,4 +367,4 @@ def polygonize(
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             for group, merged in zip(groups, pool.map(lambda g: shapely.union_all(pieces[g]), groups)):
                 geometry[comp[group[0]]] = merged
-    return Regions(geometry, out_values, out_pixels, weight_mean, pieces=len(pieces), blocks=len(blocks))
+    return Regions(geometry, out_values, out_pixels, weight_mean, pieces=len(pieces))

@@ -28,7 +28,7 @@ import numpy as np
 
 from .classes import rgb_to_hex
 from .errors import InputError
-from .polygonize import DEFAULT_BLOCK_SIZE, polygonize
+from .polygonize import DEFAULT_BLOCK_SIZE, block_grid, polygonize
 from .styles import categorized_qml, categorized_sld, single_qml
 from .vector_io import FORMATS, LayerData, check_format, layer_path, write_layer
 
@@ -79,14 +79,14 @@ class VectorizeOptions:
 class AreaCalculator:
     """Areas (m^2) and perimeters (m) of polygons in a CRS, geodesic when geographic."""
 
-    def __init__(self, crs_wkt: str | None) -> None:
+    def __init__(self, crs_wkt: str) -> None:
         from pyproj import CRS
 
-        crs = CRS.from_wkt(crs_wkt) if crs_wkt else None
-        self.geographic = bool(crs is not None and crs.is_geographic)
+        crs = CRS.from_wkt(crs_wkt)
+        self.geographic = crs.is_geographic
         self.geod = crs.get_geod() if self.geographic else None
         self.factor = 1.0
-        if crs is not None and not self.geographic and crs.axis_info:
+        if not self.geographic and crs.axis_info:
             self.factor = float(crs.axis_info[0].unit_conversion_factor)
 
     def area_perimeter(self, geoms) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +129,7 @@ def to_crs(geoms: np.ndarray, transform) -> np.ndarray:
 @dataclass
 class _Raster:
     path: str
-    crs: str | None
+    crs: str  # WKT
     transform: object
     height: int
     width: int
@@ -171,27 +171,35 @@ def _regions_to_layer(
     qml: str,
     sld: str,
 ) -> tuple[LayerData, np.ndarray, int]:
-    """Filter, simplify and georeference regions; return the layer, its kept rows and dropped count."""
+    """Filter, simplify and georeference regions; return the layer, its kept rows and dropped count.
+
+    ``--min-area`` compares the exact regions' areas (pixel counts, or geodesic areas for
+    geographic CRSs); area and perimeter attributes describe the written polygons.
+    """
     from .coverage import simplify_coverage
 
     calc = AreaCalculator(raster.crs)
-    geoms_px = regions.geometry
     keep = np.arange(len(regions))
-    exact_area = None
+    measured = None  # (area, perimeter) of the exact polygons in the CRS, when computed
     if options.min_area > 0:
         if calc.geographic:
-            exact_area, _ = calc.area_perimeter(to_crs(geoms_px, raster.transform))
+            measured = calc.area_perimeter(to_crs(regions.geometry, raster.transform))
+            exact_area = measured[0]
         else:
             exact_area = regions.pixels * abs(raster.transform.determinant) * calc.factor**2
         keep = np.flatnonzero(exact_area >= options.min_area)
-        geoms_px = geoms_px[keep]
     if options.simplify > 0:
         tolerance_px = options.simplify / calc.pixel_size_m(raster.transform, raster.height, raster.width)
-        geoms_px = simplify_coverage(geoms_px, tolerance_px)
-    geoms = to_crs(geoms_px, raster.transform)
-    area, perimeter = calc.area_perimeter(geoms)
+        geoms = to_crs(simplify_coverage(regions.geometry[keep], tolerance_px), raster.transform)
+        measured = None
+    else:
+        geoms = to_crs(regions.geometry[keep], raster.transform)
+    if measured is not None:  # geodesic measures are slow: reuse them when the polygons did not change
+        area, perimeter = measured[0][keep], measured[1][keep]
+    else:
+        area, perimeter = calc.area_perimeter(geoms)
     fields = make_fields(keep, area, perimeter)
-    layer = LayerData(name, raster.crs or "", geoms, fields, qml, sld)
+    layer = LayerData(name, raster.crs, geoms, fields, qml, sld)
     return layer, keep, len(regions) - len(keep)
 
 
@@ -263,15 +271,6 @@ def mask_layer(
     sld = categorized_sld(name, "mask_name", [(f"'{name}'", name, color)])
     data, keep, dropped = _regions_to_layer(raster, regions, options, name, fields, single_qml(color), sld)
     return data, LayerStats(name, len(keep), {name: float(data.fields["area_m2"].sum())}, dropped)
-
-
-def _blocks(path, options: VectorizeOptions) -> int:
-    import rasterio
-
-    from .polygonize import block_grid
-
-    with rasterio.open(path) as ds:
-        return len(block_grid(ds.height, ds.width, options.block_size))
 
 
 def vectorize_products(
@@ -451,7 +450,8 @@ def vectorize(
     temps: dict[Path, Path] = {}
     stats: list[LayerStats] = []
     try:
-        with Progress(total=_blocks(raster, opts) * len(layers), desc=f"{Path(raster).name}: blocks",
+        blocks = len(block_grid(src.height, src.width, opts.block_size))
+        with Progress(total=blocks * len(layers), desc=f"{Path(raster).name}: blocks",
                       disable=quiet, unit="block") as progress:
             for i, name in enumerate(layers):
                 if mask:
@@ -461,7 +461,7 @@ def vectorize(
                     data, st = class_layer(raster, names=class_names, colors=class_colors, layer=name, band=band,
                                            confidence=conf, options=opts, on_block=progress.update)
                 final = finals[i]
-                tmp = temps.get(final) or temps.setdefault(final, outputs.temp_for(final))
+                tmp = temps.setdefault(final, outputs.temp_for(final))
                 qml_tmp = None
                 if opts.format != "GPKG":
                     qml_final = final.with_suffix(".qml")

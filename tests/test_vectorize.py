@@ -211,6 +211,13 @@ def test_geographic_areas_are_geodesic(tmp_path) -> None:
     assert (perim > 0).all()
     # sanity: a pixel at 45N is ~111 m x ~79 m
     assert area.sum() / (classes != 255).sum() == pytest.approx(111_000 * 0.001 * 78_800 * 0.001, rel=0.02)
+    # --min-area on a geographic CRS compares geodesic areas; the kept polygons keep their measures
+    vectorize(path, tmp_path / "big.gpkg", block_size=16, min_area=5 * 8769.0)
+    _, _, _, (_, _, big_area, big_perim) = pyogrio.raw.read(tmp_path / "big.gpkg", layer="classes")
+    kept = area >= 5 * 8769.0
+    assert 0 < len(big_area) == kept.sum() < len(area)
+    assert sorted(big_area) == pytest.approx(sorted(area[kept]))
+    assert sorted(big_perim) == pytest.approx(sorted(perim[kept]))
 
 
 def test_min_area_drops_small_polygons(tmp_path) -> None:
