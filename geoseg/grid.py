@@ -82,11 +82,20 @@ class Tile:
     index: int
     core: PixelWindow
     read: PixelWindow
+    #: Whether each side (top, bottom, left, right) of the read window lies inside the
+    #: raster (False: on the raster's edge, where the model sees zero padding).
+    inner: tuple[bool, bool, bool, bool] = (False, False, False, False)
 
     @property
     def crop(self) -> tuple[slice, slice]:
         """Slices that cut the core out of an array covering the read window."""
         return self.core.relative_to(self.read)
+
+    @property
+    def context(self) -> tuple[int, int, int, int]:
+        """Pixels of the read window around the core: (top, bottom, left, right)."""
+        c, r = self.core, self.read
+        return c.row - r.row, r.row_end - c.row_end, c.col - r.col, r.col_end - c.col_end
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -140,7 +149,8 @@ class TileGrid:
         core = PixelWindow(r0, c0, min(t, self.height - r0), min(t, self.width - c0))
         rr0, cc0 = max(0, r0 - h), max(0, c0 - h)
         rr1, cc1 = min(self.height, core.row_end + h), min(self.width, core.col_end + h)
-        return Tile(i * self.cols + j, core, PixelWindow(rr0, cc0, rr1 - rr0, cc1 - cc0))
+        inner = (rr0 > 0, rr1 < self.height, cc0 > 0, cc1 < self.width)
+        return Tile(i * self.cols + j, core, PixelWindow(rr0, cc0, rr1 - rr0, cc1 - cc0), inner)
 
     def __iter__(self) -> Iterator[Tile]:
         for i in range(self.rows):
@@ -153,13 +163,14 @@ class TileGrid:
 
 
 def batches(tiles: list[Tile], batch_size: int) -> list[list[Tile]]:
-    """Group tiles, in order, into batches of at most ``batch_size`` equal read shapes."""
+    """Group tiles, in order, into batches of at most ``batch_size`` tiles that share their
+    read shape, context and inner sides (one forward computes the same cut for all)."""
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     out: list[list[Tile]] = []
-    open_by_shape: dict[tuple[int, int], list[Tile]] = {}
+    open_by_shape: dict[tuple, list[Tile]] = {}
     for tile in tiles:
-        shape = (tile.read.height, tile.read.width)
+        shape = (tile.read.height, tile.read.width, tile.context, tile.inner)
         current = open_by_shape.get(shape)
         if current is None or len(current) >= batch_size:
             current = []

@@ -109,7 +109,7 @@ def check_contract(source: SceneSource, bundle) -> None:
 def predict_batch(
     source: SceneSource, tiles: list[Tile], model: str, device: str, torch_threads: int | None = None
 ) -> list[TileResult]:
-    """Dask task: read the tiles (with halo), run the model, crop to the cores."""
+    """Dask task: read the tiles (with halo), run the model, keep the cores."""
     import rasterio
 
     predictor = get_predictor(model, resolve_device(device), torch_threads)
@@ -119,31 +119,23 @@ def predict_batch(
     valid = np.stack([r[1] for r in reads])
     # A tile whose core has no valid pixel writes only nodata: skip the model for it.
     has_valid = np.array([valid[k][t.crop].any() for k, t in enumerate(tiles)])
-    h, w = valid.shape[1:]
+    context, inner = tiles[0].context, tiles[0].inner  # the same for a batch (grid.batches)
+    core = tiles[0].core
     if has_valid.all():
-        pred = predictor.predict(data, valid)
+        pred = predictor.predict(data, valid, context, inner)
     else:
-        pred = predictor.empty(len(tiles), h, w)
+        pred = predictor.empty(len(tiles), core.height, core.width)
         if has_valid.any():
-            sub = predictor.predict(data[has_valid], valid[has_valid])
+            sub = predictor.predict(data[has_valid], valid[has_valid], context, inner)
             pred.classes[has_valid], pred.confidence[has_valid], pred.masks[has_valid] = (
                 sub.classes,
                 sub.confidence,
                 sub.masks,
             )
-    out = []
-    for k, tile in enumerate(tiles):
-        rs, cs = tile.crop
-        out.append(
-            TileResult(
-                tile.core,
-                np.ascontiguousarray(pred.classes[k, rs, cs]),
-                np.ascontiguousarray(pred.confidence[k, rs, cs]),
-                np.ascontiguousarray(pred.masks[k, :, rs, cs]),
-                skipped=not bool(has_valid[k]),
-            )
-        )
-    return out
+    return [
+        TileResult(tile.core, pred.classes[k], pred.confidence[k], pred.masks[k], skipped=not bool(has_valid[k]))
+        for k, tile in enumerate(tiles)
+    ]
 
 
 class TileSink:

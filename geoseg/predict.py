@@ -101,40 +101,65 @@ class Predictor:
         x *= valid[:, None, :, :]
         return x
 
-    def predict(self, data: np.ndarray, valid: np.ndarray) -> Prediction:
-        """Run the model on a batch of equal-sized windows.
+    def predict(
+        self,
+        data: np.ndarray,
+        valid: np.ndarray,
+        context: tuple[int, int, int, int] = (0, 0, 0, 0),
+        inner: tuple[bool, bool, bool, bool] = (False, False, False, False),
+    ) -> Prediction:
+        """Run the model on a batch of equal-sized windows; products of their cores.
 
         Args:
             data: ``(N, bands, H, W)`` float32 raw values.
             valid: ``(N, H, W)`` bool validity.
+            context: pixels around the core in every window (top, bottom, left, right),
+                as :attr:`geoseg.grid.Tile.context`; the products cover the core only.
+            inner: which sides lie inside the raster (:attr:`geoseg.grid.Tile.inner`).
+                A module with ``forward_tile`` (the U-Net) then skips the work the core
+                does not need; any other module runs on the window and is cropped.
         """
         import torch
 
         n, _, h, w = data.shape
-        ph, pw = -(-h // self.factor) * self.factor, -(-w // self.factor) * self.factor
+        top, bottom, left, right = context
+        core = (slice(top, h - bottom), slice(left, w - right))
+        ch, cw = h - top - bottom, w - left - right
         x = self.normalize(data, valid)
-        if (ph, pw) != (h, w):
-            x = np.pad(x, ((0, 0), (0, 0), (0, ph - h), (0, pw - w)))
+        tiled = self._tiled(context, inner)
+        if not tiled:
+            ph, pw = -(-h // self.factor) * self.factor, -(-w // self.factor) * self.factor
+            if (ph, pw) != (h, w):
+                x = np.pad(x, ((0, 0), (0, 0), (0, ph - h), (0, pw - w)))
         with self.lock, torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True)
             t = t.contiguous(memory_format=torch.channels_last)
-            out = self.module(t)
+            out = self.module.forward_tile(t, context, inner) if tiled else self.module(t)
             logits, mask_logits = (out if isinstance(out, tuple) else (out, None))
-            logits = logits[:, :, :h, :w]
+            if not tiled:
+                logits = logits[(..., *core)]
+                mask_logits = None if mask_logits is None else mask_logits[(..., *core)]
             prob = torch.softmax(logits.float(), dim=1)
             conf, cls = prob.max(dim=1)
             classes = cls.to(torch.uint8).cpu().numpy()
             confidence = torch.round(conf * 100).to(torch.uint8).cpu().numpy()
             if mask_logits is not None and mask_logits.shape[1]:
-                masks = (mask_logits[:, :, :h, :w] > 0).to(torch.uint8).cpu().numpy()
+                masks = (mask_logits > 0).to(torch.uint8).cpu().numpy()
             else:
-                masks = np.zeros((n, 0, h, w), dtype=np.uint8)
-        invalid = ~valid
+                masks = np.zeros((n, 0, ch, cw), dtype=np.uint8)
+        invalid = ~valid[(slice(None), *core)]
         classes[invalid] = NODATA
         confidence[invalid] = NODATA
         if masks.shape[1]:
             masks[np.broadcast_to(invalid[:, None], masks.shape)] = NODATA
         return Prediction(classes, confidence, masks)
+
+    def _tiled(self, context: tuple[int, int, int, int], inner: tuple[bool, bool, bool, bool]) -> bool:
+        """Whether the module can compute just the core (enough context on inner sides)."""
+        plan = getattr(self.module, "tile_plan", None)
+        if plan is None or not any(inner):
+            return False
+        return all(c >= plan.input_margin for c, i in zip(context, inner) if i)
 
     def empty(self, n: int, h: int, w: int) -> Prediction:
         """All-nodata products, for tiles that have no valid pixel."""

@@ -325,12 +325,12 @@ def predict_scene(
     for t in TileGrid(h, w, tile, halo=halo, factor=factor):
         raw = image[(slice(None), *t.read.slices)].astype(np.float32)
         valid = np.ones(raw.shape[1:], bool) if nodata is None else ~np.all(raw == nodata, axis=0)
-        p = predictor.predict(raw[None], valid[None])
-        classes[t.core.slices] = p.classes[0][t.crop]
+        p = predictor.predict(raw[None], valid[None], t.context, t.inner)
+        classes[t.core.slices] = p.classes[0]
         if p.masks.shape[1]:
             if masks is None:
                 masks = np.zeros((p.masks.shape[1], h, w), bool)
-            masks[(slice(None), *t.core.slices)] = p.masks[0][(slice(None), *t.crop)] == 1
+            masks[(slice(None), *t.core.slices)] = p.masks[0] == 1
     classes[classes == NODATA] = 0  # nodata pixels carry no label: any class id will do
     return classes, masks
 

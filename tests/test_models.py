@@ -11,6 +11,7 @@ from geoseg.errors import ModelError
 from geoseg.models import (
     DEFAULT_WEIGHTS,
     SpectralIndexModel,
+    TilePlan,
     UNet,
     build_spectral,
     build_unet,
@@ -190,6 +191,106 @@ def test_halo_tiling_is_exact(net: nn.Module, fast: bool) -> None:
     # and the test can tell: too small a halo changes the logits
     diff = (_crop_logits(module, x, CORES[1], 24) - full[..., 64:104, 96:136]).abs().max().item()
     assert diff > 1e-3
+
+
+def test_tile_plan_margins() -> None:
+    """What each stage keeps: worked out by hand for depth 3 (see TilePlan's docstring)."""
+    plan = TilePlan.for_unet(3, "transpose")
+    assert plan.decoder == (0, 1, 2) and plan.concat == (2, 3, 4)
+    assert plan.encoder == (44, 20, 8, 2) and plan.input_margin == 46
+    # depth 4 needs 94 px: PERF_NOTES measured a 96-px halo as the smallest exact one
+    assert TilePlan.for_unet(4, "transpose").input_margin == 94
+    for depth in (1, 2, 3, 4, 5):
+        for up in ("transpose", "bilinear"):
+            plan = TilePlan.for_unet(depth, up)
+            assert all(m % 2 == 0 for m in plan.encoder[:-1])  # pooling keeps the image's 2x2 grid
+    for depth, up in [(2, "transpose"), (3, "transpose"), (3, "bilinear")]:
+        assert TilePlan.for_unet(depth, up).input_margin <= unet_halo(depth, up)[1]  # the bundle's halo suffices
+
+
+def _tiles_of(h: int, w: int, tile: int, halo: int, factor: int):
+    from geoseg.grid import TileGrid
+
+    return list(TileGrid(h, w, tile, halo=halo, factor=factor))
+
+
+@pytest.mark.parametrize("depth,upsample", [(1, "transpose"), (2, "bilinear"), (3, "transpose"), (4, "transpose"), (3, "bilinear")])
+def test_forward_tile_equals_whole_image_inference(depth: int, upsample: str) -> None:
+    """Every tile of a grid (edges, corners, interior, cores smaller than the halo) gives
+    the whole image's logits and masks on its core, with the tightest halo and a wider one."""
+    torch.manual_seed(depth)
+    net = UNet(4, 5, mask_heads=2, base_width=4, depth=depth, upsample=upsample).eval()
+    _randomize_batchnorm(net, seed=depth)
+    f = net.downsampling
+    h, w = 203, 181  # not multiples of any factor
+    x = torch.randn(1, 4, h, w)
+    with torch.no_grad():
+        logits, masks = net(x)
+    margin = net.tile_plan.input_margin
+    for halo in (margin, margin + 2 * f) if depth > 1 else (margin,):
+        for tile_size in (f, 64):
+            for t in _tiles_of(h, w, tile_size, halo, f):
+                window = x[(..., *t.read.slices)]
+                with torch.no_grad():
+                    got_l, got_m = net.forward_tile(window, t.context, t.inner)
+                want = (slice(None), slice(None), *t.core.slices)
+                assert got_l.shape == logits[want].shape, t
+                assert (got_l - logits[want]).abs().max().item() < 1e-4, t
+                assert (got_m - masks[want]).abs().max().item() < 1e-4, t
+
+
+def test_forward_tile_matches_the_fast_default_model() -> None:
+    """With the shipped model as geoseg runs it (folded, channels_last), the trimmed
+    forward gives the whole window's forward on the core (bit for bit at this size on
+    this CPU; oneDNN picks other kernels for tiny shapes, hence the tolerance)."""
+    fast = load_model("default").inference_module()
+    x = torch.randn(1, 4, 256 + 2 * 56, 256 + 2 * 56, generator=torch.Generator().manual_seed(3))
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        full = fast(x)
+        tile = fast.forward_tile(x, (56, 56, 56, 56), (True, True, True, True))
+    for a, b in zip(full, tile):
+        a = a[..., 56:-56, 56:-56]
+        assert a.shape == b.shape and (a - b).abs().max().item() < 1e-4
+    assert torch.equal(full[0][..., 56:-56, 56:-56].argmax(1), tile[0].argmax(1))
+
+
+def test_forward_tile_refuses_too_little_context() -> None:
+    net = UNet(4, 3, depth=3).eval()
+    x = torch.zeros(1, 4, 64 + 2 * 40, 64 + 2 * 40)
+    with pytest.raises(ValueError, match="needs >= 46 px of context"):
+        net.forward_tile(x, (40, 40, 40, 40), (True, True, True, True))
+    # and the plan is tight: 2 px less at the first encoder stage changes the logits
+    plan = net.tile_plan
+    short = TilePlan(plan.input_margin - 2, (plan.encoder[0] - 2, *plan.encoder[1:]), plan.concat, plan.decoder, plan.up_loss)
+    _randomize_batchnorm(net)
+    x = torch.randn(1, 4, 64 + 2 * 48, 64 + 2 * 48, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = net(x)[..., 48:-48, 48:-48]
+        net.__dict__["tile_plan"] = short
+        got = net.forward_tile(x, (48,) * 4, (True,) * 4)
+    assert (got - want).abs().max().item() > 1e-4
+
+
+def test_predictor_products_cover_the_core_with_either_path() -> None:
+    """Predictor.predict returns the core, whether the module can trim (U-Net) or not."""
+    from geoseg.predict import Predictor
+
+    torch.manual_seed(0)
+    net = UNet(4, 3, mask_heads=1, base_width=4, depth=2).eval()
+    pred = Predictor(net, [0.0] * 4, [1.0] * 4, factor=4, num_masks=1)
+    h, w = 40 + 2 * 24, 40 + 24  # a core with context 24 above, below and left; right is the edge
+    data = np.random.default_rng(0).normal(size=(1, 4, h, w)).astype(np.float32)
+    valid = np.ones((1, h, w), bool)
+    valid[0, 30, 30] = False
+    ctx, inner = (24, 24, 24, 0), (True, True, True, False)
+    assert pred._tiled(ctx, inner) and not pred._tiled((8, 24, 24, 0), inner)
+    trimmed = pred.predict(data, valid, ctx, inner)
+    cropped = Predictor(nn.Sequential(net), [0.0] * 4, [1.0] * 4, 4, 1).predict(data, valid, ctx, inner)
+    assert trimmed.classes.shape == (1, 40, 40) and trimmed.masks.shape == (1, 1, 40, 40)
+    np.testing.assert_array_equal(trimmed.classes, cropped.classes)
+    np.testing.assert_array_equal(trimmed.masks, cropped.masks)
+    assert trimmed.classes[0, 30 - 24, 30 - 24] == 255  # nodata, in core coordinates
 
 
 # --------------------------------------------------------------------------- spectral

@@ -42,7 +42,7 @@ from geoseg.models.registry import (  # noqa: E402
     load_model,
 )
 from geoseg.models.spectral import SpectralIndexModel  # noqa: E402
-from geoseg.models.unet import UNet, halo_for, receptive_radius, unet_halo  # noqa: E402
+from geoseg.models.unet import TilePlan, UNet, halo_for, receptive_radius, unet_halo  # noqa: E402
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -51,6 +51,7 @@ __all__ = [
     "ModelSpec",
     "Normalization",
     "SpectralIndexModel",
+    "TilePlan",
     "UNet",
     "build_module",
     "build_spectral",
