@@ -2,7 +2,7 @@
 
 ``run_scene`` validates the scene against the model's contract, cuts the raster into a
 :class:`~geoseg.grid.TileGrid` with the halo the model needs, and builds one task per
-batch of tiles (read window with halo -> predict -> crop to the core). With the default
+batch of tiles (read window with halo -> predict the core). With the default
 local threads, write tasks in the same graph store each batch's result window by window;
 on a ``dask.distributed`` cluster the results stream back to the client, which writes
 them as they complete. Either way, at most a few tiles are in memory at once.

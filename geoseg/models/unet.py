@@ -177,14 +177,21 @@ class UNet(nn.Module):
             y = self.pool(y)
             cur = [None if m is None else m // 2 for m in cur]
             y, cur = _trim(down(y), cur, plan.encoder[k + 1])
-        for k, (up, (skip, skip_cur)) in enumerate(zip(self.ups, reversed(skips))):
+        for k, up in enumerate(self.ups):
             level = self.depth - 1 - k
+            skip, skip_cur = skips.pop()
             u = up.up(y)
             u_cur = [None if m is None else 2 * m for m in cur]  # plan: concat <= 2m - up_loss
             u, _ = _trim(u, u_cur, plan.concat[level])
             skip, _ = _trim(skip, skip_cur, plan.concat[level])
             cur = [None if m is None else plan.concat[level] for m in cur]
-            y, cur = _trim(up.conv(torch.cat([u, skip], dim=1)), cur, plan.decoder[level])
+            # drop each input as soon as its layer is done (peak memory: the full-resolution
+            # concatenation and one conv output, not every tensor of the level)
+            y = torch.cat([u, skip], dim=1)
+            del u, skip
+            for layer in up.conv:
+                y = layer(y)
+            y, cur = _trim(y, cur, plan.decoder[level])
         # inner sides are now at margin 0; cut the edge sides' context (and padding) off
         top, left = (0 if inner[0] else t), (0 if inner[2] else l)
         logits = self.head(y)[..., top : top + core_h, left : left + core_w]
