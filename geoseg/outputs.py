@@ -27,6 +27,7 @@ NODATA = 255
 
 #: Creation options of the COGs geoseg writes. DEFLATE is read by every GIS; mode
 #: resampling keeps class ids valid in overviews (GDAL's COG default, cubic, does not).
+#: A product may ask for another resampling (the confidence map averages).
 COG_OPTIONS = {
     "COMPRESS": "DEFLATE",
     "LEVEL": "6",
@@ -133,10 +134,12 @@ class RasterProduct:
         descriptions: list[str] | None = None,
         colors: list[str] | None = None,
         tags: dict[str, str] | None = None,
+        overview_resampling: str = "MODE",
     ) -> None:
         import rasterio
 
         self.final = final
+        self.overview_resampling = overview_resampling
         self.geobox = geobox
         self.outputs = outputs
         self.count = count
@@ -194,7 +197,7 @@ class RasterProduct:
         cog = self.outputs.temp_for(self.final, "cog-")
         try:
             with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_NUM_THREADS="ALL_CPUS"):
-                rio_copy(self.tmp, cog, driver="COG", **COG_OPTIONS)
+                rio_copy(self.tmp, cog, driver="COG", **{**COG_OPTIONS, "OVERVIEW_RESAMPLING": self.overview_resampling})
         except Exception:
             remove_files([cog])
             raise

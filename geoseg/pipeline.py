@@ -459,6 +459,7 @@ def _create_products(finals: dict[str, Path], geobox, outputs: OutputSet, bundle
             outputs,
             descriptions=["confidence_percent"],
             tags={"UNITS": "percent", "DESCRIPTION": "max class probability x 100"},
+            overview_resampling="AVERAGE",  # a quantity, not a category (and 20% faster than MODE)
         ),
     ]
     if "mask" in finals:

@@ -260,3 +260,29 @@ def test_existing_scheduler_address(tmp_path, synth_scene) -> None:
     run(scene, tmp_path / "local", "spectral", tile_size=64)
     for product in PRODUCTS:
         assert (read(tmp_path / "remote" / f"scene.{product}") == read(tmp_path / "local" / f"scene.{product}")).all()
+
+
+def test_overviews_keep_class_ids_and_average_confidence(tmp_path) -> None:
+    """The class map's overviews hold only class ids (mode); the confidence map's are
+    means (average): a 1-px checkerboard of classes 1/3 and of confidence 0/100."""
+    from geoseg.grid import GeoBox
+    from geoseg.outputs import OutputSet, RasterProduct
+
+    n = 1024  # larger than a COG block: the COG gets overviews
+    box = GeoBox(n, n, Affine(10, 0, 500000, 0, -10, 5500000), "EPSG:32633")
+    checker = (np.add.outer(np.arange(n), np.arange(n)) % 2).astype(np.uint8)
+    outputs = OutputSet(tmp_path)
+    classes = RasterProduct(tmp_path / "c.classes.tif", box, outputs)
+    confidence = RasterProduct(tmp_path / "c.confidence.tif", box, outputs, overview_resampling="AVERAGE")
+    classes.write(box.window, 1 + 2 * checker)
+    confidence.write(box.window, 100 * checker)
+    for product in (classes, confidence):
+        product.finish()
+        product.discard_stripes()
+    outputs.commit()
+    with rasterio.open(tmp_path / "c.classes.tif") as ds:
+        assert ds.overviews(1)[0] == 2
+        assert set(np.unique(ds.read(1, out_shape=(n // 2, n // 2)))) <= {1, 3}
+    with rasterio.open(tmp_path / "c.confidence.tif") as ds:
+        assert ds.overviews(1)[0] == 2
+        assert (ds.read(1, out_shape=(n // 2, n // 2)) == 50).all()
