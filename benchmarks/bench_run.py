@@ -163,7 +163,8 @@ def report(r: dict, command: str) -> None:
 ## `geoseg run` throughput and memory (issue: geoseg run)
 
 Command: `{command}` ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs,
-torch threads default, model `{r['model']}`; all figures from this one run).
+torch threads default, model `{r['model']}`; all figures from this one run of the script: medians
+of {runs} alternating runs where marked, run stages and polygons from the last {r['size']}^2 run).
 
 | measure | value |
 |---|---|

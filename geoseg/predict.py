@@ -126,7 +126,7 @@ class Predictor:
         core = (slice(top, h - bottom), slice(left, w - right))
         ch, cw = h - top - bottom, w - left - right
         x = self.normalize(data, valid)
-        tiled = self._tiled(context, inner)
+        tiled = self._tiled((h, w), context, inner)
         if not tiled:
             ph, pw = -(-h // self.factor) * self.factor, -(-w // self.factor) * self.factor
             if (ph, pw) != (h, w):
@@ -144,7 +144,7 @@ class Predictor:
             classes = cls.to(torch.uint8).cpu().numpy()
             confidence = torch.round(conf * 100).to(torch.uint8).cpu().numpy()
             if mask_logits is not None and mask_logits.shape[1]:
-                masks = (mask_logits > 0).to(torch.uint8).cpu().numpy()
+                masks = np.ascontiguousarray((mask_logits > 0).to(torch.uint8).cpu().numpy())
             else:
                 masks = np.zeros((n, 0, ch, cw), dtype=np.uint8)
         invalid = ~valid[(slice(None), *core)]
@@ -154,12 +154,10 @@ class Predictor:
             masks[np.broadcast_to(invalid[:, None], masks.shape)] = NODATA
         return Prediction(classes, confidence, masks)
 
-    def _tiled(self, context: tuple[int, int, int, int], inner: tuple[bool, bool, bool, bool]) -> bool:
-        """Whether the module can compute just the core (enough context on inner sides)."""
-        plan = getattr(self.module, "tile_plan", None)
-        if plan is None or not any(inner):
-            return False
-        return all(c >= plan.input_margin for c, i in zip(context, inner) if i)
+    def _tiled(self, shape: tuple[int, int], context: tuple[int, int, int, int], inner: tuple[bool, bool, bool, bool]) -> bool:
+        """Whether the module can compute just the core of such windows (``forward_tile``)."""
+        problem = getattr(self.module, "tile_problem", None)
+        return problem is not None and any(inner) and problem(*shape, context, inner) is None
 
     def empty(self, n: int, h: int, w: int) -> Prediction:
         """All-nodata products, for tiles that have no valid pixel."""

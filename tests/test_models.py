@@ -262,7 +262,7 @@ def test_forward_tile_refuses_too_little_context() -> None:
         net.forward_tile(x, (40, 40, 40, 40), (True, True, True, True))
     # and the plan is tight: 2 px less at the first encoder stage changes the logits
     plan = net.tile_plan
-    short = TilePlan(plan.input_margin - 2, (plan.encoder[0] - 2, *plan.encoder[1:]), plan.concat, plan.decoder, plan.up_loss)
+    short = TilePlan(plan.input_margin - 2, (plan.encoder[0] - 2, *plan.encoder[1:]), plan.concat, plan.decoder)
     _randomize_batchnorm(net)
     x = torch.randn(1, 4, 64 + 2 * 48, 64 + 2 * 48, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
@@ -284,7 +284,10 @@ def test_predictor_products_cover_the_core_with_either_path() -> None:
     valid = np.ones((1, h, w), bool)
     valid[0, 30, 30] = False
     ctx, inner = (24, 24, 24, 0), (True, True, True, False)
-    assert pred._tiled(ctx, inner) and not pred._tiled((8, 24, 24, 0), inner)
+    assert pred._tiled((h, w), ctx, inner) and not pred._tiled((h, w), (8, 24, 24, 0), inner)
+    # windows forward_tile cannot take run whole and are cropped instead
+    assert not pred._tiled((h + 2, w), (26, 22, 24, 0), inner)  # core offset off the 4-px grid
+    assert not pred._tiled((h + 2, w), (24, 24, 24, 0), inner)  # core of 42 px, far side inner
     trimmed = pred.predict(data, valid, ctx, inner)
     cropped = Predictor(nn.Sequential(net), [0.0] * 4, [1.0] * 4, 4, 1).predict(data, valid, ctx, inner)
     assert trimmed.classes.shape == (1, 40, 40) and trimmed.masks.shape == (1, 1, 40, 40)
