@@ -61,3 +61,19 @@ def tune_cpu_allocator() -> bool:
         return False
     _allocator_tuned = ok
     return ok
+
+
+def release_free_memory() -> bool:
+    """Hand the allocator's free memory back to the OS (glibc ``malloc_trim(0)``).
+
+    With :func:`tune_cpu_allocator` in force glibc keeps every freed activation buffer;
+    once a run's inference is over that memory (~1 GB) is garbage, and the stages after
+    it (COGs, polygons) would only stack on top of it. A no-op (False) elsewhere.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

@@ -320,7 +320,7 @@ def run_scene(
     Returns:
         The run manifest (also written as ``<stem>.run.json``).
     """
-    from .allocator import tune_cpu_allocator
+    from .allocator import release_free_memory, tune_cpu_allocator
     from .models import load_model
 
     unknown = set(options) - set(RunOptions.__dataclass_fields__)
@@ -382,6 +382,8 @@ def run_scene(
                 sched_info = {"scheduler": "threads", "threads": threads}
                 _run_threaded(sink, tasks, threads)
         timings["inference"] = time.perf_counter() - t1
+        if device == "cpu":
+            release_free_memory()  # the activations' memory: the stages below need none of it
 
         # One after the other: run in two threads of this process, the vectorizer's Python
         # work and GDAL's COG writer (which calls back into Python) convoy on the GIL,
