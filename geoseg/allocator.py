@@ -49,15 +49,15 @@ def tune_cpu_allocator() -> bool:
     if _allocator_tuned is not None:
         return _allocator_tuned
     _allocator_tuned = False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
         mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         mallopt.restype = ctypes.c_int
         ok = all([mallopt(param, value) == 1 for param, value, _ in SETTINGS])
-    except (OSError, AttributeError):
+    except AttributeError:
         return False
     _allocator_tuned = ok
     return ok
@@ -70,10 +70,18 @@ def release_free_memory() -> bool:
     once a run's inference is over that memory (~1 GB) is garbage, and the stages after
     it (COGs, polygons) would only stack on top of it. A no-op (False) elsewhere.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
+    libc = _glibc()
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.malloc_trim(0))
-    except (OSError, AttributeError):
+        return libc is not None and bool(libc.malloc_trim(0))
+    except AttributeError:
         return False
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The process's C library if it is glibc (whose malloc these settings are for), else None."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None

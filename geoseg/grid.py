@@ -168,13 +168,13 @@ def batches(tiles: list[Tile], batch_size: int) -> list[list[Tile]]:
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     out: list[list[Tile]] = []
-    open_by_shape: dict[tuple, list[Tile]] = {}
+    open_by_key: dict[tuple, list[Tile]] = {}
     for tile in tiles:
-        shape = (tile.read.height, tile.read.width, tile.context, tile.inner)
-        current = open_by_shape.get(shape)
+        key = (tile.read.height, tile.read.width, tile.context, tile.inner)
+        current = open_by_key.get(key)
         if current is None or len(current) >= batch_size:
             current = []
-            open_by_shape[shape] = current
+            open_by_key[key] = current
             out.append(current)
         current.append(tile)
     return out
