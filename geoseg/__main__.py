@@ -1,5 +1,5 @@
 """``python -m geoseg``: the same as the ``geoseg`` command."""
 
-from .cli import main
+from geoseg.cli import main
 
 main()

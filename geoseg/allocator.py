@@ -1,18 +1,24 @@
-"""glibc allocator tuning for CPU inference, applied as early as possible.
+"""Process configuration: glibc allocator tuning for CPU inference, OpenMP waiting, GDAL's cache.
+
+:func:`configure_process` is what an entry point calls first thing (``geoseg``'s CLI does,
+and :func:`geoseg.run_scene` does at its start); no geoseg module changes the process
+environment when it is imported.
 
 glibc's malloc hands the large activation buffers of a forward pass back to the OS and
-page-faults them in again on the next one: a U-Net ran 1.5-2.3x slower (PERF_NOTES).
+page-faults them in again on the next one: a U-Net ran 1.5-2.3x slower (measured on a 2-vCPU machine; see BENCHMARKS.md).
 The settings must be in force before other threads (OpenMP's, Dask's) pick their malloc
 arenas: applied after torch had run, inference in a Dask worker thread stayed ~1.7x
 slower than with the settings applied at start-up (measured: 2.3 s vs 1.4 s per 2104^2 tile).
 The ``geoseg`` command applies them first thing; Python users call
-:func:`tune_cpu_allocator` before importing torch. No torch import here.
+:func:`configure_process` (or :func:`tune_cpu_allocator`) before importing torch. No
+torch import here.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import platform
 
 _M_TRIM_THRESHOLD = -1
@@ -33,6 +39,25 @@ SETTINGS = (
 MALLOC_ENV = {name: str(value) for _, value, name in SETTINGS}
 
 _allocator_tuned: bool | None = None
+
+#: Environment defaults of a geoseg process (a value the user set is kept):
+#: - ``OMP_WAIT_POLICY``: spinning OpenMP waiters make torch 10-100x slower whenever
+#:   another process holds a core (measured on a 2-vCPU machine); sleeping waiters cost
+#:   nothing measurable for our model sizes. libgomp reads it once, when torch is first
+#:   imported, so it only takes effect before that.
+#: - ``GDAL_CACHEMAX`` (MB): GDAL sizes its block cache once, at the first raster I/O of
+#:   the process, from this variable (default: 5% of RAM); most resident memory of a run
+#:   was that cache, so it is bounded unless the user chose a size.
+PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "GDAL_CACHEMAX": "256"}
+
+
+def configure_process() -> None:
+    """Apply geoseg's process settings: :data:`PROCESS_ENV` defaults and the allocator
+    tuning (:func:`tune_cpu_allocator`). Idempotent; best called before torch is imported
+    and before any thread starts."""
+    for name, value in PROCESS_ENV.items():
+        os.environ.setdefault(name, value)
+    tune_cpu_allocator()
 
 
 def tune_cpu_allocator() -> bool:

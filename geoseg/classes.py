@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from geoseg._constants import NODATA
 from geoseg.errors import InputError
 
 __all__ = [
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 #: Label value meaning "no class" (outside the valid data of a scene).
-LABEL_NODATA: int = 255
+LABEL_NODATA: int = NODATA
 
 _HEX_RE = re.compile(r"^#?([0-9a-fA-F]{6})$")
 

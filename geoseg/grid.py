@@ -15,7 +15,7 @@ from typing import Iterator
 
 from affine import Affine
 
-from .errors import InputError
+from geoseg.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -34,15 +35,10 @@ from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.windows import Window
 
-from geoseg.classes import (
-    LABEL_NODATA,
-    LANDCOVER_CLASSES,
-    ClassInfo,
-    classes_json,
-    colormap,
-    hex_to_rgb,
-)
+from geoseg._files import remove_files, temp_path
+from geoseg.classes import LABEL_NODATA, LANDCOVER_CLASSES, ClassInfo, classes_json, colormap, hex_to_rgb
 from geoseg.errors import InputError, OutputError
+from geoseg.io.raster import open_raster
 
 __all__ = [
     "BAND_NAMES",
@@ -912,11 +908,11 @@ def _compression() -> str:
         probe = "/vsimem/geoseg_zstd_probe.tif"
         try:
             with rasterio.Env(GDAL_PAM_ENABLED="NO"):
-                with rasterio.open(probe, "w", driver="GTiff", width=1, height=1, count=1,
-                                   dtype="uint16", compress="ZSTD", crs="EPSG:32633",
-                                   transform=Affine(10.0, 0.0, 0.0, 0.0, -10.0, 0.0)) as dst:
+                with open_raster(probe, "w", env=False, driver="GTiff", width=1, height=1, count=1,
+                                 dtype="uint16", compress="ZSTD", crs="EPSG:32633",
+                                 transform=Affine(10.0, 0.0, 0.0, 0.0, -10.0, 0.0)) as dst:
                     dst.write(np.ones((1, 1, 1), dtype=np.uint16))
-                with rasterio.open(probe) as src:
+                with open_raster(probe, env=False) as src:
                     ok = (src.profile.get("compress") or "").lower() == "zstd"
                 rasterio.shutil.delete(probe)
         except Exception:  # noqa: BLE001 - any failure means "not supported"
@@ -957,10 +953,6 @@ def _check_output(path: Path, what: str) -> None:
         raise OutputError(f"cannot write {what} {path}: directory {parent} is not writable")
     if path.is_dir():
         raise OutputError(f"cannot write {what} {path}: it is a directory; give a file name")
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.partial")
 
 
 def synthesize(
@@ -1070,48 +1062,39 @@ def synthesize(
         **{f"CLASS_{c.id}": c.name for c in LANDCOVER_CLASSES},
     }
 
-    tmp_img = _tmp_name(out)
-    tmp_lab = _tmp_name(lab_out) if lab_out is not None else None
+    tmp_img = temp_path(out)
+    tmp_lab = temp_path(lab_out) if lab_out is not None else None
     try:
         with rasterio.Env(GDAL_PAM_ENABLED="NO"):
-            with rasterio.open(tmp_img, "w", **img_profile) as dst:
+            with open_raster(tmp_img, "w", env=False, **img_profile) as dst, ExitStack() as labels_file:
                 dst.descriptions = names
                 dst.update_tags(**tags)
                 dst.update_tags(ns="geoseg", **ns_tags)
                 lab_dst = None
                 if tmp_lab is not None:
-                    lab_dst = rasterio.open(tmp_lab, "w", **lab_profile)
-                try:
-                    if lab_dst is not None:
-                        lab_dst.set_band_description(1, "class")
-                        lab_dst.update_tags(**tags, **class_tags)
-                        lab_dst.update_tags(ns="geoseg", classes=class_json, **ns_tags)
-                        lab_dst.write_colormap(1, colormap(LANDCOVER_CLASSES))
-                    for r0 in range(0, height, block):
-                        h = min(block, height - r0)
-                        for c0 in range(0, width, block):
-                            w = min(block, width - c0)
-                            image, labels = render_window(
-                                r0, c0, h, w, seed, bands, scene_shape=shape,
-                                nodata_border=nodata_border,
-                            )
-                            win = Window(c0, r0, w, h)
-                            dst.write(image, window=win)
-                            if lab_dst is not None:
-                                lab_dst.write(labels, 1, window=win)
-                finally:
-                    if lab_dst is not None:
-                        lab_dst.close()
+                    lab_dst = labels_file.enter_context(open_raster(tmp_lab, "w", env=False, **lab_profile))
+                if lab_dst is not None:
+                    lab_dst.set_band_description(1, "class")
+                    lab_dst.update_tags(**tags, **class_tags)
+                    lab_dst.update_tags(ns="geoseg", classes=class_json, **ns_tags)
+                    lab_dst.write_colormap(1, colormap(LANDCOVER_CLASSES))
+                for r0 in range(0, height, block):
+                    h = min(block, height - r0)
+                    for c0 in range(0, width, block):
+                        w = min(block, width - c0)
+                        image, labels = render_window(
+                            r0, c0, h, w, seed, bands, scene_shape=shape,
+                            nodata_border=nodata_border,
+                        )
+                        win = Window(c0, r0, w, h)
+                        dst.write(image, window=win)
+                        if lab_dst is not None:
+                            lab_dst.write(labels, 1, window=win)
         os.replace(tmp_img, out)
         if tmp_lab is not None and lab_out is not None:
             os.replace(tmp_lab, lab_out)
     except BaseException:
-        for tmp in (tmp_img, tmp_lab):
-            if tmp is not None:
-                try:
-                    tmp.unlink()
-                except FileNotFoundError:
-                    pass
+        remove_files([t for t in (tmp_img, tmp_lab) if t is not None])
         raise
     return SceneInfo(
         path=out, labels_path=lab_out, width=width, height=height, count=bands,

@@ -94,13 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from geoseg.allocator import tune_cpu_allocator
 
     tune_cpu_allocator()  # before torch starts (see geoseg.allocator)
-    from geoseg.batch import (
-        EXIT_CATALOG,
-        EXIT_FAILED,
-        EXIT_LOCKED,
-        format_summary,
-        run_batch,
-    )
+    from geoseg.batch.runner import EXIT_CATALOG, EXIT_FAILED, EXIT_LOCKED, format_summary, run_batch
     from geoseg.errors import CatalogError, GeosegError, LockedError
 
     args = parse_args(argv)

@@ -47,7 +47,9 @@ from geoseg.classes import LANDCOVER_CLASSES  # noqa: E402
 from geoseg.models import DEFAULT_WEIGHTS, build_unet, bundle_from_bytes, tune_cpu_allocator  # noqa: E402
 from geoseg.models.bundle import bundle_bytes  # noqa: E402
 from geoseg.synthetic import synthesize  # noqa: E402
-from geoseg.train import LabeledScene, TrainConfig, evaluate, load_scene, train  # noqa: E402
+from geoseg.train.config import TrainConfig
+from geoseg.train import LabeledScene, load_scene, train
+from geoseg.train.validation import evaluate  # noqa: E402
 
 BANDS = ["blue", "green", "red", "nir"]
 MASK_CLASSES = {"built_up": [c.id for c in LANDCOVER_CLASSES if c.name in ("building", "road")]}

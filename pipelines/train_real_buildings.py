@@ -1,8 +1,8 @@
 """Train building models on the real scenes of ../shared/data/real; report held-out IoU.
 
 Two cases, each trained with the library call behind ``geoseg train``
-(:func:`geoseg.train_job.train_model`) on a GeoTIFF crop of the scene and scored with the
-one behind ``geoseg evaluate`` (:func:`geoseg.evaluate.evaluate_model`: the full tiled
+(:func:`geoseg.train.job.train_model`) on a GeoTIFF crop of the scene and scored with the
+one behind ``geoseg evaluate`` (:func:`geoseg.train.scoring.evaluate_model`: the full tiled
 pipeline) on a held-out crop that training never saw:
 
 - ``spacenet``: SpaceNet-4 Atlanta panchromatic (0.5 m, uint16) with its building
@@ -49,11 +49,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from geoseg.evaluate import evaluate_model
 from geoseg.grid import PixelWindow
-from geoseg.labels import LabelOptions
-from geoseg.train_config import TrainSettings
-from geoseg.train_job import train_model
+from geoseg.io.labels import LabelOptions
+from geoseg.train.job import train_model
+from geoseg.train.scoring import evaluate_model
+from geoseg.train.settings import TrainSettings
 
 DATA = REPO.parent / "shared" / "data" / "real"
 

@@ -20,10 +20,12 @@ from click.testing import CliRunner
 from conftest import read, write_raster
 
 import geoseg
-from geoseg.batch import BatchLock, format_summary, model_checksum, run_batch
-from geoseg.batch_cli import batch_command
+from geoseg.batch.lock import BatchLock
+from geoseg.batch.runner import format_summary, run_batch
+from geoseg.cli.batch import batch_command
 from geoseg.errors import LockedError
-from geoseg.io import file_sha256
+from geoseg.io.raster import file_sha256
+from geoseg.models.checksum import model_checksum
 from geoseg.synthetic import synthesize
 
 #: The `geoseg` command, as the console script runs it.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import write_raster
 
-from geoseg.catalog import load_catalog, resolve
+from geoseg.batch.catalog import load_catalog, resolve
 from geoseg.errors import CatalogError
 
 ROOT = Path(__file__).resolve().parents[1]

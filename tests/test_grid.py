@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from geoseg.errors import InputError
 from geoseg.grid import PixelWindow, TileGrid, batches
 
+
 @st.composite
 def grids(draw) -> TileGrid:
     """Random grids of at most ~30x30 tiles (tiny tiles on tiny rasters, big on big)."""

@@ -11,10 +11,10 @@ import shapely
 from affine import Affine
 from conftest import REAL_DATA, UTM16, to_crs, write_polygons, write_raster
 
+from geoseg._constants import IGNORE
 from geoseg.errors import InputError
 from geoseg.grid import PixelWindow
-from geoseg.labels import (
-    IGNORE,
+from geoseg.io.labels import (
     LabelOptions,
     geobox_of,
     inspect_labels,

@@ -298,7 +298,7 @@ def test_forward_tile_refuses_too_little_context() -> None:
 
 def test_predictor_products_cover_the_core_with_either_path() -> None:
     """Predictor.predict returns the core, whether the module can trim (U-Net) or not."""
-    from geoseg.predict import Predictor
+    from geoseg.scene.predict import Predictor
 
     torch.manual_seed(0)
     net = UNet(4, 3, mask_heads=1, base_width=4, depth=2).eval()

@@ -11,10 +11,10 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
+from conftest import read, write_raster
 from pyproj import CRS
 
 import geoseg
-from conftest import read, write_raster
 
 PRODUCTS = ("classes.tif", "confidence.tif", "mask.tif")
 
@@ -248,7 +248,7 @@ def test_existing_scheduler_address(tmp_path, synth_scene) -> None:
     once per worker process (the predictor cache), never shipped inside tasks."""
     from distributed import Client, LocalCluster
 
-    import geoseg.predict
+    import geoseg.scene.predict
 
     scene, _ = synth_scene
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
@@ -265,8 +265,9 @@ def test_existing_scheduler_address(tmp_path, synth_scene) -> None:
 def test_overviews_keep_class_ids_and_average_confidence(tmp_path) -> None:
     """The class map's overviews hold only class ids (mode); the confidence map's are
     means (average): a 1-px checkerboard of classes 1/3 and of confidence 0/100."""
+    from geoseg._files import OutputSet
     from geoseg.grid import GeoBox
-    from geoseg.outputs import OutputSet, RasterProduct
+    from geoseg.io.cog import RasterProduct
 
     n = 1024  # larger than a COG block: the COG gets overviews
     box = GeoBox(n, n, Affine(10, 0, 500000, 0, -10, 5500000), "EPSG:32633")

@@ -13,9 +13,9 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
+from conftest import REAL_DATA
 
 import geoseg
-from conftest import REAL_DATA
 
 pytestmark = [
     pytest.mark.real,

@@ -9,8 +9,8 @@ import pytest
 from pyproj import Transformer
 
 import geoseg
-from geoseg.io import file_sha256
-from geoseg.stac import asset_path, footprint_wgs84, read_items, write_catalog
+from geoseg.io.raster import file_sha256
+from geoseg.io.stac import asset_path, footprint_wgs84, read_items, write_catalog
 
 
 def test_run_scene_stages_a_stac_item_with_the_outputs(tmp_path, synth_scene, small_unet) -> None:

@@ -12,23 +12,23 @@ import rasterio
 import torch
 from affine import Affine
 
+from geoseg._constants import IGNORE
 from geoseg.classes import LANDCOVER_CLASSES
 from geoseg.errors import InputError
 from geoseg.models import build_unet
 from geoseg.train import (
-    IGNORE,
+    ChipSampler,
     LabeledScene,
     TrainConfig,
-    _ChipSampler,
-    _mask_loss,
-    _metrics,
     class_frequencies,
     compute_normalization,
     evaluate,
     load_scene,
+    metrics_from_confusion,
     split_scene,
     train,
 )
+from geoseg.train.losses import mask_loss
 
 BANDS = ["blue", "green", "red", "nir"]
 BUILT_UP = {"built_up": [4, 5]}
@@ -162,7 +162,7 @@ def test_augmentation_keeps_image_and_labels_aligned() -> None:
     image = np.stack([labels * 100.0, labels * 10.0 + 5])  # band 0 encodes the label
     scene = LabeledScene(image, labels)
     cfg = TrainConfig(chip_size=16, brightness=0.0, contrast=0.0, mask_classes=BUILT_UP)
-    sampler = _ChipSampler([scene], cfg, {"mean": [0.0, 0.0], "std": [100.0, 1.0]}, ["built_up"],
+    sampler = ChipSampler([scene], cfg, {"mean": [0.0, 0.0], "std": [100.0, 1.0]}, ["built_up"],
                            np.random.default_rng(1))
     seen = set()
     for _ in range(30):
@@ -177,7 +177,7 @@ def test_brightness_contrast_augmentation_changes_values() -> None:
     labels = np.zeros((32, 32), np.uint8)
     scene = LabeledScene(np.ones((2, 32, 32)), labels)
     cfg = TrainConfig(chip_size=16, brightness=0.2, contrast=0.2)
-    sampler = _ChipSampler([scene], cfg, {"mean": [0.0, 0.0], "std": [1.0, 1.0]}, [], np.random.default_rng(0))
+    sampler = ChipSampler([scene], cfg, {"mean": [0.0, 0.0], "std": [1.0, 1.0]}, [], np.random.default_rng(0))
     x, _, m = sampler.chip()
     assert m is None
     assert not np.allclose(x, 1.0) and np.all(np.abs(x - 1.0) <= 0.2 * 1.0 + 0.2 + 1e-6)
@@ -189,7 +189,7 @@ def test_chips_avoid_unlabelled_areas() -> None:
     labels[:, :32] = 1
     scene = LabeledScene(np.ones((1, 64, 64)), labels)
     cfg = TrainConfig(chip_size=16, augment=False, min_labeled=0.9)
-    sampler = _ChipSampler([scene], cfg, {"mean": [0.0], "std": [1.0]}, [], np.random.default_rng(0))
+    sampler = ChipSampler([scene], cfg, {"mean": [0.0], "std": [1.0]}, [], np.random.default_rng(0))
     for _ in range(20):
         _, y, _ = sampler.chip()
         assert np.mean(y != IGNORE) >= 0.9
@@ -200,7 +200,7 @@ def test_nodata_pixels_become_ignore_and_zero() -> None:
     image[:, :, :8] = 0
     scene = LabeledScene(image, np.ones((32, 32), np.uint8), nodata=0)
     cfg = TrainConfig(chip_size=32, augment=False, mask_classes={"m": [1]})
-    sampler = _ChipSampler([scene], cfg, {"mean": [400.0, 400.0], "std": [50.0, 50.0]}, ["m"],
+    sampler = ChipSampler([scene], cfg, {"mean": [400.0, 400.0], "std": [50.0, 50.0]}, ["m"],
                            np.random.default_rng(0))
     x, y, m = sampler.chip()
     assert np.all(y[:, :8] == IGNORE) and np.all(y[:, 8:] == 1)
@@ -263,13 +263,13 @@ def test_mask_loss_ignores_unlabelled_pixels() -> None:
     target = torch.tensor([[[[1, 0, IGNORE]]]], dtype=torch.uint8)
     changed = logits.clone()
     changed[..., 2] = 100.0
-    assert _mask_loss(logits, target).item() == pytest.approx(_mask_loss(changed, target).item())
-    assert _mask_loss(logits, target).item() < _mask_loss(-logits, target).item()
+    assert mask_loss(logits, target).item() == pytest.approx(mask_loss(changed, target).item())
+    assert mask_loss(logits, target).item() < mask_loss(-logits, target).item()
 
 
 def test_metrics_from_confusion() -> None:
     conf = np.array([[8, 2, 0], [1, 9, 0], [0, 0, 0]])
-    m = _metrics(conf, {"built_up": [3, 4]})
+    m = metrics_from_confusion(conf, {"built_up": [3, 4]})
     assert m.iou[0] == pytest.approx(8 / 11) and m.iou[1] == pytest.approx(9 / 12)
     assert np.isnan(m.iou[2])  # absent class: not part of the mean
     assert m.miou == pytest.approx((8 / 11 + 9 / 12) / 2)
@@ -284,7 +284,7 @@ def test_metrics_from_confusion() -> None:
 
 def test_loss_ignores_unlabelled_pixels() -> None:
     """Cross-entropy, BCE + Dice and MAE: logits at pixels labelled 255 change nothing."""
-    from geoseg.train import _loss
+    from geoseg.train.losses import total_loss as _loss
 
     torch.manual_seed(0)
     logits, mask_logits = torch.randn(2, 3, 8, 8), torch.randn(2, 1, 8, 8)
@@ -315,7 +315,7 @@ def test_grid_sampling_visits_every_chip_once_per_epoch() -> None:
     image = np.stack([np.arange(50 * 70, dtype=np.float64).reshape(50, 70)])
     scene = LabeledScene(image, labels)
     cfg = TrainConfig(chip_size=16, batch_size=5, sampling="grid", augment=False, min_labeled=0.5)
-    sampler = _ChipSampler([scene], cfg, {"mean": [0.0], "std": [1.0]}, [], np.random.default_rng(0))
+    sampler = ChipSampler([scene], cfg, {"mean": [0.0], "std": [1.0]}, [], np.random.default_rng(0))
     # rows 0, 16, 32, 34 (flush with the end) x columns 0, 16, 32, 48 (54 is mostly unlabelled)
     assert sorted(sampler.positions) == [(0, r, c) for r in (0, 16, 32, 34) for c in (0, 16, 32, 48)]
     assert sampler.steps == 4
@@ -348,7 +348,7 @@ def test_checkpoint_resume_is_exact_and_checked(scenes, tmp_path: Path) -> None:
 def test_checkpoints_are_never_unpickled_as_objects(tmp_path: Path) -> None:
     import pickle
 
-    from geoseg.checkpoint import load_checkpoint, save_checkpoint
+    from geoseg.train.checkpoint import load_checkpoint, save_checkpoint
 
     class Boom:
         def __reduce__(self):

@@ -13,11 +13,12 @@ import yaml
 from click.testing import CliRunner, Result
 from conftest import write_raster
 
+from geoseg._constants import IGNORE
 from geoseg.classes import LANDCOVER_CLASSES
 from geoseg.cli import cli
-from geoseg.labels import IGNORE, geobox_of, read_labels
+from geoseg.cli.train import evaluate_command, train_command
+from geoseg.io.labels import geobox_of, read_labels
 from geoseg.models import read_bundle
-from geoseg.train_cli import evaluate_command, train_command
 
 #: A tiny, fast model and training run (2 cores shared with other work: one torch thread).
 TINY = ("--width", "8", "--depth", "2", "--chip-size", "32", "--batch-size", "8", "--lr", "0.01",

@@ -22,12 +22,12 @@ from pyproj import Geod
 from rasterio import features
 from scipy import ndimage
 
-from geoseg import _gdal
 from geoseg.cli import cli
-from geoseg.coverage import node_coverage
-from geoseg.outputs import class_tags
-from geoseg.polygonize import polygonize
-from geoseg.vectorize import vectorize
+from geoseg.io.cog import class_tags
+from geoseg.vector import _gdal
+from geoseg.vector.api import vectorize
+from geoseg.vector.coverage import node_coverage
+from geoseg.vector.polygonize import polygonize
 
 NAMES = ["water", "forest", "crop", "soil", "building", "road"]
 COLORS = ["#1f78b4", "#33a02c", "#ffff99", "#b15928", "#e31a1c", "#636363"]
@@ -382,7 +382,7 @@ def test_connected_components_match_scipy(n, edges) -> None:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components as scipy_components
 
-    from geoseg.polygonize import connected_components
+    from geoseg.vector.polygonize import connected_components
 
     a = np.array([e[0] % n for e in edges], dtype=np.int64)
     b = np.array([e[1] % n for e in edges], dtype=np.int64)

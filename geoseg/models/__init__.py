@@ -4,70 +4,31 @@
 >>> bundle = load_model("spectral")
 >>> bundle.bands, bundle.class_names, bundle.halo
 (('blue', 'green', 'red', 'nir'), ('water', 'vegetation', 'other'), 0)
+
+The names below load lazily: ``import geoseg.models`` imports no torch until a name that
+needs it is used. Model references (built-in names and paths) are resolved in one place,
+:mod:`geoseg.models.refs` (torch-free).
 """
 
 from __future__ import annotations
 
-import os
+from geoseg._lazy import attach
 
-# Spinning OpenMP waiters make torch 10-100x slower whenever another process holds a core
-# (measured on a 2-vCPU machine); sleeping waiters cost nothing measurable for our model
-# sizes. libgomp reads this once, when torch is first imported, so it only takes effect if
-# geoseg.models is imported before torch; set OMP_WAIT_POLICY yourself to override.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+_WHERE = {
+    **dict.fromkeys(
+        ("ClassSpec", "ModelBundle", "ModelSpec", "Normalization", "build_module", "bundle_from_bytes", "parse_spec",
+         "read_bundle", "save_bundle"),
+        "geoseg.models.bundle",
+    ),
+    **dict.fromkeys(("fuse_for_inference", "measure_throughput", "prepare_for_inference", "tune_cpu_allocator"),
+                    "geoseg.models.perf"),
+    **dict.fromkeys(("build_spectral", "build_unet", "clear_cache", "list_models", "load_model"), "geoseg.models.registry"),
+    **dict.fromkeys(("BUILTINS", "DEFAULT_WEIGHTS", "resolve_model_ref"), "geoseg.models.refs"),
+    "model_checksum": "geoseg.models.checksum",
+    "SpectralIndexModel": "geoseg.models.spectral",
+    **dict.fromkeys(("TilePlan", "UNet", "halo_for", "receptive_radius", "unet_halo"), "geoseg.models.unet"),
+}
 
-from geoseg.models.bundle import (  # noqa: E402
-    ClassSpec,
-    ModelBundle,
-    ModelSpec,
-    Normalization,
-    build_module,
-    bundle_from_bytes,
-    parse_spec,
-    read_bundle,
-    save_bundle,
-)
-from geoseg.models.perf import (  # noqa: E402
-    fuse_for_inference,
-    measure_throughput,
-    prepare_for_inference,
-    tune_cpu_allocator,
-)
-from geoseg.models.registry import (  # noqa: E402
-    DEFAULT_WEIGHTS,
-    build_spectral,
-    build_unet,
-    clear_cache,
-    list_models,
-    load_model,
-)
-from geoseg.models.spectral import SpectralIndexModel  # noqa: E402
-from geoseg.models.unet import TilePlan, UNet, halo_for, receptive_radius, unet_halo  # noqa: E402
+__all__ = sorted(_WHERE)
 
-__all__ = [
-    "DEFAULT_WEIGHTS",
-    "ClassSpec",
-    "ModelBundle",
-    "ModelSpec",
-    "Normalization",
-    "SpectralIndexModel",
-    "TilePlan",
-    "UNet",
-    "build_module",
-    "build_spectral",
-    "build_unet",
-    "bundle_from_bytes",
-    "clear_cache",
-    "fuse_for_inference",
-    "halo_for",
-    "list_models",
-    "load_model",
-    "measure_throughput",
-    "parse_spec",
-    "prepare_for_inference",
-    "read_bundle",
-    "receptive_radius",
-    "save_bundle",
-    "tune_cpu_allocator",
-    "unet_halo",
-]
+__getattr__, __dir__ = attach(__name__, _WHERE)

@@ -25,7 +25,6 @@ import math
 import os
 import re
 import struct
-import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
+from geoseg._files import atomic_write
 from geoseg.errors import ModelError
 
 __all__ = [
@@ -57,20 +57,6 @@ FORMAT_VERSION = 1
 _MAX_HEADER = 64 * 1024 * 1024
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 
-# safetensors dtype codes <-> torch dtypes
-_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-_CODES = {v: k for k, v in _DTYPES.items()}
 
 
 # --------------------------------------------------------------------------- metadata
@@ -425,37 +411,26 @@ class ModelBundle:
 
 
 def bundle_bytes(module: nn.Module, spec: ModelSpec, dtype: torch.dtype | None = None) -> bytes:
-    """Serialise a module's state dict and its spec to bundle-file bytes.
+    """Serialise a module's state dict and its spec to bundle-file bytes (``safetensors``).
 
     Args:
         module: The network.
-        spec: Its metadata.
+        spec: Its metadata, stored as the ``geoseg`` entry of the safetensors metadata.
         dtype: If given (e.g. ``torch.float16``), floating-point tensors are stored in this
             dtype (upcast to the module's dtype when loaded).
     """
-    if sys.byteorder != "little":  # pragma: no cover
-        raise ModelError("writing model bundles needs a little-endian machine")
-    state = module.state_dict()
-    header: dict[str, Any] = {"__metadata__": {"geoseg": spec.to_json()}}
-    chunks: list[bytes] = []
-    offset = 0
-    for name in sorted(state):
-        t = state[name].detach().cpu()
+    from safetensors.torch import save
+
+    state = {}
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu()
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
-        if t.dtype not in _CODES:
-            raise ModelError(f"cannot store tensor {name!r} of dtype {t.dtype} in a bundle")
-        raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {
-            "dtype": _CODES[t.dtype],
-            "shape": list(t.shape),
-            "data_offsets": [offset, offset + len(raw)],
-        }
-        chunks.append(raw)
-        offset += len(raw)
-    text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode("utf-8")
-    text += b" " * ((-len(text)) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+        state[name] = t.contiguous()
+    try:
+        return save(state, metadata={"geoseg": spec.to_json()})
+    except (ValueError, TypeError) as err:
+        raise ModelError(f"cannot store model {spec.name!r} in a bundle: {err}") from None
 
 
 def save_bundle(
@@ -484,9 +459,11 @@ def save_bundle(
         )
     path = Path(path)
     data = bundle_bytes(module, spec, dtype=dtype)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as err:
+        raise ModelError(f"cannot write model bundle {path}: {err.strerror or err}") from None
     return path
 
 
@@ -532,27 +509,13 @@ def bundle_from_bytes(data: bytes, source: str = "<bytes>", checksum: str | None
         raise _not_a_bundle(source, "a safetensors file without geoseg metadata")
     spec = parse_spec(meta["geoseg"], source=source)
 
-    body = memoryview(data)[8 + n :]
-    tensors: dict[str, torch.Tensor] = {}
-    spans = []
-    for name, info in header.items():
-        try:
-            dt = _DTYPES[info["dtype"]]
-            shape = [int(s) for s in info["shape"]]
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise ModelError(f"{source}: tensor {name!r} has an invalid header entry") from None
-        itemsize = torch.empty((), dtype=dt).element_size()
-        count = math.prod(shape)
-        if min(shape, default=0) < 0 or not 0 <= begin <= end <= len(body) or end - begin != count * itemsize:
-            raise ModelError(f"{source}: tensor {name!r} has inconsistent shape or offsets (truncated file?)")
-        spans.append((begin, end))
-        buf = bytearray(body[begin:end])
-        t = torch.frombuffer(buf, dtype=dt) if count else torch.empty(0, dtype=dt)
-        tensors[name] = t.reshape(shape)
-    spans.sort()
-    if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
-        raise ModelError(f"{source}: tensors overlap in the file (corrupt bundle)")
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        tensors = load(bytes(data))  # the library checks dtypes, shapes, offsets and overlaps
+    except SafetensorError as err:
+        raise ModelError(f"{source}: invalid tensor data ({err}): the file is truncated or corrupt") from None
 
     module = build_module(spec)
     own = module.state_dict()

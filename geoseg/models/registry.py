@@ -22,28 +22,10 @@ from typing import Any
 import torch
 
 from geoseg.errors import ModelError
-from geoseg.models.bundle import (
-    ModelBundle,
-    ModelSpec,
-    build_module,
-    bundle_from_bytes,
-    class_specs,
-)
+from geoseg.models.bundle import ModelBundle, ModelSpec, build_module, bundle_from_bytes, class_specs
+from geoseg.models.refs import BUILTINS, DEFAULT_WEIGHTS, resolve_model_ref
 
 __all__ = ["DEFAULT_WEIGHTS", "list_models", "load_model", "build_unet", "build_spectral", "clear_cache"]
-
-#: Where the shipped weights of the ``default`` model live.
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.safetensors"
-
-_BUILTINS: dict[str, str] = {
-    "default": "U-Net for 4-band (blue, green, red, nir) imagery: 6 land-cover classes "
-    "(water, forest, cropland, bare_soil, building, road) + built_up mask; trained on "
-    "synthetic scenes",
-    "spectral": "training-free NDWI/NDVI model for bands incl. green, red, nir: classes "
-    "water, vegetation, other + water mask",
-    "unet": "untrained U-Net architecture family (any bands, classes, mask heads): "
-    "geoseg.models.build_unet(...)",
-}
 
 _CACHE_SIZE = 8
 _cache: OrderedDict[str, ModelBundle] = OrderedDict()
@@ -52,7 +34,7 @@ _cache_lock = threading.Lock()
 
 def list_models() -> list[tuple[str, str]]:
     """List the built-in models as ``(name, description)`` pairs."""
-    return list(_BUILTINS.items())
+    return list(BUILTINS.items())
 
 
 def clear_cache() -> None:
@@ -92,6 +74,8 @@ def _load_file(path: Path) -> ModelBundle:
 def load_model(name_or_path: str | os.PathLike[str] | ModelBundle) -> ModelBundle:
     """Load a built-in model by name or a bundle file by path.
 
+    Built-in names win over files of the same name (see :mod:`geoseg.models.refs`).
+
     Loaded bundles are cached by checksum (LRU, per process) and shared between callers:
     treat them as read-only.
 
@@ -104,26 +88,26 @@ def load_model(name_or_path: str | os.PathLike[str] | ModelBundle) -> ModelBundl
     """
     if isinstance(name_or_path, ModelBundle):
         return name_or_path
-    if isinstance(name_or_path, str) and name_or_path in _BUILTINS:
-        name = name_or_path
-        if name == "default":
-            if not DEFAULT_WEIGHTS.is_file():
-                raise ModelError(
-                    f"the default model's weights are missing ({DEFAULT_WEIGHTS}); "
-                    "run `python pipelines/train_default_model.py` to train them"
-                )
-            return _load_file(DEFAULT_WEIGHTS)
-        if name == "spectral":
-            return _cached("builtin:spectral", build_spectral)
+    ref = resolve_model_ref(name_or_path)
+    if ref == "default":
+        if not DEFAULT_WEIGHTS.is_file():
+            raise ModelError(
+                f"the default model's weights are missing ({DEFAULT_WEIGHTS}); "
+                "run `python pipelines/train_default_model.py` to train them"
+            )
+        return _load_file(DEFAULT_WEIGHTS)
+    if ref == "spectral":
+        return _cached("builtin:spectral", build_spectral)
+    if ref == "unet":
         raise ModelError(
             "'unet' is an untrained architecture family, not a model: build one with "
             "geoseg.models.build_unet(bands, classes, ...) or load a trained bundle file"
         )
-    path = Path(os.fspath(name_or_path)).expanduser()
+    path = Path(ref)
     if not path.exists():
         raise ModelError(
             f"unknown model {os.fspath(name_or_path)!r}: not a built-in "
-            f"({', '.join(n for n in _BUILTINS if n != 'unet')}) and no such file"
+            f"({', '.join(n for n in BUILTINS if n != 'unet')}) and no such file"
         )
     return _load_file(path)
 
@@ -218,7 +202,7 @@ def build_spectral(
         mask_heads=["water"],
         halo=0,
         downsampling=1,
-        description=_BUILTINS["spectral"],
+        description=BUILTINS["spectral"],
     )
     return ModelBundle(module=build_module(spec), spec=spec, source="builtin:spectral")
 

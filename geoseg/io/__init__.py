@@ -1,0 +1,40 @@
+"""Raster and label I/O: the only place geoseg opens raster files.
+
+- :mod:`~geoseg.io.raster`: :func:`open_raster` (the one ``rasterio.open``), scenes
+  (:class:`SceneSource`, :func:`open_scene`) and windowed reads.
+- :mod:`~geoseg.io.cog`: uint8 products written window by window and finished as COGs.
+- :mod:`~geoseg.io.labels`: label rasters on any grid and polygons, onto an image grid.
+- :mod:`~geoseg.io.stac`: STAC Items of a run's outputs; reading STAC sources of catalogs.
+
+New kinds of scene source (remote rasters, STAC Items of per-band COGs, warped views)
+are new modules here.
+"""
+
+from __future__ import annotations
+
+from geoseg._lazy import attach
+
+_WHERE = {
+    "SceneSource": "geoseg.io.raster",
+    "check_path": "geoseg.io.raster",
+    "dtype_range": "geoseg.io.raster",
+    "file_sha256": "geoseg.io.raster",
+    "open_raster": "geoseg.io.raster",
+    "open_scene": "geoseg.io.raster",
+    "read_band": "geoseg.io.raster",
+    "COG_OPTIONS": "geoseg.io.cog",
+    "RasterProduct": "geoseg.io.cog",
+    "class_tags": "geoseg.io.cog",
+    "LabelOptions": "geoseg.io.labels",
+    "geobox_of": "geoseg.io.labels",
+    "inspect_labels": "geoseg.io.labels",
+    "open_labels": "geoseg.io.labels",
+    "read_labels": "geoseg.io.labels",
+    "read_items": "geoseg.io.stac",
+    "scene_item": "geoseg.io.stac",
+    "write_catalog": "geoseg.io.stac",
+}
+
+__all__ = sorted(_WHERE)
+
+__getattr__, __dir__ = attach(__name__, _WHERE)

@@ -1,0 +1,292 @@
+"""Raster files: the one place geoseg opens them; scenes, their validation and windowed reads.
+
+:func:`open_raster` is the only call of ``rasterio.open`` in geoseg (``tests/test_architecture.py``
+checks it): every reader and writer, in :mod:`geoseg.io` and elsewhere, goes through it.
+A :class:`SceneSource` is a small, picklable description of a validated scene (path,
+grid, band selection, nodata): Dask tasks carry it and open the file themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from geoseg._constants import GDAL_ENV
+from geoseg.errors import InputError, RasterReadError
+from geoseg.grid import GeoBox, PixelWindow
+
+__all__ = [
+    "SceneSource",
+    "check_path",
+    "dtype_range",
+    "file_sha256",
+    "open_raster",
+    "open_scene",
+    "read_band",
+]
+
+
+@contextmanager
+def open_raster(path, mode: str = "r", *, env: bool = True, quiet: bool = False, **profile) -> Iterator:
+    """Open a raster file with rasterio: the one place in geoseg that does.
+
+    Args:
+        path: the file (or a GDAL path).
+        mode: ``"r"``, ``"r+"`` or ``"w"`` (then ``profile`` holds the creation options).
+        env: open (and use) it under :data:`geoseg._constants.GDAL_ENV` (bounded block
+            cache, no directory listing).
+        quiet: silence rasterio's ``NotGeoreferencedWarning`` (for callers that check
+            georeferencing themselves).
+
+    Yields:
+        The open dataset, closed on exit.
+    """
+    import rasterio
+
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        if env:
+            with rasterio.Env(**GDAL_ENV), rasterio.open(path, mode, **profile) as ds:
+                yield ds
+        else:
+            with rasterio.open(path, mode, **profile) as ds:
+                yield ds
+
+
+def read_band(path, band: int, window: PixelWindow, masks: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read one band's ``window`` (and its validity mask, with ``masks``) from a raster file."""
+    with open_raster(path, env=False) as ds:
+        win = window.to_rasterio()
+        values = ds.read(band, window=win)
+        valid = ds.read_masks(band, window=win) > 0 if masks else None
+    return values, valid
+
+_DTYPE_RANGES = {
+    "uint8": (0, 255),
+    "int8": (-128, 127),
+    "uint16": (0, 65535),
+    "int16": (-32768, 32767),
+    "uint32": (0, 2**32 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+}
+
+
+def dtype_range(dtype: str) -> tuple[float, float]:
+    """The representable value range of a raster dtype (floats: +-inf)."""
+    return _DTYPE_RANGES.get(dtype, (-np.inf, np.inf))
+
+
+@dataclass(frozen=True)
+class SceneSource:
+    """A validated input scene: where it is, its grid, which bands feed the model."""
+
+    path: str
+    geobox: GeoBox
+    count: int
+    dtype: str
+    band_indexes: tuple[int, ...]  # 1-based, in model input order
+    band_names: tuple[str, ...]  # descriptions of all bands ('' where none)
+    nodata: float | None
+    mask_band: bool  # validity from a per-dataset mask / alpha band instead of nodata
+
+    @property
+    def height(self) -> int:
+        return self.geobox.height
+
+    @property
+    def width(self) -> int:
+        return self.geobox.width
+
+    def select(self, bands=None, model_bands: tuple[str, ...] | None = None) -> SceneSource:
+        """Pick the bands that feed the model, in model input order.
+
+        Args:
+            bands: 1-based band indexes (GDAL convention), e.g. ``(3, 2, 1, 4)``.
+            model_bands: band names the model expects; matched against the band
+                descriptions when ``bands`` is not given, and used to check the count.
+
+        Raises:
+            InputError: an index outside the scene's bands.
+            ContractError: the number of bands does not match the model.
+        """
+        from geoseg.errors import ContractError
+
+        names, count, path = self.band_names, self.count, self.path
+        described = ", ".join(f"{i}:{n or '?'}" for i, n in enumerate(names, 1))
+        if bands is not None:
+            bad = [b for b in bands if not 1 <= int(b) <= count]
+            if bad:
+                raise InputError(
+                    f"--bands {','.join(map(str, bands))} names band(s) {bad} but {path} has {count} band(s) "
+                    f"({described}): use 1-based indexes from 1 to {count}"
+                )
+            selected = tuple(int(b) for b in bands)
+        else:
+            lower = [n.lower() for n in names]
+            if model_bands is not None and all(b.lower() in lower for b in model_bands):
+                selected = tuple(lower.index(b.lower()) + 1 for b in model_bands)
+            else:
+                selected = tuple(range(1, count + 1))
+        if model_bands is not None and len(selected) != len(model_bands):
+            raise ContractError(
+                f"{path} gives {len(selected)} band(s) ({described}) but the model expects "
+                f"{len(model_bands)} ({', '.join(model_bands)}): pass --bands with {len(model_bands)} "
+                f"1-based indexes in that order"
+            )
+        return replace(self, band_indexes=selected)
+
+    def read(self, window: PixelWindow, dataset=None) -> tuple[np.ndarray, np.ndarray]:
+        """Read ``window`` of the selected bands as float32 plus a validity mask.
+
+        Returns ``(data (bands, h, w) float32, valid (h, w) bool)``. A pixel is
+        invalid where every selected band equals nodata (or is NaN), or where the
+        dataset's mask says so. ``dataset`` lets a caller reuse an open handle.
+        """
+        import rasterio
+
+        try:
+            if dataset is None:
+                with open_raster(self.path) as ds:
+                    return self.read(window, ds)
+            win = window.to_rasterio()
+            raw = dataset.read(list(self.band_indexes), window=win)
+            if self.mask_band:
+                valid = dataset.read_masks(self.band_indexes[0], window=win) > 0
+            elif self.nodata is not None and not np.isnan(self.nodata):
+                valid = np.any(raw != raw.dtype.type(self.nodata), axis=0)
+            else:
+                valid = np.ones(raw.shape[1:], dtype=bool)
+            data = raw.astype(np.float32, copy=False)
+            if data.dtype.kind == "f":
+                finite = np.isfinite(data)
+                if not finite.all():
+                    valid &= np.any(finite, axis=0)
+                    data = np.where(finite, data, np.float32(0))
+            return data, valid
+        except rasterio.errors.RasterioError as exc:
+            raise RasterReadError(
+                f"cannot read {self.path} at rows {window.row}-{window.row_end}, cols "
+                f"{window.col}-{window.col_end} ({_gdal_reason(exc)}): the file is truncated or corrupt"
+            ) from exc
+
+
+def _gdal_reason(exc: BaseException) -> str:
+    """GDAL's own message behind a rasterio error, on one line."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    return " ".join(str(cause).split()) or type(cause).__name__
+
+
+def check_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise RasterReadError(f"{p} does not exist: check the path")
+    if p.is_dir():
+        raise RasterReadError(f"{p} is a directory: give the path of a raster file (e.g. a GeoTIFF)")
+    if not os.access(p, os.R_OK):
+        raise RasterReadError(f"{p} is not readable: check its permissions")
+    return p
+
+
+def _probe_blocks(ds, path: Path) -> None:
+    """Read the first and last block of each band: catches truncated files early."""
+    import rasterio
+
+    size = path.stat().st_size
+    for bidx in ds.indexes:
+        if ds.driver == "GTiff":
+            rows, cols = ds.block_shapes[bidx - 1]
+            nby, nbx = -(-ds.height // rows), -(-ds.width // cols)
+            item = ds.get_tag_item
+            for by, bx in ((0, 0), (nby - 1, nbx - 1)):
+                try:
+                    off = item(f"BLOCK_OFFSET_{bx}_{by}", "TIFF", bidx=bidx)
+                    cnt = item(f"BLOCK_SIZE_{bx}_{by}", "TIFF", bidx=bidx)
+                except Exception:  # pragma: no cover - driver without these tags
+                    off = cnt = None
+                if off and cnt and int(off) + int(cnt) > size:
+                    raise RasterReadError(
+                        f"{path} is truncated (its last data block ends at byte {int(off) + int(cnt)}, "
+                        f"the file has {size} bytes): copy or download it again"
+                    )
+        try:
+            h, w = ds.block_shapes[bidx - 1]
+            ds.read(bidx, window=((0, min(h, ds.height)), (0, min(w, ds.width))))
+            r0 = (ds.height - 1) // h * h  # exactly the last block
+            c0 = (ds.width - 1) // w * w
+            ds.read(bidx, window=((r0, ds.height), (c0, ds.width)))
+        except rasterio.errors.RasterioError as exc:
+            raise RasterReadError(
+                f"{path} is truncated or corrupt ({_gdal_reason(exc)}): copy or download it again"
+            ) from exc
+
+
+def open_scene(path: str | os.PathLike) -> SceneSource:
+    """Open and validate a scene (all bands selected; see :meth:`SceneSource.select`).
+
+    Args:
+        path: a raster GDAL can read, with a CRS and a geotransform.
+
+    Raises:
+        RasterReadError: missing, a directory, not a raster, truncated.
+        InputError: no CRS or transform, mixed or complex data types.
+    """
+    import rasterio
+    from rasterio.enums import MaskFlags
+
+    p = check_path(path)
+    try:
+        with open_raster(p, quiet=True) as ds:
+            if ds.count < 1:
+                raise RasterReadError(f"{p} has no raster bands: give an image with at least one band")
+            _probe_blocks(ds, p)
+            if ds.crs is None:
+                raise InputError(
+                    f"{p} has no CRS: assign one (e.g. gdal_edit.py -a_srs EPSG:32633 {p.name}) and retry"
+                )
+            if ds.transform.is_identity and not ds.gcps[0]:
+                raise InputError(
+                    f"{p} has no geotransform: georeference it (e.g. gdal_edit.py -a_ullr ...) and retry"
+                )
+            if ds.transform.b != 0 or ds.transform.d != 0:
+                raise InputError(f"{p} has a rotated geotransform: warp it to a north-up grid first (gdalwarp)")
+            dtypes = set(ds.dtypes)
+            if len(dtypes) > 1:
+                raise InputError(f"{p} mixes band data types {sorted(dtypes)}: convert to one type first")
+            dtype = ds.dtypes[0]
+            if np.dtype(dtype).kind == "c":
+                raise InputError(f"{p} has complex-valued bands ({dtype}): geoseg needs real-valued imagery")
+            names = tuple(d or "" for d in ds.descriptions)
+            flags = ds.mask_flag_enums[0]
+            mask_band = ds.nodata is None and (MaskFlags.per_dataset in flags or MaskFlags.alpha in flags)
+            geobox = GeoBox(ds.height, ds.width, ds.transform, ds.crs.to_wkt())
+            return SceneSource(
+                path=str(p.resolve()),
+                geobox=geobox,
+                count=ds.count,
+                dtype=dtype,
+                band_indexes=tuple(range(1, ds.count + 1)),
+                band_names=names,
+                nodata=None if ds.nodata is None else float(ds.nodata),
+                mask_band=mask_band,
+            )
+    except rasterio.errors.RasterioIOError as exc:
+        raise RasterReadError(
+            f"{p} is not a raster GDAL can read ({str(exc).splitlines()[0]}): give a GeoTIFF or another GDAL raster"
+        ) from exc
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,150 @@
+"""The run manifest (``<stem>.run.json``): what was run, how long it took, what it wrote."""
+
+from __future__ import annotations
+
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from geoseg._files import OutputSet, write_json
+from geoseg.io.raster import file_sha256
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of geoseg and the libraries that shape its results."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import rasterio
+
+    out = {"python": platform.python_version(), "gdal": rasterio.__gdal_version__}
+    for name in ("geoseg", "torch", "numpy", "rasterio", "dask", "distributed", "pyogrio", "shapely", "pyproj"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            out[name] = "unknown"
+    return out
+
+
+def pixel_area_m2(geobox) -> float:
+    """Area of one pixel in m^2 (geodesic, at the scene centre, for geographic CRSs)."""
+    from pyproj import CRS
+    from shapely.geometry import box
+
+    crs = CRS.from_wkt(geobox.crs)
+    t = geobox.transform
+    if not crs.is_geographic:
+        f = float(crs.axis_info[0].unit_conversion_factor) if crs.axis_info else 1.0
+        return abs(t.a * t.e) * f * f
+    x, y = t.c + t.a * geobox.width / 2, t.f + t.e * geobox.height / 2
+    a, _ = crs.get_geod().geometry_area_perimeter(box(x, y, x + abs(t.a), y + abs(t.e)))
+    return abs(a)
+
+
+def build_manifest(
+    *,
+    source,
+    input_sha256: str,
+    bundle,
+    model_ref: str,
+    grid,
+    options,
+    device: str,
+    batch_size: int,
+    scheduler: dict,
+    timings: dict[str, float],
+    counts: np.ndarray,
+    skipped: int,
+    n_tiles: int,
+    vector_stats,
+    staged: dict[Path, Path],
+) -> dict:
+    """Assemble the manifest of a finished run (outputs still under temporary names)."""
+    gb = source.geobox
+    px_area = pixel_area_m2(gb)
+    poly_area = {}
+    n_polys = {}
+    if vector_stats:
+        poly_area = vector_stats[0].area_m2
+        n_polys = {s.name: s.features for s in vector_stats}
+    classes = []
+    for i, name in enumerate(bundle.class_names):
+        classes.append(
+            {
+                "id": i,
+                "name": name,
+                "color": bundle.class_colors[i],
+                "pixels": int(counts[i]),
+                "area_m2": float(poly_area.get(name, counts[i] * px_area)),
+            }
+        )
+    outputs = {}
+    for final, tmp in staged.items():
+        kind = final.name[len(Path(source.path).stem) + 1 :]
+        outputs[kind] = output_entry(final, tmp)
+    mpx = gb.width * gb.height / 1e6
+    return {
+        "geoseg_manifest": 1,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input": {
+            "path": source.path,
+            "width": gb.width,
+            "height": gb.height,
+            "count": source.count,
+            "dtype": source.dtype,
+            "crs": gb.crs,
+            "transform": list(gb.transform)[:6],
+            "nodata": source.nodata,
+            "bands_used": list(source.band_indexes),
+            "sha256": input_sha256,
+        },
+        "model": {
+            "ref": str(model_ref),
+            "name": bundle.name,
+            "architecture": bundle.architecture,
+            "sha256": bundle.checksum,
+            "bands": list(bundle.bands),
+            "classes": list(bundle.class_names),
+            "mask_heads": list(bundle.mask_heads),
+            "halo": int(bundle.halo),
+            "downsampling": int(bundle.downsampling),
+        },
+        "options": options.output_options(),
+        "parameters": {
+            "tile_size": grid.tile_size,
+            "halo": grid.halo,
+            "batch_size": batch_size,
+            "device": device,
+            "bands": list(options.bands) if options.bands else None,
+            "workers": options.workers,
+            "scheduler": options.scheduler,
+            "vectorize": options.vectorize,
+            "min_area_m2": options.min_area,
+            "simplify_m": options.simplify,
+            "connectivity": options.connectivity,
+        },
+        "execution": {**scheduler, "tiles": n_tiles, "tiles_skipped_nodata": int(skipped), "host": platform.node()},
+        "versions": package_versions(),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "throughput_mpx_s": round(mpx / timings["total"], 3) if timings.get("total") else None,
+        "classes": classes,
+        "nodata_pixels": int(counts[255]),
+        "polygons": n_polys,
+        "outputs": outputs,
+    }
+
+
+def output_entry(final: Path, tmp: Path) -> dict:
+    """What the manifest records of one output, from its finished temporary file.
+
+    ``mtime_ns`` survives the rename to ``final``: a later check can trust the recorded
+    ``sha256`` while size and mtime are unchanged, and hash the file again otherwise.
+    """
+    st = tmp.stat()
+    return {"path": final.name, "sha256": file_sha256(tmp), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def write_manifest(manifest: dict, final: Path, outputs: OutputSet) -> None:
+    """Write the manifest under a temporary name, then rename it into place."""
+    write_json(final, manifest)

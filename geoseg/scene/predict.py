@@ -1,0 +1,198 @@
+"""Per-tile inference: raw pixels in, class ids, confidences and masks out (pure).
+
+A :class:`Predictor` wraps a model bundle on one device. It normalises the raw band
+values with the bundle's statistics, zeroes nodata pixels, pads the batch at the
+bottom/right to the model's downsampling factor (exactly as whole-image inference
+pads the image), runs the module and turns logits into uint8 products. It knows
+nothing about files or Dask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from geoseg._constants import NODATA
+from geoseg.errors import InputError
+
+
+@dataclass
+class Prediction:
+    """uint8 products for a batch: classes/confidence ``(N,H,W)``, masks ``(N,M,H,W)``."""
+
+    classes: np.ndarray
+    confidence: np.ndarray
+    masks: np.ndarray
+
+
+def resolve_device(device: str = "auto") -> str:
+    """Turn ``auto|cpu|cuda|cuda:i`` into a concrete torch device string."""
+    import torch
+
+    device = (device or "auto").strip().lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device} asked for CUDA but no CUDA device is available: use --device cpu or auto")
+        if ":" in device:
+            idx = device.split(":", 1)[1]
+            if not idx.isdigit() or int(idx) >= torch.cuda.device_count():
+                raise InputError(
+                    f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s): use cuda:0..cuda:{torch.cuda.device_count() - 1}"
+                )
+        return device
+    raise InputError(f"--device {device!r} is not one of auto, cpu, cuda, cuda:N")
+
+
+class Predictor:
+    """A module made ready for inference on one device, with its normalisation.
+
+    Args:
+        module: eval-mode module; normalised ``(N, bands, H, W)`` in, class logits
+            (and mask logits) out. It is moved to ``device`` and fed channels_last input.
+        mean, std: per-band normalisation in raw units.
+        factor: the module's downsampling factor (inputs are padded to multiples of it).
+        num_masks: number of mask heads.
+        device: torch device string.
+    """
+
+    def __init__(self, module, mean, std, factor: int, num_masks: int, device: str = "cpu") -> None:
+        import torch
+
+        self.device = torch.device(resolve_device(device))
+        if self.device.type != "cpu":
+            module = copy.deepcopy(module).to(self.device)
+        self.module = module
+        self._mean = np.asarray(mean, dtype=np.float32)[:, None, None]
+        self._inv_std = (1.0 / np.asarray(std, dtype=np.float32))[:, None, None]
+        self.factor = int(factor)
+        self.num_masks = int(num_masks)
+        #: One forward at a time on a GPU; on CPU, forwards run in parallel, one per core
+        #: (see geoseg.scene.pipeline.CPU_TORCH_THREADS).
+        self.lock = threading.Lock() if self.device.type != "cpu" else contextlib.nullcontext()
+
+    @classmethod
+    def for_bundle(cls, bundle, device: str = "cpu", threads: int | None = None) -> Predictor:
+        """The predictor of a model bundle: BatchNorm folded, channels_last (~1.35x faster
+        on a 2-vCPU machine, measured), built once per bundle."""
+        import torch
+
+        from geoseg.allocator import tune_cpu_allocator
+
+        if resolve_device(device) == "cpu":
+            tune_cpu_allocator()
+            if threads:
+                torch.set_num_threads(int(threads))
+        norm = bundle.normalization
+        return cls(bundle.inference_module(), norm.mean, norm.std, bundle.downsampling, len(bundle.mask_heads), device)
+
+    def normalize(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """``(N,B,H,W)`` raw float32 -> normalised, nodata pixels set to 0."""
+        x = (data - self._mean) * self._inv_std
+        x *= valid[:, None, :, :]
+        return x
+
+    def predict(
+        self,
+        data: np.ndarray,
+        valid: np.ndarray,
+        context: tuple[int, int, int, int] = (0, 0, 0, 0),
+        inner: tuple[bool, bool, bool, bool] = (False, False, False, False),
+    ) -> Prediction:
+        """Run the model on a batch of equal-sized windows; products of their cores.
+
+        Args:
+            data: ``(N, bands, H, W)`` float32 raw values.
+            valid: ``(N, H, W)`` bool validity.
+            context: pixels around the core in every window (top, bottom, left, right),
+                as :attr:`geoseg.grid.Tile.context`; the products cover the core only.
+            inner: which sides lie inside the raster (:attr:`geoseg.grid.Tile.inner`).
+                A module with ``forward_tile`` (the U-Net) then skips the work the core
+                does not need; any other module runs on the window and is cropped.
+        """
+        import torch
+
+        n, _, h, w = data.shape
+        top, bottom, left, right = context
+        core = (slice(top, h - bottom), slice(left, w - right))
+        ch, cw = h - top - bottom, w - left - right
+        x = self.normalize(data, valid)
+        tiled = self._tiled((h, w), context, inner)
+        if not tiled:
+            ph, pw = -(-h // self.factor) * self.factor, -(-w // self.factor) * self.factor
+            if (ph, pw) != (h, w):
+                x = np.pad(x, ((0, 0), (0, 0), (0, ph - h), (0, pw - w)))
+        with self.lock, torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True)
+            t = t.contiguous(memory_format=torch.channels_last)
+            out = self.module.forward_tile(t, context, inner) if tiled else self.module(t)
+            logits, mask_logits = (out if isinstance(out, tuple) else (out, None))
+            if not tiled:
+                logits = logits[(..., *core)]
+                mask_logits = None if mask_logits is None else mask_logits[(..., *core)]
+            prob = torch.softmax(logits.float(), dim=1)
+            conf, cls = prob.max(dim=1)
+            classes = cls.to(torch.uint8).cpu().numpy()
+            confidence = torch.round(conf * 100).to(torch.uint8).cpu().numpy()
+            if mask_logits is not None and mask_logits.shape[1]:
+                masks = np.ascontiguousarray((mask_logits > 0).to(torch.uint8).cpu().numpy())
+            else:
+                masks = np.zeros((n, 0, ch, cw), dtype=np.uint8)
+        invalid = ~valid[(slice(None), *core)]
+        classes[invalid] = NODATA
+        confidence[invalid] = NODATA
+        if masks.shape[1]:
+            masks[np.broadcast_to(invalid[:, None], masks.shape)] = NODATA
+        return Prediction(classes, confidence, masks)
+
+    def _tiled(self, shape: tuple[int, int], context: tuple[int, int, int, int], inner: tuple[bool, bool, bool, bool]) -> bool:
+        """Whether the module can compute just the core of such windows (``forward_tile``)."""
+        problem = getattr(self.module, "tile_problem", None)
+        return problem is not None and any(inner) and problem(*shape, context, inner) is None
+
+    def empty(self, n: int, h: int, w: int) -> Prediction:
+        """All-nodata products, for tiles that have no valid pixel."""
+        full = np.full((n, h, w), NODATA, dtype=np.uint8)
+        return Prediction(full, full.copy(), np.full((n, self.num_masks, h, w), NODATA, dtype=np.uint8))
+
+
+_CACHE: dict[tuple[str, str, int | None], Predictor] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_predictor(model: str, checksum: str | None = None, device: str = "cpu", threads: int | None = None) -> Predictor:
+    """The process-wide predictor of a model, keyed on the model's content checksum.
+
+    Dask tasks call this with a model *reference* (a built-in name or an absolute path)
+    and the checksum of the bundle the client loaded, so the model is loaded once per
+    worker process, never shipped inside tasks, and a bundle file rewritten in place is
+    loaded again instead of being served from the cache under its old path.
+
+    Raises:
+        ModelError: the file at ``model`` no longer has ``checksum`` (it changed during the run).
+    """
+    from geoseg.errors import ModelError
+    from geoseg.models.registry import load_model
+
+    if checksum is None:
+        checksum = load_model(model).checksum
+    key = (checksum, device, threads)
+    with _CACHE_LOCK:
+        pred = _CACHE.get(key)
+        if pred is None:
+            bundle = load_model(model)
+            if bundle.checksum != checksum:
+                raise ModelError(
+                    f"model {model} changed during the run (sha256 {bundle.checksum[:12]}, expected {checksum[:12]}): "
+                    "do not rewrite a model file while a run uses it; run again"
+                )
+            pred = Predictor.for_bundle(bundle, device, threads)
+            _CACHE[key] = pred
+        return pred

@@ -1,0 +1,123 @@
+"""Writing polygon layers: GeoPackage, FlatGeobuf or GeoParquet, styled for QGIS.
+
+A GeoPackage holds every layer of a vectorization (class map and masks) with a spatial
+index and its default QGIS style in the ``layer_styles`` table. FlatGeobuf and
+GeoParquet hold one layer per file: the first layer goes to the path asked for, the
+others next to it as ``<stem>.<layer><suffix>``, and each gets a ``.qml`` side-car with
+the same style (QGIS applies a side-car of the same base name on open).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from geoseg.errors import InputError
+from geoseg.vector.styles import write_layer_style
+
+#: ``--format`` name -> (file suffix, writer).
+FORMATS = {"GPKG": ".gpkg", "FlatGeobuf": ".fgb", "GeoParquet": ".parquet"}
+
+
+def check_format(fmt: str) -> str:
+    """The canonical format name for ``fmt`` (case-insensitive)."""
+    for name in FORMATS:
+        if name.lower() == str(fmt).lower():
+            return name
+    raise InputError(f"unknown vector format {fmt!r}: choose one of {', '.join(FORMATS)}")
+
+
+@dataclass
+class LayerData:
+    """One layer ready to write: geometries in the CRS plus attribute columns."""
+
+    name: str
+    crs: str  # WKT
+    geometry: np.ndarray  # shapely polygons / multipolygons
+    fields: dict[str, np.ndarray]
+    qml: str
+    sld: str
+
+    @property
+    def geometry_type(self) -> str:
+        import shapely
+
+        multi = len(self.geometry) and bool((shapely.get_type_id(self.geometry) == 6).any())
+        return "MultiPolygon" if multi else "Polygon"
+
+    def uniform_geometry(self) -> np.ndarray:
+        """Geometries promoted to the layer's single type (formats want one)."""
+        import shapely
+
+        if self.geometry_type == "Polygon" or not len(self.geometry):
+            return self.geometry
+        parts, index = shapely.get_parts(self.geometry, return_index=True)
+        return shapely.multipolygons(parts, indices=index)
+
+
+def layer_path(out: Path, fmt: str, layer: str, first: bool) -> Path:
+    """Where a layer goes: ``out`` itself for GeoPackages and first layers, else a sibling."""
+    if fmt == "GPKG" or first:
+        return out
+    return out.with_name(f"{out.stem}.{layer}{FORMATS[fmt]}")
+
+
+def write_layer(path: Path, fmt: str, layer: LayerData, qml_path: Path | None = None) -> None:
+    """Write ``layer`` to ``path`` (appending to an existing GeoPackage) with its style.
+
+    The style goes into the GeoPackage's ``layer_styles`` table, or for the one-layer
+    formats to ``qml_path`` (the caller's name for the ``<stem>.qml`` side-car).
+    """
+    if fmt == "GeoParquet":
+        _write_geoparquet(path, layer)
+    else:
+        _write_ogr(path, fmt, layer)
+    if fmt == "GPKG":
+        write_layer_style(path, layer.name, layer.qml, layer.sld)
+    elif qml_path is not None:
+        qml_path.write_text(layer.qml)
+
+
+def _write_ogr(path: Path, fmt: str, layer: LayerData) -> None:
+    import shapely
+    from pyogrio.raw import write
+
+    geoms = layer.uniform_geometry()
+    wkb = np.asarray(shapely.to_wkb(geoms), dtype=object) if len(geoms) else np.array([], dtype=object)
+    write(
+        str(path),
+        geometry=wkb,
+        field_data=list(layer.fields.values()),
+        fields=list(layer.fields.keys()),
+        layer=layer.name,
+        driver=fmt,
+        geometry_type=layer.geometry_type,
+        crs=layer.crs,
+        append=fmt == "GPKG" and path.exists(),
+        layer_options={"SPATIAL_INDEX": "YES"},
+    )
+
+
+def _write_geoparquet(path: Path, layer: LayerData) -> None:
+    """GeoParquet 1.1: WKB geometry column plus the ``geo`` file metadata."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError("GeoParquet output needs pyarrow: pip install 'geoseg[parquet]', or use --format GPKG") from None
+    import shapely
+    from pyproj import CRS
+
+    geoms = layer.uniform_geometry()
+    columns = {k: pa.array(v.tolist() if v.dtype == object else v) for k, v in layer.fields.items()}
+    columns["geometry"] = pa.array(list(shapely.to_wkb(geoms)) if len(geoms) else [], type=pa.binary())
+    column = {"encoding": "WKB", "geometry_types": [layer.geometry_type]}
+    column["crs"] = CRS.from_wkt(layer.crs).to_json_dict() if layer.crs else None
+    if len(geoms):
+        column["bbox"] = shapely.total_bounds(geoms).tolist()
+    geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
+    table = pa.table(columns).replace_schema_metadata({"geo": json.dumps(geo)})
+    pq.write_table(table, str(path), compression="zstd")
