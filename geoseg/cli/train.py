@@ -104,7 +104,7 @@ def _mask_heads(specs: tuple[str, ...]) -> list[dict[str, Any]] | None:
 
 @click.command("train", context_settings=CONTEXT)
 @click.option("-c", "--config", type=click.Path(path_type=Path), default=None,
-              help="YAML training config (see geoseg.train_config); flags override its values.")
+              help="YAML training config (see geoseg.train.settings); flags override its values.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
               help="Model bundle to write (for `geoseg run --model`); its checkpoint is OUT.ckpt.")
 @click.option("--image", "images", multiple=True, type=click.Path(path_type=Path),
