@@ -254,7 +254,7 @@ def test_existing_scheduler_address(tmp_path, synth_scene) -> None:
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         manifest = run(scene, tmp_path / "remote", "spectral", tile_size=64, scheduler=cluster.scheduler_address)
         with Client(cluster) as client:
-            cached = client.run(lambda: len(geoseg.predict._CACHE))
+            cached = client.run(lambda: len(geoseg.scene.predict._CACHE))
     assert manifest["execution"]["scheduler"] == cluster.scheduler_address
     assert list(cached.values()) == [1]
     run(scene, tmp_path / "local", "spectral", tile_size=64)
