@@ -1,20 +1,23 @@
 """Measuring a model's receptive field and downsampling factor on its own runtime.
 
 Nothing here reads the model's code or weights: the model runs (through any
-:class:`~geoseg.models.runtime.Runtime`) on a random probe image, and on copies of it that
-differ in one place, and the outputs are compared:
+:class:`~geoseg.models.runtime.Runtime`) on a random probe image and on copies of it that
+differ in chosen places, and the outputs are compared (exactly, to float rounding):
 
 - **downsampling factor**: the smallest shift ``s`` (1, 2, 4, ... 64) for which shifting the
   input shifts the output by the same amount, away from the image's edges (a network that
   pools by 8 is equivariant to shifts by 8, not by 4);
-- **receptive field**: a square block of the probe is changed (random values, at each
-  position of the block's edges within the factor grid) and the farthest output pixel that
-  changes, beyond the block's edges, gives the radius ``r`` of the receptive field;
-- **halo** = ``r`` rounded up to the factor: the context tiles need for outputs identical to
-  whole-image inference;
-- **seams**: ``exact`` when the radius stays below :data:`BLEND_RADIUS`; a model whose
-  outputs change all the way to the probe's edge (global pooling, attention) or farther than
-  that runs with overlapping tiles blended (``blended``);
+- **context**: for a core of the probe aligned to that factor (as
+  :class:`~geoseg.grid.TileGrid` aligns tiles), the smallest ``d`` such that changing every
+  input pixel farther than ``d`` px from the core leaves the core's outputs unchanged
+  (bisection on ``d``, the same random change each time);
+- **halo** = the context rounded up to the factor: the least a tile needs for outputs
+  identical to whole-image inference (so a halo one factor step smaller changes them);
+- **seams**: ``exact`` when the context stays within :data:`BLEND_RADIUS`; a model whose core
+  still moves when only pixels that far away change (global pooling, attention) runs with
+  overlapping tiles blended (``blended``);
+- **receptive radius** (on request): the farthest output pixel that moves when a small
+  block changes, over the block's positions within the factor grid;
 - **outputs**: ``probabilities`` when every class output lies in 0..1 and sums to 1 over the
   classes (a softmax in the graph), else ``logits``.
 """
@@ -28,14 +31,14 @@ from typing import Any
 from geoseg.errors import ModelError
 from geoseg.models.runtime import split_outputs
 
-__all__ = ["Inspection", "inspect_runtime", "BLEND_RADIUS", "PROBE_SIZE"]
+__all__ = ["Inspection", "inspect_runtime", "seam_error", "BLEND_RADIUS", "PROBE_SIZE"]
 
-#: Receptive-field radius (px) above which tiles are blended instead of cut exactly.
-BLEND_RADIUS = 200
+#: Context (px) beyond which tiles are blended instead of cut exactly.
+BLEND_RADIUS = 192
 #: Side of the probe image for models of any input size (a multiple of 64).
 PROBE_SIZE = 512
 _FACTORS = (1, 2, 4, 8, 16, 32, 64)
-_BLOCK = 19  # side of the changed block (odd: its two edges fall on different phases)
+_BLOCK = 19  # side of the changed block of the radius probe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,22 +46,24 @@ class Inspection:
     """What :func:`inspect_runtime` measured.
 
     Attributes:
-        radius: Receptive-field radius in px, or None when it reached the probe's edge.
+        context: Context in px an aligned core needs, or None when it exceeds the probe's reach.
         downsampling: The smallest shift the outputs follow.
-        halo: ``radius`` rounded up to ``downsampling`` (for blended seams: 0).
+        halo: ``context`` rounded up to ``downsampling`` (for blended seams: 0).
         seams: ``"exact"`` or ``"blended"``.
         outputs: ``"logits"`` or ``"probabilities"``.
         probe: Side of the probe image.
         forwards: Model runs the measurement took.
+        radius: Receptive-field radius in px (when asked for; None otherwise or unbounded).
     """
 
-    radius: int | None
+    context: int | None
     downsampling: int
     halo: int
     seams: str
     outputs: str
     probe: int
     forwards: int
+    radius: int | None = None
 
 
 def _run(runtime: Any, x: Any) -> tuple[Any, Any]:
@@ -82,9 +87,10 @@ def inspect_runtime(
     downsampling: int | None = None,
     source: str = "model",
     probe: int | None = None,
+    radius: bool = False,
     seed: int = 0,
 ) -> Inspection:
-    """Measure receptive field, downsampling factor and output kind of a runtime.
+    """Measure context, halo, downsampling factor and output kind of a runtime.
 
     Args:
         runtime: Normalised ``(1, bands, H, W)`` float32 torch tensor in, outputs out.
@@ -93,6 +99,7 @@ def inspect_runtime(
         downsampling: A declared factor (not measured then).
         source: The model, for messages.
         probe: Side of the probe (default :data:`PROBE_SIZE`).
+        radius: Also measure the receptive radius (about ``factor + 1`` more forwards).
         seed: Seed of the probe's random values.
 
     Raises:
@@ -106,9 +113,10 @@ def inspect_runtime(
         ph = pw = probe or PROBE_SIZE
     gen = torch.Generator().manual_seed(seed)
     base = torch.randn(1, bands, ph, pw, generator=gen)
+    noise = 10.0 * torch.randn(base.shape, generator=gen)
     forwards = 0
 
-    def run(x: Any) -> tuple[Any, Any]:
+    def run(x: Any) -> Any:
         nonlocal forwards
         forwards += 1
         try:
@@ -126,29 +134,13 @@ def inspect_runtime(
             "whose outputs have the input's height and width"
         )
     total = classes0.sum(dim=1)
-    probabilities = bool(classes0.min() >= 0 and classes0.max() <= 1 and (total - 1).abs().max() < 1e-3)
-    probabilities = probabilities or (classes0.shape[1] == 1 and bool(classes0.min() >= 0 and classes0.max() <= 1))
+    in_unit = bool(classes0.min() >= 0 and classes0.max() <= 1)
+    probabilities = in_unit and (classes0.shape[1] == 1 or bool((total - 1).abs().max() < 1e-3))
     outputs = "probabilities" if probabilities else "logits"
 
-    def reach(offset: int) -> tuple[int, bool]:
-        r0, c0 = ph // 2 + offset, pw // 2 + offset
-        x = base.clone()
-        block = x[..., r0 : r0 + _BLOCK, c0 : c0 + _BLOCK]
-        block += 10.0 * torch.randn(block.shape, generator=gen)
-        changed = _changed(run(x)[0], out0)
-        rows = changed.any(1).nonzero().flatten()
-        cols = changed.any(0).nonzero().flatten()
-        if len(rows) == 0:
-            return 0, False
-        edge = bool(rows.min() == 0 or rows.max() == ph - 1 or cols.min() == 0 or cols.max() == pw - 1)
-        r1, c1 = r0 + _BLOCK - 1, c0 + _BLOCK - 1
-        radius = max(r0 - int(rows.min()), int(rows.max()) - r1, c0 - int(cols.min()), int(cols.max()) - c1, 0)
-        return radius, edge
-
-    radius, edge = reach(0)
     factor = downsampling
     if factor is None:
-        margin = radius + 8 if not edge else min(ph, pw) // 4
+        margin = min(ph, pw) // 4
         for s in _FACTORS:
             if 2 * (margin + s) >= min(ph, pw):
                 break
@@ -163,13 +155,78 @@ def inspect_runtime(
                 f"{source}: cannot measure the downsampling factor (the outputs follow no input shift up to 64 px): "
                 "declare 'downsampling' in the sidecar MODEL.geoseg.json"
             )
-    if not edge:
-        for p in range(1, factor):
-            r, e = reach(p)
-            radius, edge = max(radius, r), edge or e
-            if edge:
-                break
-    if edge or radius > BLEND_RADIUS:
-        return Inspection(None if edge else radius, factor, 0, "blended", outputs, ph, forwards)
-    halo = int(math.ceil(radius / factor) * factor)
-    return Inspection(radius, factor, halo, "exact", outputs, ph, forwards)
+
+    # an aligned core in the middle, and the largest context the probe can test around it
+    side = max(factor, min(64, min(ph, pw) // 4) // factor * factor)
+    r0, c0 = (ph - side) // 2 // factor * factor, (pw - side) // 2 // factor * factor
+    reach = min(r0, c0, ph - r0 - side, pw - c0 - side, BLEND_RADIUS)
+    core = (..., slice(r0, r0 + side), slice(c0, c0 + side))
+
+    def moves(d: int) -> bool:
+        x = base + noise
+        box = (..., slice(max(0, r0 - d), r0 + side + d), slice(max(0, c0 - d), c0 + side + d))
+        x[box] = base[box]
+        return bool(_changed(run(x)[0][core], out0[core]).any())
+
+    if moves(reach):
+        return Inspection(None, factor, 0, "blended", outputs, ph, forwards)
+    lo, hi = -1, reach  # moves(lo) (or lo < 0), not moves(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if moves(mid):
+            lo = mid
+        else:
+            hi = mid
+    context = hi
+    halo = int(math.ceil(context / factor) * factor)
+    rad = _radius(run, base, out0, factor, ph, pw, gen) if radius else None
+    return Inspection(context, factor, halo, "exact", outputs, ph, forwards, rad)
+
+
+def _radius(run: Any, base: Any, out0: Any, factor: int, ph: int, pw: int, gen: Any) -> int | None:
+    """Receptive radius: farthest output change from a changed block, over the factor grid's phases."""
+    import torch
+
+    best = 0
+    for p in range(factor):
+        r0, c0 = ph // 2 + p, pw // 2 + p
+        x = base.clone()
+        block = x[..., r0 : r0 + _BLOCK, c0 : c0 + _BLOCK]
+        block += 10.0 * torch.randn(block.shape, generator=gen)
+        changed = _changed(run(x)[0], out0)
+        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+        if len(rows) == 0:
+            continue
+        if rows.min() == 0 or rows.max() == ph - 1 or cols.min() == 0 or cols.max() == pw - 1:
+            return None
+        r1, c1 = r0 + _BLOCK - 1, c0 + _BLOCK - 1
+        best = max(best, r0 - int(rows.min()), int(rows.max()) - r1, c0 - int(cols.min()), int(cols.max()) - c1)
+    return best
+
+
+def seam_error(runtime: Any, bands: int, halo: int, factor: int, *, size: int = 256, tile: int = 64, seed: int = 1) -> float:
+    """Largest output difference between whole-image inference and tiles with this halo.
+
+    A ``size x size`` random probe runs whole, then cut into ``tile``-px cores (multiples of
+    ``factor``), each run on its core plus ``halo`` px of context (clamped to the probe, as
+    :class:`~geoseg.grid.TileGrid` cuts scenes); 0 (to float rounding) means exact seams.
+    For models of any input size.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, bands, size, size, generator=gen)
+    whole = _run(runtime, x)[0]
+    worst = 0.0
+    for r in range(0, size, tile):
+        for c in range(0, size, tile):
+            r0, c0 = max(0, r - halo), max(0, c - halo)
+            r1, c1 = min(size, r + tile + halo), min(size, c + tile + halo)
+            win = x[..., r0:r1, c0:c1]
+            ph, pw = (-win.shape[-2]) % factor, (-win.shape[-1]) % factor
+            if ph or pw:
+                win = torch.nn.functional.pad(win, (0, pw, 0, ph))
+            out = _run(runtime, win)[0][..., r - r0 : r - r0 + tile, c - c0 : c - c0 + tile]
+            ref = whole[..., r : r + tile, c : c + tile]
+            worst = max(worst, float((out - ref).abs().max()))
+    return worst
