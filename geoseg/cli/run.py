@@ -34,7 +34,9 @@ __all__ = ["demo_cmd", "format_summary", "models_cmd", "run_cmd", "synth_cmd", "
 @click.command("run", context_settings=CONTEXT)
 @click.argument("scene", type=click.Path(path_type=Path))
 @out_dir_option()
-@model_option("A built-in model name (see `geoseg models`) or the path of a model bundle.")
+@model_option("A built-in model name (see `geoseg models`), a model bundle, an ONNX file, a TorchScript "
+              "archive, a torch.export program (.pt2) or a STAC MLM Item (path or URL); a sidecar "
+              "MODEL.geoseg.json completes a contract (see `geoseg models inspect`).")
 @bands_option("1-based scene bands, in the order the model expects them (e.g. 3,2,1,4). "
               "Default: bands matched by name (band descriptions), else all bands in order.")
 @tile_size_option("Core tile size in pixels (rounded up to the model's downsampling factor). "

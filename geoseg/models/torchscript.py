@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from typing import Any
 
 from geoseg.errors import ModelError
@@ -35,7 +36,9 @@ class TorchProgram(Runtime):
         self.input_size = None
         try:
             if kind == "torchscript":
-                module = torch.jit.load(io.BytesIO(data), map_location=device)
+                with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; its archives still load
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    module = torch.jit.load(io.BytesIO(data), map_location=device)
             else:
                 program = torch.export.load(io.BytesIO(data))
                 self.input_size = _static_size(program)
