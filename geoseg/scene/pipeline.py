@@ -226,7 +226,8 @@ def run_scene(
     Args:
         path: input raster (any size; read window by window).
         out_dir: output directory (default ``./<stem>_geoseg/``).
-        model: a built-in model name or a bundle path.
+        model: a built-in model name, a bundle path, or an ONNX / TorchScript / ``.pt2``
+            file or STAC MLM Item (path or URL; see :mod:`geoseg.models.external`).
         client: a ``distributed.Client`` to run the tile tasks on (left open; e.g. one
             shared by the scenes of a batch) instead of one made for this scene from
             ``workers``/``scheduler``, which then only describe it in the manifest.
