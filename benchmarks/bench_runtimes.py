@@ -82,6 +82,7 @@ def main() -> None:
               "torch.export": args.work / "default.pt2"}
     times: dict[str, list[float]] = {r: [] for r in RUNTIMES}
     peaks: dict[str, list[float]] = {r: [] for r in RUNTIMES}
+    loads: list[float] = []
     for k in range(args.repeat):
         order = RUNTIMES[k % 4:] + RUNTIMES[: k % 4]
         for runtime in order:
@@ -89,6 +90,7 @@ def main() -> None:
             cmd = [sys.executable, "-m", "geoseg", "run", str(args.work / "scene.tif"), "-m", str(models[runtime]),
                    "-o", str(out), "--tile-size", str(args.tile_size), "--device", "cpu", "--no-vectorize",
                    "--overwrite", "--quiet", "--json"]
+            loads.append(os.getloadavg()[0])
             _, peak, stdout = measure(cmd)
             manifest = json.loads(stdout)
             times[runtime].append(manifest["timings_s"]["inference"])
@@ -100,7 +102,8 @@ def main() -> None:
     rows = []
     for runtime in RUNTIMES:
         t = statistics.median(times[runtime])
-        rows.append(f"| {runtime} | {t:.2f} | {mpx / t:.3f} | {base / t:.2f} | {statistics.median(peaks[runtime]):.0f} | "
+        rows.append(f"| {runtime} | {t:.2f} ({min(times[runtime]):.2f}-{max(times[runtime]):.2f}) | {mpx / t:.3f} | "
+                    f"{base / t:.2f} | {statistics.median(peaks[runtime]):.0f} | "
                     f"{100 * agreement[runtime]:.3f}% |")
     cmd = f"python benchmarks/bench_runtimes.py --size {args.size} --tile-size {args.tile_size} --repeat {args.repeat}"
     body = f"""## Model runtimes (`{cmd}`)
@@ -110,10 +113,11 @@ file (onnxruntime {_version("onnxruntime")}, CPU execution provider, one thread 
 TorchScript archive and a `torch.export` program, each through `geoseg run` end to end on the
 same {args.size}x{args.size} synthetic scene ({args.tile_size}-px tiles, halo {_halo()} px, threaded
 scheduler) in a fresh process; medians of {args.repeat} rotating rounds, all in one run. The
-machine ({os.cpu_count()} vCPUs, {platform.machine()}) was shared with other jobs while this ran:
-compare the ratios, which were measured side by side, rather than the absolute times.
+machine ({os.cpu_count()} vCPUs, {platform.machine()}) was shared with other jobs while this ran
+(1-minute load average {min(loads):.1f}-{max(loads):.1f} at the runs' starts): compare the ratios,
+measured side by side, rather than the absolute times, and mind the ranges.
 
-| runtime | inference s | Mpx/s | speed vs bundle | peak RSS MiB | class-map pixels equal to the bundle's |
+| runtime | inference s, median (range) | Mpx/s | speed vs bundle | peak RSS MiB | class-map pixels equal to the bundle's |
 |---|---|---|---|---|---|
 {chr(10).join(rows)}
 
