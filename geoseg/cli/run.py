@@ -34,7 +34,9 @@ __all__ = ["demo_cmd", "format_summary", "models_cmd", "run_cmd", "synth_cmd", "
 @click.command("run", context_settings=CONTEXT)
 @click.argument("scene", type=click.Path(path_type=Path))
 @out_dir_option()
-@model_option("A built-in model name (see `geoseg models`) or the path of a model bundle.")
+@model_option("A built-in model name (see `geoseg models`), a model bundle, an ONNX file, a TorchScript "
+              "archive, a torch.export program (.pt2) or a STAC MLM Item (path or URL); a sidecar "
+              "MODEL.geoseg.json completes a contract (see `geoseg models inspect`).")
 @bands_option("1-based scene bands, in the order the model expects them (e.g. 3,2,1,4). "
               "Default: bands matched by name (band descriptions), else all bands in order.")
 @tile_size_option("Core tile size in pixels (rounded up to the model's downsampling factor). "
@@ -179,11 +181,14 @@ def synth_cmd(out, size, bands, seed, labels, crs, nodata_border):
                + (f" and {info.labels_path}" if labels else "") + f" in {time.perf_counter() - t:.1f} s", err=True)
 
 
-@click.command("models", context_settings=CONTEXT)
+@click.group("models", context_settings=CONTEXT, invoke_without_command=True)
 @json_option("Print as JSON.")
+@click.pass_context
 @handle_errors
-def models_cmd(as_json):
-    """List the built-in models."""
+def models_cmd(ctx, as_json):
+    """List the built-in models; `geoseg models inspect MODEL` measures a model's halo."""
+    if ctx.invoked_subcommand is not None:
+        return
     from geoseg.models import list_models
 
     models = list_models()

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from geoseg.models.refs import DEFAULT_WEIGHTS, is_builtin, resolve_model_ref
+from geoseg.models.external import is_external, resolve_external
+from geoseg.models.refs import DEFAULT_WEIGHTS, is_builtin, is_url, resolve_model_ref
 
 __all__ = ["model_checksum"]
 
@@ -23,6 +24,8 @@ def model_checksum(ref: str | os.PathLike[str]) -> str:
     import hashlib
 
     ref = resolve_model_ref(ref)
+    if is_url(ref) or (not is_builtin(ref) and is_external(ref)):
+        return resolve_external(ref).checksum  # ONNX, TorchScript, .pt2, MLM Items (torch-free)
     if ref == "default":
         path = DEFAULT_WEIGHTS
     elif not is_builtin(ref):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from geoseg.errors import ModelError
 
-__all__ = ["BUILTINS", "DEFAULT_WEIGHTS", "is_builtin", "resolve_model_ref"]
+__all__ = ["BUILTINS", "DEFAULT_WEIGHTS", "is_builtin", "is_url", "resolve_model_ref"]
 
 #: Where the shipped weights of the ``default`` model live.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.safetensors"
@@ -37,15 +37,20 @@ def is_builtin(ref: object) -> bool:
     return isinstance(ref, str) and ref in BUILTINS
 
 
+def is_url(ref: object) -> bool:
+    """Whether ``ref`` is an ``http(s)`` URL (an MLM Item or model file on a web server)."""
+    return isinstance(ref, str) and ref.startswith(("http://", "https://"))
+
+
 def resolve_model_ref(ref: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> str:
-    """A model reference in canonical form: a built-in name as is, anything else an absolute path.
+    """A model reference in canonical form: a built-in name or URL as is, anything else an absolute path.
 
     Args:
         ref: a built-in name or a path (``~`` expanded).
         base: directory a relative path is relative to (default: the working directory),
             e.g. the folder of the catalog that names the model.
     """
-    if is_builtin(ref):
+    if is_builtin(ref) or is_url(ref):
         return str(ref)
     text = os.fspath(ref)
     if not text:

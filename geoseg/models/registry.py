@@ -23,7 +23,7 @@ import torch
 
 from geoseg.errors import ModelError
 from geoseg.models.bundle import ModelBundle, ModelSpec, build_module, bundle_from_bytes, class_specs
-from geoseg.models.refs import BUILTINS, DEFAULT_WEIGHTS, resolve_model_ref
+from geoseg.models.refs import BUILTINS, DEFAULT_WEIGHTS, is_url, resolve_model_ref
 
 __all__ = ["DEFAULT_WEIGHTS", "list_models", "load_model", "build_unet", "build_spectral", "clear_cache"]
 
@@ -59,6 +59,10 @@ def _cached(key: str, make: Any) -> ModelBundle:
 
 
 def _load_file(path: Path) -> ModelBundle:
+    from geoseg.models.external import is_external, load_external
+
+    if is_external(path):  # ONNX, TorchScript, torch.export, an MLM Item (geoseg.models.external)
+        return load_external(str(path), cached=_cached)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -72,7 +76,12 @@ def _load_file(path: Path) -> ModelBundle:
 
 
 def load_model(name_or_path: str | os.PathLike[str] | ModelBundle) -> ModelBundle:
-    """Load a built-in model by name or a bundle file by path.
+    """Load a built-in model by name, a bundle file by path, or any other model file.
+
+    Besides bundles, a path or ``http(s)`` URL may name an ONNX file, a TorchScript archive,
+    a ``torch.export`` program (``.pt2``) or a STAC MLM Item; those load as an
+    :class:`~geoseg.models.contract.ExternalModel` with the same attributes
+    (:mod:`geoseg.models.external`).
 
     Built-in names win over files of the same name (see :mod:`geoseg.models.refs`).
 
@@ -89,6 +98,10 @@ def load_model(name_or_path: str | os.PathLike[str] | ModelBundle) -> ModelBundl
     if isinstance(name_or_path, ModelBundle):
         return name_or_path
     ref = resolve_model_ref(name_or_path)
+    if is_url(ref):  # an MLM Item or model file on a web server (geoseg.models.mlm)
+        from geoseg.models.external import load_external
+
+        return load_external(ref, cached=_cached)
     if ref == "default":
         if not DEFAULT_WEIGHTS.is_file():
             raise ModelError(

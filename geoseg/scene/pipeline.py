@@ -25,12 +25,13 @@ from geoseg._dask import check_resources, cluster_size, connect_cluster, run_tas
 from geoseg._files import OutputSet, prepare_out_dir, remove_files
 from geoseg._naming import output_paths
 from geoseg.errors import ContractError, InputError
-from geoseg.grid import PixelWindow, Tile, TileGrid, batches
+from geoseg.grid import PixelWindow, Tile, batches
 from geoseg.io.cog import RasterProduct, class_tags
 from geoseg.io.raster import SceneSource, dtype_range, file_sha256, open_raster, open_scene
 from geoseg.progress import Progress
 from geoseg.scene.manifest import build_manifest, write_manifest
 from geoseg.scene.predict import get_predictor, resolve_device
+from geoseg.scene.tiling import blend_batch, plan_tiles
 from geoseg.vector.api import VectorizeOptions
 
 #: Torch threads per forward on CPU. Every forward runs on one core and tiles run in
@@ -162,13 +163,13 @@ class TileSink:
             self.progress.update(1)
 
 
-def _run_threaded(sink: TileSink, tasks: list[tuple], threads: int) -> None:
+def _run_threaded(sink: TileSink, tasks: list[tuple], threads: int, task=predict_batch) -> None:
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(CPU_TORCH_THREADS)  # for this run only (see CPU_TORCH_THREADS)
     try:
-        run_tasks(predict_batch, tasks, lambda _, result: sink.write(result), threads=threads)
+        run_tasks(task, tasks, lambda _, result: sink.write(result), threads=threads)
     finally:
         torch.set_num_threads(before)
 
@@ -180,6 +181,7 @@ def _run_distributed(
     workers: int | None,
     client=None,
     resources: dict[str, float] | None = None,
+    task=predict_batch,
 ) -> dict:
     """Run the tile tasks on a cluster: ``client`` when given (left open), else one
     connected to ``scheduler`` or a new local cluster of ``workers`` (closed after)."""
@@ -195,7 +197,7 @@ def _run_distributed(
         info["workers"] = n_workers
         if resources:
             info["resources"] = dict(resources)
-        run_tasks(predict_batch, tasks, lambda _, result: sink.write(result), client=client, resources=resources,
+        run_tasks(task, tasks, lambda _, result: sink.write(result), client=client, resources=resources,
                   window=2 * n_threads)
     finally:
         if own:
@@ -224,7 +226,8 @@ def run_scene(
     Args:
         path: input raster (any size; read window by window).
         out_dir: output directory (default ``./<stem>_geoseg/``).
-        model: a built-in model name or a bundle path.
+        model: a built-in model name, a bundle path, or an ONNX / TorchScript / ``.pt2``
+            file or STAC MLM Item (path or URL; see :mod:`geoseg.models.external`).
         client: a ``distributed.Client`` to run the tile tasks on (left open; e.g. one
             shared by the scenes of a batch) instead of one made for this scene from
             ``workers``/``scheduler``, which then only describe it in the manifest.
@@ -272,7 +275,8 @@ def run_scene(
         # best effort for API users; most effective before torch starts (geoseg.allocator)
         tune_cpu_allocator()
     batch_size = opts.batch_size or (1 if device == "cpu" else 4)
-    grid = TileGrid(source.height, source.width, opts.tile_size, halo=int(bundle.halo), factor=int(bundle.downsampling))
+    tiling = plan_tiles(bundle, source.height, source.width, opts.tile_size)  # exact, fixed-size or blended seams
+    grid = tiling.grid
 
     out = prepare_out_dir(out_dir if out_dir is not None else _default_out_dir(path))
     stem = Path(path).stem
@@ -290,20 +294,24 @@ def run_scene(
         classes, confidence = products[0], products[1]
         masks = products[2] if has_masks else None
 
-        tiles = list(grid)
+        tiles = tiling.tiles
         plan = batches(tiles, batch_size)
         torch_threads = CPU_TORCH_THREADS if distributed else None  # threaded: set by _run_threaded
         model_ref = resolve_model_ref(model)
         tasks = [(source, b, model_ref, device, torch_threads, bundle.checksum) for b in plan]
+        task = predict_batch
+        if tiling.layout is not None:  # blended seams: probabilities of overlapping windows
+            task, tasks = blend_batch, [(*t, tiling.layout) for t in tasks]
         t1 = time.perf_counter()
         with Progress(total=len(tiles), desc=f"{stem}: tiles", disable=opts.quiet) as progress:
             sink = TileSink(classes, confidence, masks, progress)
+            writer = tiling.writer(sink)
             if distributed:
-                sched_info = _run_distributed(sink, tasks, opts.scheduler, opts.workers, client, resources)
+                sched_info = _run_distributed(writer, tasks, opts.scheduler, opts.workers, client, resources, task)
             else:
                 threads = opts.threads or max(2, os.cpu_count() or 1)
                 sched_info = {"scheduler": "threads", "threads": threads}
-                _run_threaded(sink, tasks, threads)
+                _run_threaded(writer, tasks, threads, task)
         timings["inference"] = time.perf_counter() - t1
         if device == "cpu":
             release_free_memory()  # the activations' memory: the stages below need none of it
@@ -341,6 +349,7 @@ def run_scene(
             vector_stats=vector_stats,
             staged=outputs.staged,
         )
+        manifest["parameters"].update(tiling.manifest_fields())  # seams: exact | blended
         if opts.stac:
             _stage_stac_item(outputs, finals["stac"], manifest, stac_item)
         outputs.commit()

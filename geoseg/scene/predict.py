@@ -68,8 +68,11 @@ class Predictor:
 
         self.device = torch.device(resolve_device(device))
         if self.device.type != "cpu":
-            module = copy.deepcopy(module).to(self.device)
+            # a runtime (geoseg.models.runtime: ONNX, TorchScript, .pt2) moves itself
+            module = module.on_device(str(self.device)) if hasattr(module, "on_device") else copy.deepcopy(module).to(self.device)
         self.module = module
+        #: ``(height, width)`` the module only accepts (windows are padded to it), or None.
+        self.input_size = getattr(module, "input_size", None)
         self._mean = np.asarray(mean, dtype=np.float32)[:, None, None]
         self._inv_std = (1.0 / np.asarray(std, dtype=np.float32))[:, None, None]
         self.factor = int(factor)
@@ -126,9 +129,7 @@ class Predictor:
         x = self.normalize(data, valid)
         tiled = self._tiled((h, w), context, inner)
         if not tiled:
-            ph, pw = -(-h // self.factor) * self.factor, -(-w // self.factor) * self.factor
-            if (ph, pw) != (h, w):
-                x = np.pad(x, ((0, 0), (0, 0), (0, ph - h), (0, pw - w)))
+            x = self._pad(x)
         with self.lock, torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True)
             t = t.contiguous(memory_format=torch.channels_last)
@@ -151,6 +152,39 @@ class Predictor:
         if masks.shape[1]:
             masks[np.broadcast_to(invalid[:, None], masks.shape)] = NODATA
         return Prediction(classes, confidence, masks)
+
+    def _pad(self, x: np.ndarray) -> np.ndarray:
+        """Zero-pad windows at the bottom/right to the factor (or to the fixed input size)."""
+        h, w = x.shape[-2:]
+        if self.input_size is not None:
+            ph, pw = self.input_size
+            if h > ph or w > pw:
+                raise ValueError(f"a {h}x{w} window does not fit the model's fixed {ph}x{pw} input")
+        else:
+            ph, pw = -(-h // self.factor) * self.factor, -(-w // self.factor) * self.factor
+        if (ph, pw) != (h, w):
+            x = np.pad(x, ((0, 0), (0, 0), (0, ph - h), (0, pw - w)))
+        return x
+
+    def probabilities(self, data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class and mask probabilities over whole windows (for blended seams, geoseg.scene.blend).
+
+        Returns ``(N, C, H, W)`` softmax probabilities and ``(N, M, H, W)`` sigmoid mask
+        probabilities (None without mask heads), float32, nodata pixels included.
+        """
+        import torch
+
+        h, w = data.shape[-2:]
+        x = self._pad(self.normalize(data, valid))
+        with self.lock, torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device).contiguous(memory_format=torch.channels_last)
+            out = self.module(t)
+            logits, mask_logits = (out if isinstance(out, tuple) else (out, None))
+            prob = torch.softmax(logits[..., :h, :w].float(), dim=1).cpu().numpy()
+            masks = None
+            if mask_logits is not None and mask_logits.shape[1]:
+                masks = torch.sigmoid(mask_logits[..., :h, :w].float()).cpu().numpy()
+        return prob, masks
 
     def _tiled(self, shape: tuple[int, int], context: tuple[int, int, int, int], inner: tuple[bool, bool, bool, bool]) -> bool:
         """Whether the module can compute just the core of such windows (``forward_tile``)."""
