@@ -35,6 +35,7 @@ from pathlib import Path
 from geoseg._dask import connect_cluster
 from geoseg._files import write_json
 from geoseg._naming import SCENE_OUTPUTS, scene_file
+from geoseg.scene.journal import resume_files
 from geoseg.batch.catalog import Catalog, SceneJob, load_catalog, missing_inputs_error, resolve
 from geoseg.batch.lock import BatchLock
 from geoseg.errors import CatalogError, GeosegError, InputError, OutputError
@@ -198,13 +199,17 @@ def plan_scenes(jobs: list[SceneJob], force: bool = False) -> list[Plan]:
 
 
 def clean_partials(out_dir: Path, stem: str) -> list[Path]:
-    """Remove what a killed run of scene ``stem`` left behind: its hidden ``.partial`` files."""
+    """Remove what a killed run of scene ``stem`` left behind: its hidden ``.partial`` files,
+    except its resume journal and stripes (``run_scene(resume=True)`` checks and reuses them)."""
     removed: list[Path] = []
     if not out_dir.is_dir():
         return removed
     stem_pat = globlib.escape(stem)
+    keep = set(resume_files(out_dir, stem))
     for kind in SCENE_OUTPUTS:
         for p in out_dir.glob(f".{stem_pat}.{globlib.escape(kind)}.*.partial*"):
+            if p in keep:
+                continue
             p.unlink(missing_ok=True)
             removed.append(p)
     for p in out_dir.glob(".geoseg-write-test-*"):
@@ -256,6 +261,7 @@ def _run_one(plan: Plan, client, where: dict, quiet: bool) -> SceneResult:
             overwrite=True,
             quiet=quiet,
             stac=True,
+            resume=True,  # continue a killed run's scene from its journaled tiles
             **job.options,
             **where,
         )
