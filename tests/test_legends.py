@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.conftest import read
+from conftest import read
 
 CLASSES = [("low", "#1f78b4"), ("mid", "#33a02c"), ("high", "#e31a1c")]
 
