@@ -88,11 +88,12 @@ def _stages():
         "cogs": (cog.RasterProduct, "finish", "(COG)"),
         "geopackage": (vector_api, "vectorize_products", "scene.gpkg"),
         "legends": (pipeline, "stage_legend", "the legend scene."),
-        "manifest": (pipeline, "build_manifest", "the run manifest scene.run.json"),
+        "stac": (pipeline, "_stage_stac_item", "the STAC Item scene.stac.json"),
+        "manifest": (pipeline, "_stage_manifest", "the run manifest scene.run.json"),
     }
 
 
-@pytest.mark.parametrize("stage", ["journal", "tiles", "cogs", "geopackage", "legends", "manifest"])
+@pytest.mark.parametrize("stage", ["journal", "tiles", "cogs", "geopackage", "legends", "stac", "manifest"])
 def test_full_disk_at_each_stage(stage, small_disk, monkeypatch, synth_scene, small_unet) -> None:
     from geoseg import run_scene
 

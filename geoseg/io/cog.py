@@ -131,6 +131,33 @@ class RasterProduct:
             self._file = ExitStack()
             self._ds = self._file.enter_context(open_raster(self.tmp, "r+", env=False))
 
+    def rebuild(self, windows: list[PixelWindow]) -> None:
+        """Replace damaged stripes by a fresh file holding only ``windows`` (read back good)."""
+        with self._lock, writing(f"the partial {self.final.name}", self.final.parent):
+            old = self._ds
+            profile = {**old.profile, "compress": "ZSTD", "ZSTD_LEVEL": 1, "BIGTIFF": "IF_SAFER", "SPARSE_OK": "TRUE"}
+            tmp = self.outputs.temp_for(self.final, "stripes-")
+            try:
+                with open_raster(tmp, "w", env=False, **profile) as new:
+                    for i, d in enumerate(old.descriptions, 1):
+                        if d:
+                            new.set_band_description(i, d)
+                    try:
+                        new.write_colormap(1, old.colormap(1))
+                    except ValueError:  # no colour table
+                        pass
+                    new.update_tags(**old.tags())
+                    for w in windows:
+                        win = w.to_rasterio()
+                        new.write(old.read(window=win), window=win)
+                self._file.close()
+                os.replace(tmp, self.tmp)
+            except BaseException:
+                remove_files([tmp])
+                raise
+            self._file = ExitStack()
+            self._ds = self._file.enter_context(open_raster(self.tmp, "r+", env=False))
+
     def close(self) -> Path:
         """Finish writing tiles; the stripes file stays readable until :meth:`discard_stripes`."""
         with self._lock, writing(f"the partial {self.final.name}", self.final.parent):

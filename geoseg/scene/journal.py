@@ -156,24 +156,32 @@ class TileJournal:
         return self.stripes[Path(final)]
 
     def verify(self, state: ResumeState, products: Sequence, tiles: Iterable, good: Callable) -> int:
-        """Read every journaled tile back from the stripes and check its CRC.
+        """Read every tile back from the stripes and check the journaled ones' CRCs.
 
-        Calls ``good(tile, arrays, skipped)`` for each tile whose pixels check out
-        (``arrays``: the products' ``(count, h, w)`` values, ``None`` for an absent
-        product); the others will be redone. Rewrites the journal with the good tiles
-        only and returns their number.
+        Calls ``good(tile, arrays, skipped)`` for each journaled tile whose pixels check
+        out (``arrays``: the products' ``(count, h, w)`` values, ``None`` for an absent
+        product); the others will be redone. Where a block cannot be read at all (a write
+        cut short by a full disk), the stripes are rebuilt from the good tiles, so that
+        redoing a tile never reads a damaged block. Rewrites the journal with the good
+        tiles only and returns their number.
         """
-        kept = []
+        kept, damaged = [], False
         for t in tiles:
             e = state.tiles.get((t.core.row, t.core.col))
-            if e is None:
+            try:
+                arrays = [p.read(t.core) if p is not None else None for p in products]
+            except Exception:  # noqa: BLE001 - an unreadable block: redo the tile, rebuild the file
+                damaged = True
                 continue
-            arrays = [p.read(t.core) if p is not None else None for p in products]
-            if tile_crc(arrays) != int(e["crc"]):
-                continue  # written only in part before the kill, or damaged since: redo it
+            if e is None or tile_crc(arrays) != int(e["crc"]):
+                continue  # not finished, written only in part before the kill, or damaged since
             good(t, arrays, bool(e.get("skipped", False)))
-            kept.append({"row": t.core.row, "col": t.core.col, "crc": int(e["crc"]), "skipped": bool(e.get("skipped", False))})
-        self._start(kept)
+            kept.append((t, {"row": t.core.row, "col": t.core.col, "crc": int(e["crc"]), "skipped": bool(e.get("skipped", False))}))
+        if damaged:
+            for p in products:
+                if p is not None:
+                    p.rebuild([t.core for t, _ in kept])
+        self._start([e for _, e in kept])
         return len(kept)
 
     def start_fresh(self) -> None:

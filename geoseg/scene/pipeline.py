@@ -24,7 +24,7 @@ from geoseg._constants import DEFAULT_TILE_SIZE, GDAL_ENV
 from geoseg._dask import check_resources, cluster_size, connect_cluster, run_tasks
 from geoseg._files import OutputSet, prepare_out_dir, remove_files
 from geoseg._naming import output_paths
-from geoseg.errors import ContractError, InputError
+from geoseg.errors import ContractError, InputError, OutputError
 from geoseg.grid import PixelWindow, Tile, TileGrid, batches
 from geoseg.io.cog import RasterProduct, class_tags, stage_legend
 from geoseg.io.faults import writing
@@ -326,7 +326,13 @@ def run_scene(
     journal = TileJournal(out, stem, _journal_key(source, bundle, opts, grid), [f for k, f in finals.items() if k in PRODUCTS])
     try:
         state = journal.open(opts.resume)
-        products = _create_products(finals, source.geobox, outputs, bundle, journal.stripes, reopen=state is not None)
+        try:
+            products = _create_products(finals, source.geobox, outputs, bundle, journal.stripes, reopen=state is not None)
+        except OutputError:
+            if state is None:
+                raise
+            state = journal.open(False)  # stripes a crash left unreadable: start over
+            products = _create_products(finals, source.geobox, outputs, bundle, journal.stripes)
         journal.products = products
         classes, confidence = products[0], products[1]
         masks = products[2] if has_masks else None
