@@ -241,8 +241,9 @@ class TileJournal:
             self._fh = None
 
     def discard(self) -> None:
-        """Remove the journal and the stripes (a fresh start, or after the commit)."""
+        """Remove the journal and the stripes (a fresh start, or before the commit)."""
         self.close()
+        self.started = False
         for p in [self.path, self.path.with_name(self.path.name + ".tmp"), *self.stripes.values()]:
             for q in (p, Path(str(p) + ".aux.xml")):
                 try:

@@ -24,7 +24,7 @@ from geoseg._constants import DEFAULT_TILE_SIZE, GDAL_ENV
 from geoseg._dask import check_resources, cluster_size, connect_cluster, run_tasks
 from geoseg._files import OutputSet, prepare_out_dir, remove_files
 from geoseg._naming import output_paths
-from geoseg.errors import ContractError, InputError, OutputError
+from geoseg.errors import ContractError, GeosegError, InputError, OutputError
 from geoseg.grid import PixelWindow, Tile, TileGrid, batches
 from geoseg.io.cog import RasterProduct, class_tags, stage_legend
 from geoseg.io.faults import writing
@@ -398,14 +398,17 @@ def run_scene(
                 _stage_stac_item(outputs, finals["stac"], manifest, stac_item)
         with writing(f"the run manifest {finals['manifest'].name}", out):
             _stage_manifest(outputs, finals["manifest"], manifest)
+            # everything is staged: the stripes and the journal go first, so that a kill
+            # after the commit leaves no resume state behind a finished scene
+            for p in products:
+                p.discard_stripes()
+            journal.discard()
             outputs.commit()  # every output at once, the manifest last
-        for p in products:
-            p.discard_stripes()
-        journal.discard()
         return manifest
-    except BaseException:
-        # keep the journal and the stripes (hidden) for --resume once inference has begun
-        keep = journal.started
+    except BaseException as exc:
+        # keep the journal and the stripes (hidden) for --resume once inference has begun,
+        # unless the input or the model is at fault (a rerun would fail the same way)
+        keep = journal.started and not (isinstance(exc, GeosegError) and not isinstance(exc, OutputError))
         if keep:
             try:
                 journal.checkpoint()
