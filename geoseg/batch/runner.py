@@ -10,7 +10,9 @@ through :func:`geoseg.run_scene`, the same pipeline as ``geoseg run``:
   sha256). Anything else reruns that scene only.
 - **Resumable.** Outputs are written under hidden ``.partial`` names and renamed when
   complete; a scene about to (re)run first loses its old manifest and any partial files
-  a killed run left behind, so an interrupted batch never leaves a scene looking done.
+  a killed run left behind, so an interrupted batch never leaves a scene looking done;
+  a scene killed half-way continues from the tiles its journal holds
+  (:mod:`geoseg.scene.journal`), the same bytes as an uninterrupted run.
 - **Isolated.** A scene's failure is recorded (type and message) and the others go on;
   :attr:`BatchReport.exit_code` is 1 when any failed.
 - **One cluster.** With ``workers`` or ``scheduler`` one ``distributed.Client`` serves
