@@ -132,3 +132,18 @@ def test_cli_full_disk_is_one_line_then_resume_finishes(small_disk, synth_scene,
     assert r.returncode == 0, r.stderr
     assert {"scene.classes.tif", "scene.run.json"} <= set(final_names(out))
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_vectorize_onto_a_full_disk_is_one_line(small_disk, tmp_path) -> None:
+    import numpy as np
+    from conftest import write_raster
+
+    rng = np.random.default_rng(0)
+    classes = write_raster(tmp_path / "speckle.tif", rng.integers(0, 4, (256, 256)).astype("uint8"))
+    disk = small_disk(64)  # far too small for ~30,000 polygons
+    r = _geoseg("vectorize", classes, disk / "v.gpkg", "--quiet")
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"geoseg: error: cannot write the polygons v.gpkg in {disk}: ")
+    assert final_names(disk) == []

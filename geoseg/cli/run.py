@@ -150,13 +150,15 @@ def vectorize_cmd(raster, out, layer, min_area, simplify, connectivity, workers,
     \b
     Example:  geoseg vectorize out/scene.classes.tif scene.gpkg --min-area 200 --simplify 5
     """
+    from geoseg.io.faults import writing
     from geoseg.vector.api import vectorize
 
-    summary = vectorize(
-        raster, out, layer=layer, mask=is_mask, classes_from=classes_from, confidence=confidence, band=band,
-        overwrite=overwrite, quiet=quiet or as_json, connectivity=int(connectivity), min_area=min_area,
-        simplify=simplify, workers=workers, scheduler=scheduler, block_size=block_size, format=fmt,
-    )
+    with writing(f"the polygons {out.name}", out.resolve().parent, retry="run it again", disk_only=True):
+        summary = vectorize(
+            raster, out, layer=layer, mask=is_mask, classes_from=classes_from, confidence=confidence, band=band,
+            overwrite=overwrite, quiet=quiet or as_json, connectivity=int(connectivity), min_area=min_area,
+            simplify=simplify, workers=workers, scheduler=scheduler, block_size=block_size, format=fmt,
+        )
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif not quiet:

@@ -126,11 +126,15 @@ def _no_space(exc: BaseException, msgs: list[str], directory: Path) -> bool:
 
 
 @contextmanager
-def writing(what: str, directory: str | os.PathLike) -> Iterator[None]:
+def writing(
+    what: str, directory: str | os.PathLike, retry: str = "rerun with --resume", *, disk_only: bool = False
+) -> Iterator[None]:
     """Turn a failure to write ``what`` into ``directory`` into one :class:`OutputError` line.
 
-    ``what`` says what was being written (e.g. "the class map COG"). geoseg's own errors
-    and anything that is not an I/O failure pass through unchanged.
+    ``what`` says what was being written (e.g. "the class map COG"), ``retry`` how to go
+    on once the disk is fixed. geoseg's own errors and anything that is not an I/O
+    failure pass through unchanged; with ``disk_only`` (around code that also reads
+    inputs with rasterio) so does every failure but a full disk and the vector writer's.
     """
     capture_libtiff_errors()
     _mark()
@@ -142,12 +146,15 @@ def writing(what: str, directory: str | os.PathLike) -> Iterator[None]:
         directory = Path(directory)
         gdal = _messages_since_mark()
         msgs = list(dict.fromkeys(gdal + _chain(exc)))
-        if _no_space(exc, msgs, directory):
+        full = _no_space(exc, msgs, directory)
+        if disk_only and not full and not (type(exc).__module__ or "").startswith(("pyogrio", "sqlite3")):
+            raise
+        if full:
             reason = "no space left on device"
-            hint = "free space there (or choose another -o/--out) and rerun with --resume"
+            hint = f"free space there (or choose another output directory) and {retry}"
         else:
             reason = "write failed"
-            hint = "check that the directory is writable and the disk is healthy, then rerun with --resume"
+            hint = f"check that the directory is writable and has free space, then {retry}"
         detail = "; ".join(m for m in msgs if m)[:600]
         raise OutputError(
             f"cannot write {what} in {directory}: {reason}" + (f" ({detail})" if detail else "") + f": {hint}"
