@@ -179,3 +179,20 @@ def test_batch_resumes_a_killed_scene(tmp_path, scene, small_unet, reference) ->
     assert m["execution"]["tiles_resumed"] == done
     for kind in ("classes.tif", "confidence.tif", "mask.tif"):
         assert (out / f"big.{kind}").read_bytes() == (ref / f"big.{kind}").read_bytes(), kind
+
+
+def test_journal_ignores_a_torn_last_line_and_a_foreign_key(tmp_path) -> None:
+    from geoseg.scene.journal import TileJournal
+
+    finals = [tmp_path / "s.classes.tif", tmp_path / "s.confidence.tif"]
+    j = TileJournal(tmp_path, "s", "key-1", finals)
+    j.start_fresh()
+    for p in j.stripes.values():
+        p.write_bytes(b"")  # the stripes exist (their content is checked by verify, not here)
+    j.path.write_text(j.path.read_text() + '{"row": 0, "col": 0, "crc": 1, "skipped": false}\n{"row": 0, "col": 6')
+    j.close()
+    state = TileJournal(tmp_path, "s", "key-1", finals).open(resume=True)
+    assert list(state.tiles) == [(0, 0)]  # the line the kill cut off does not count
+    other = TileJournal(tmp_path, "s", "key-2", finals)  # another input, model or option
+    assert other.open(resume=True) is None
+    assert not j.path.exists() and not any(p.exists() for p in j.stripes.values())  # discarded
