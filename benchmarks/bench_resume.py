@@ -43,7 +43,7 @@ def run(args: list[str], env: dict | None = None) -> tuple[float, dict]:
     """Wall seconds and manifest of one ``geoseg run`` (a fresh process); exits on failure."""
     t = time.perf_counter()
     proc = subprocess.run([*GEOSEG, "run", *args, "--quiet", "--json"], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, check=False)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"geoseg run {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -31,7 +31,7 @@ def small_disk(tmp_path):
     def mount(kib: int) -> Path:
         d = tmp_path / f"disk{len(mounted)}"
         d.mkdir()
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(d)], capture_output=True, text=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(d)], capture_output=True, text=True, check=False)
         if r.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
         mounted.append(d)
@@ -39,7 +39,7 @@ def small_disk(tmp_path):
 
     yield mount
     for d in mounted:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+        subprocess.run(["umount", "-l", str(d)], capture_output=True, check=False)
 
 
 def fill(directory: Path) -> None:
@@ -77,10 +77,9 @@ def _fill_before(monkeypatch, owner, name: str, directory: Path) -> None:
 
 
 def _stages():
-    import geoseg.io.cog as cog
-    import geoseg.scene.journal as journal
-    import geoseg.scene.pipeline as pipeline
     import geoseg.vector.api as vector_api
+    from geoseg.io import cog
+    from geoseg.scene import journal, pipeline
 
     return {
         "journal": (journal.TileJournal, "start_fresh", "the resume journal"),
@@ -114,7 +113,7 @@ def test_full_disk_at_each_stage(stage, small_disk, monkeypatch, synth_scene, sm
 
 
 def _geoseg(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "geoseg", *map(str, args)], capture_output=True, text=True, **kw)
+    return subprocess.run([sys.executable, "-m", "geoseg", *map(str, args)], capture_output=True, text=True, **kw, check=False)
 
 
 def test_cli_full_disk_is_one_line_then_resume_finishes(small_disk, synth_scene, small_unet) -> None:
@@ -124,7 +123,7 @@ def test_cli_full_disk_is_one_line_then_resume_finishes(small_disk, synth_scene,
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr  # no traceback, no libtiff line of its own
-    assert lines[0].startswith(f"geoseg: error: cannot write ") and f"in {out}: no space left on device" in lines[0]
+    assert lines[0].startswith("geoseg: error: cannot write ") and f"in {out}: no space left on device" in lines[0]
     assert "_tiffWriteProc: No space left on device" in lines[0] or "No space left" in lines[0]
     assert final_names(out) == []
     subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-
 from conftest import read
 
 CLASSES = [("low", "#1f78b4"), ("mid", "#33a02c"), ("high", "#e31a1c")]
@@ -23,7 +22,6 @@ CLASSES = [("low", "#1f78b4"), ("mid", "#33a02c"), ("high", "#e31a1c")]
 
 def _gdal():
     """rasterio's GDAL library, with the few C functions that read categories and RATs."""
-    import rasterio._base
 
     from geoseg.vector._gdal import _gdal_library_path
 
@@ -87,7 +85,7 @@ def gdal_legend(path: Path) -> list[dict]:
 
 def _run(args, **kw):
     env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "geoseg", *map(str, args)], capture_output=True, text=True, env=env, **kw)
+    return subprocess.run([sys.executable, "-m", "geoseg", *map(str, args)], capture_output=True, text=True, env=env, **kw, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +192,7 @@ def _qgis_python() -> str | None:
     py = "/usr/bin/python3"
     if not Path(py).exists():
         return None
-    r = subprocess.run([py, "-c", "import qgis.core"], capture_output=True, timeout=120)
+    r = subprocess.run([py, "-c", "import qgis.core"], capture_output=True, timeout=120, check=False)
     return py if r.returncode == 0 else None
 
 
@@ -208,7 +206,7 @@ def test_qgis_lists_exactly_the_classes_by_name(tmp_path, run_out) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env.update(QT_QPA_PLATFORM="offscreen", XDG_RUNTIME_DIR=str(tmp_path))
     classes, mask = out / "scene.classes.tif", out / "scene.mask.tif"
-    r = subprocess.run([py, str(probe), str(classes), str(mask)], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run([py, str(probe), str(classes), str(mask)], capture_output=True, text=True, env=env, timeout=300, check=False)
     seen = json.loads(r.stdout.strip().splitlines()[-1])
     assert seen[str(classes)]["valid"] and seen[str(classes)]["renderer"] == "paletted"
     assert seen[str(classes)]["classes"] == [[i, n, c, 255] for i, (n, c) in enumerate(CLASSES)]

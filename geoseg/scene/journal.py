@@ -194,12 +194,11 @@ class TileJournal:
         with writing("the resume journal", self.out_dir):
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(json.dumps(header) + "\n")
-                for e in entries:
-                    f.write(json.dumps(e) + "\n")
+                f.writelines(json.dumps(e) + "\n" for e in entries)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
-            self._fh = open(self.path, "a", encoding="utf-8")
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - appended to until close()
         self.started = True
 
     # ------------------------------------------------------------------ while running
