@@ -11,7 +11,18 @@ from pathlib import Path
 __all__ = ["SCENE_OUTPUTS", "output_paths", "scene_file", "sibling_confidence"]
 
 #: The file kinds a scene run writes, ``<stem>.<kind>`` (the manifest last).
-SCENE_OUTPUTS = ("classes.tif", "confidence.tif", "mask.tif", "gpkg", "stac.json", "run.json")
+SCENE_OUTPUTS = (
+    "classes.tif",
+    "classes.tif.aux.xml",
+    "classes.qml",
+    "confidence.tif",
+    "mask.tif",
+    "mask.tif.aux.xml",
+    "mask.qml",
+    "gpkg",
+    "stac.json",
+    "run.json",
+)
 
 
 def scene_file(out_dir: Path, stem: str, kind: str) -> Path:

@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "geoseg"
 #: Layers, bottom to top: a module may import from its own layer and the ones below.
 LAYERS = {
     "geoseg._constants": 0, "geoseg._lazy": 0, "geoseg.errors": 0, "geoseg.grid": 0, "geoseg.classes": 0,
-    "geoseg.progress": 0, "geoseg.allocator": 0,
+    "geoseg.progress": 0, "geoseg.allocator": 0, "geoseg._signals": 0,
     "geoseg._files": 1, "geoseg._dask": 1, "geoseg._naming": 1,
     "geoseg.io": 2, "geoseg.models": 2,
     "geoseg.vector": 3, "geoseg.synthetic": 3,

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from xml.etree import ElementTree
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from click.testing import CliRunner
 from conftest import read, write_raster
 
 import geoseg
+from geoseg._naming import SCENE_OUTPUTS
 from geoseg.batch.lock import BatchLock
 from geoseg.batch.runner import format_summary, run_batch
 from geoseg.cli.batch import batch_command
@@ -81,7 +83,7 @@ def test_runs_then_skips_then_reruns_only_what_changed(three, tmp_path) -> None:
     assert sum(scene["class_areas_m2"].values()) == pytest.approx(96 * 96 * 100.0)
     for sid, stem in (("a", "s1"), ("s2", "s2"), ("s3", "s3")):
         names = {p.name for p in (out / sid).iterdir()}
-        assert names == {f"{stem}.{k}" for k in ("classes.tif", "confidence.tif", "mask.tif", "gpkg", "stac.json", "run.json")}
+        assert names == {f"{stem}.{k}" for k in SCENE_OUTPUTS}  # the legend side-cars included
         assert json.loads((out / sid / f"{stem}.stac.json").read_text())["id"] == sid
     catalog = json.loads((out / "catalog.json").read_text())
     assert [ln["href"] for ln in catalog["links"] if ln["rel"] == "item"] == ["./a/s1.stac.json", "./s2/s2.stac.json", "./s3/s3.stac.json"]
@@ -232,6 +234,8 @@ def test_sigkill_mid_batch_then_rerun_completes_only_what_was_missing(tmp_path, 
                 ds.read()
         elif p.suffix == ".gpkg":
             pyogrio.read_info(p, layer="classes")
+        elif p.suffix in (".xml", ".qml"):  # legend side-cars (GDAL PAM, QGIS style)
+            ElementTree.fromstring(p.read_text())
         else:
             json.loads(p.read_text())
     assert (tmp_path / ".catalog.yaml.lock").exists()  # left by the killed batch, but its flock died with it

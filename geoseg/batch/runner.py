@@ -10,7 +10,9 @@ through :func:`geoseg.run_scene`, the same pipeline as ``geoseg run``:
   sha256). Anything else reruns that scene only.
 - **Resumable.** Outputs are written under hidden ``.partial`` names and renamed when
   complete; a scene about to (re)run first loses its old manifest and any partial files
-  a killed run left behind, so an interrupted batch never leaves a scene looking done.
+  a killed run left behind, so an interrupted batch never leaves a scene looking done;
+  a scene killed half-way continues from the tiles its journal holds
+  (:mod:`geoseg.scene.journal`), the same bytes as an uninterrupted run.
 - **Isolated.** A scene's failure is recorded (type and message) and the others go on;
   :attr:`BatchReport.exit_code` is 1 when any failed.
 - **One cluster.** With ``workers`` or ``scheduler`` one ``distributed.Client`` serves
@@ -35,6 +37,7 @@ from pathlib import Path
 from geoseg._dask import connect_cluster
 from geoseg._files import write_json
 from geoseg._naming import SCENE_OUTPUTS, scene_file
+from geoseg.scene.journal import resume_files
 from geoseg.batch.catalog import Catalog, SceneJob, load_catalog, missing_inputs_error, resolve
 from geoseg.batch.lock import BatchLock
 from geoseg.errors import CatalogError, GeosegError, InputError, OutputError
@@ -198,13 +201,17 @@ def plan_scenes(jobs: list[SceneJob], force: bool = False) -> list[Plan]:
 
 
 def clean_partials(out_dir: Path, stem: str) -> list[Path]:
-    """Remove what a killed run of scene ``stem`` left behind: its hidden ``.partial`` files."""
+    """Remove what a killed run of scene ``stem`` left behind: its hidden ``.partial`` files,
+    except its resume journal and stripes (``run_scene(resume=True)`` checks and reuses them)."""
     removed: list[Path] = []
     if not out_dir.is_dir():
         return removed
     stem_pat = globlib.escape(stem)
+    keep = set(resume_files(out_dir, stem))
     for kind in SCENE_OUTPUTS:
         for p in out_dir.glob(f".{stem_pat}.{globlib.escape(kind)}.*.partial*"):
+            if p in keep:
+                continue
             p.unlink(missing_ok=True)
             removed.append(p)
     for p in out_dir.glob(".geoseg-write-test-*"):
@@ -256,6 +263,7 @@ def _run_one(plan: Plan, client, where: dict, quiet: bool) -> SceneResult:
             overwrite=True,
             quiet=quiet,
             stac=True,
+            resume=True,  # continue a killed run's scene from its journaled tiles
             **job.options,
             **where,
         )

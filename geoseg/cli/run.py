@@ -54,21 +54,31 @@ __all__ = ["demo_cmd", "format_summary", "models_cmd", "run_cmd", "synth_cmd", "
 @simplify_option("Simplify the polygons with this tolerance, keeping shared boundaries shared.")
 @connectivity_option("Pixels of a class join into one polygon across edges (4) or also corners (8).")
 @overwrite_option()
+@click.option("--resume", is_flag=True,
+              help="Continue a run that was killed, stopped or failed from the tiles it finished (kept in a "
+                   "journal beside its hidden partial outputs; tiles are checked, damaged ones redone). The "
+                   "outputs are the same bytes as an uninterrupted run's. A changed input, model or option "
+                   "starts over. Without --resume a run always starts from the first tile.")
 @quiet_option()
 @json_option("Print the run manifest as JSON on stdout.")
 @handle_errors
 def run_cmd(scene, out_dir, model, bands, tile_size, batch_size, device, workers, scheduler, threads,
-            no_vectorize, min_area, simplify, connectivity, overwrite, quiet, as_json):
+            no_vectorize, min_area, simplify, connectivity, overwrite, resume, quiet, as_json):
     """Segment SCENE (any GDAL raster with a CRS) into georeferenced outputs.
 
     \b
     Writes, in the output directory, with exactly the input's CRS and grid:
       <stem>.classes.tif     uint8 COG of class ids (255 = nodata), colour table, class names
-      <stem>.mask.tif        one 0/1 band per mask head (when the model has mask heads)
+      <stem>.classes.tif.aux.xml  its legend for GDAL and ArcGIS (category names, attribute table)
+      <stem>.classes.qml     its QGIS style: the legend lists exactly the classes by name
+      <stem>.mask.tif        one 0/1 band per mask head (when the model has mask heads; with
+                             .mask.tif.aux.xml and .mask.qml)
       <stem>.confidence.tif  max class probability, 0-100 (255 = nodata)
       <stem>.gpkg            polygons: layer `classes` and one layer per mask head, QGIS-styled
       <stem>.run.json        the run manifest (inputs, model, parameters, timings, checksums)
-    Outputs appear under their final names only once complete.
+    Outputs appear under their final names only once complete. Finished tiles are
+    journaled: after a kill, SIGTERM (exit 143), Ctrl-C or a full disk, rerun with
+    --resume to continue where it stopped.
     """
     from geoseg.scene.pipeline import run_scene
 
@@ -76,7 +86,7 @@ def run_cmd(scene, out_dir, model, bands, tile_size, batch_size, device, workers
         scene, out_dir, model=model, bands=bands, tile_size=tile_size, batch_size=batch_size, device=device,
         workers=workers, scheduler=scheduler, threads=threads, vectorize=not no_vectorize,
         min_area=min_area, simplify=simplify, connectivity=int(connectivity),
-        overwrite=overwrite, quiet=quiet or as_json,
+        overwrite=overwrite, quiet=quiet or as_json, resume=resume,
     )
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
@@ -142,13 +152,15 @@ def vectorize_cmd(raster, out, layer, min_area, simplify, connectivity, workers,
     \b
     Example:  geoseg vectorize out/scene.classes.tif scene.gpkg --min-area 200 --simplify 5
     """
+    from geoseg.io.faults import writing
     from geoseg.vector.api import vectorize
 
-    summary = vectorize(
-        raster, out, layer=layer, mask=is_mask, classes_from=classes_from, confidence=confidence, band=band,
-        overwrite=overwrite, quiet=quiet or as_json, connectivity=int(connectivity), min_area=min_area,
-        simplify=simplify, workers=workers, scheduler=scheduler, block_size=block_size, format=fmt,
-    )
+    with writing(f"the polygons {out.name}", out.resolve().parent, retry="run it again", disk_only=True):
+        summary = vectorize(
+            raster, out, layer=layer, mask=is_mask, classes_from=classes_from, confidence=confidence, band=band,
+            overwrite=overwrite, quiet=quiet or as_json, connectivity=int(connectivity), min_area=min_area,
+            simplify=simplify, workers=workers, scheduler=scheduler, block_size=block_size, format=fmt,
+        )
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif not quiet:

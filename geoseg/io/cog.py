@@ -10,6 +10,7 @@ run to its final name only when all of them are complete.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,9 +21,11 @@ from geoseg._constants import GDAL_CACHE_BYTES, NODATA
 from geoseg._files import OutputSet, remove_files
 from geoseg.classes import hex_to_rgb
 from geoseg.grid import GeoBox, PixelWindow
+from geoseg.io.faults import writing
+from geoseg.io.legend import BandLegend, aux_xml, paletted_qml
 from geoseg.io.raster import open_raster
 
-__all__ = ["COG_OPTIONS", "RasterProduct", "class_tags"]
+__all__ = ["COG_OPTIONS", "RasterProduct", "class_tags", "stage_legend"]
 
 #: Creation options of the COGs geoseg writes. DEFLATE is read by every GIS; mode
 #: resampling keeps class ids valid in overviews (GDAL's COG default, cubic, does not).
@@ -53,6 +56,8 @@ class RasterProduct:
         colors: list[str] | None = None,
         tags: dict[str, str] | None = None,
         overview_resampling: str = "MODE",
+        stripes: Path | None = None,
+        reopen: bool = False,
     ) -> None:
 
         self.final = final
@@ -60,8 +65,15 @@ class RasterProduct:
         self.geobox = geobox
         self.outputs = outputs
         self.count = count
-        self.tmp = outputs.temp_for(final, "stripes-")
+        # ``stripes``: a fixed hidden path (the resume journal's); ``reopen``: continue the
+        # stripes a killed run left there (geoseg.scene.journal) instead of creating them
+        self.tmp = stripes if stripes is not None else outputs.temp_for(final, "stripes-")
         self._lock = threading.Lock()
+        self._file = ExitStack()
+        if reopen:
+            with writing(f"the partial {final.name}", final.parent):
+                self._ds = self._file.enter_context(open_raster(self.tmp, "r+", env=False))
+            return
         profile = dict(
             driver="GTiff",
             width=geobox.width,
@@ -82,28 +94,74 @@ class RasterProduct:
         if not profile["tiled"]:
             for k in ("tiled", "blockxsize", "blockysize"):
                 profile.pop(k)
-        self._file = ExitStack()
-        self._ds = self._file.enter_context(open_raster(self.tmp, "w", env=False, **profile))
-        if descriptions:
-            for i, d in enumerate(descriptions, 1):
-                self._ds.set_band_description(i, d)
-        if colors:
-            cmap = {i: (*hex_to_rgb(c), 255) for i, c in enumerate(colors)}
-            cmap[NODATA] = (0, 0, 0, 0)
-            self._ds.write_colormap(1, cmap)
-        if tags:
-            self._ds.update_tags(**tags)
+        with writing(f"the partial {final.name}", final.parent):
+            self._ds = self._file.enter_context(open_raster(self.tmp, "w", env=False, **profile))
+            if descriptions:
+                for i, d in enumerate(descriptions, 1):
+                    self._ds.set_band_description(i, d)
+            if colors:
+                cmap = {i: (*hex_to_rgb(c), 255) for i, c in enumerate(colors)}
+                cmap[NODATA] = (0, 0, 0, 0)
+                self._ds.write_colormap(1, cmap)
+            if tags:
+                self._ds.update_tags(**tags)
 
     def write(self, window: PixelWindow, array: np.ndarray) -> None:
         """Write ``(count, h, w)`` or ``(h, w)`` uint8 values at ``window``."""
         if array.ndim == 2:
             array = array[None]
-        with self._lock:
+        with self._lock, writing(f"the partial {self.final.name}", self.final.parent):
             self._ds.write(array, window=window.to_rasterio())
+
+    def read(self, window: PixelWindow) -> np.ndarray:
+        """Read ``(count, h, w)`` values back from the stripes at ``window``."""
+        with self._lock:
+            return self._ds.read(window=window.to_rasterio())
+
+    def sync(self) -> None:
+        """Make everything written so far durable: close the stripes (GDAL writes its cached
+        blocks and the tile index), ``fsync`` them, and reopen them for update."""
+        with self._lock, writing(f"the partial {self.final.name}", self.final.parent):
+            self._file.close()
+            fd = os.open(self.tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._file = ExitStack()
+            self._ds = self._file.enter_context(open_raster(self.tmp, "r+", env=False))
+
+    def rebuild(self, windows: list[PixelWindow]) -> None:
+        """Replace damaged stripes by a fresh file holding only ``windows`` (read back good)."""
+        with self._lock, writing(f"the partial {self.final.name}", self.final.parent):
+            old = self._ds
+            profile = {**old.profile, "compress": "ZSTD", "ZSTD_LEVEL": 1, "BIGTIFF": "IF_SAFER", "SPARSE_OK": "TRUE"}
+            tmp = self.outputs.temp_for(self.final, "stripes-")
+            try:
+                with open_raster(tmp, "w", env=False, **profile) as new:
+                    for i, d in enumerate(old.descriptions, 1):
+                        if d:
+                            new.set_band_description(i, d)
+                    try:
+                        new.write_colormap(1, old.colormap(1))
+                    except ValueError:  # no colour table
+                        pass
+                    new.update_tags(**old.tags())
+                    for w in windows:
+                        win = w.to_rasterio()
+                        new.write(old.read(window=win), window=win)
+                self._file.close()
+                os.replace(tmp, self.tmp)
+            except BaseException:
+                remove_files([tmp])
+                raise
+            self._file = ExitStack()
+            self._ds = self._file.enter_context(open_raster(self.tmp, "r+", env=False))
 
     def close(self) -> Path:
         """Finish writing tiles; the stripes file stays readable until :meth:`discard_stripes`."""
-        self._file.close()
+        with self._lock, writing(f"the partial {self.final.name}", self.final.parent):
+            self._file.close()
         return self.tmp
 
     def finish(self) -> Path:
@@ -114,9 +172,11 @@ class RasterProduct:
         self.close()
         cog = self.outputs.temp_for(self.final, "cog-")
         try:
-            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_NUM_THREADS="ALL_CPUS"):
+            with writing(f"{self.final.name} (COG)", self.final.parent), rasterio.Env(
+                GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_NUM_THREADS="ALL_CPUS"
+            ):
                 rio_copy(self.tmp, cog, driver="COG", **{**COG_OPTIONS, "OVERVIEW_RESAMPLING": self.overview_resampling})
-        except Exception:
+        except BaseException:
             remove_files([cog])
             raise
         self.outputs.stage(self.final, cog)
@@ -128,6 +188,38 @@ class RasterProduct:
             self._file.close()
         finally:
             remove_files([self.tmp])
+
+    def keep_stripes(self) -> None:
+        """Close the stripes file and leave it for a resumed run (after a failure)."""
+        try:
+            self._file.close()
+        except Exception:  # noqa: BLE001 - best effort: a resumed run checks every tile's CRC
+            pass
+
+
+def stage_legend(final: Path, legends: list[BandLegend], outputs: OutputSet) -> list[Path]:
+    """Write the legend side-cars of the categorical raster ``final``; stage them with it.
+
+    ``<final>.aux.xml`` (GDAL category names and a thematic RAT per band, which GDAL,
+    ArcGIS and QGIS read) and ``<stem>.<kind>.qml`` (a QGIS paletted style with one entry
+    per class of the first band, which QGIS loads as the layer's default style) are
+    written under temporary names and renamed with the COG by :meth:`OutputSet.commit`.
+    Returns their final paths.
+    """
+    sidecars = {
+        final.with_name(final.name + ".aux.xml"): aux_xml(legends),
+        final.with_suffix(".qml"): paletted_qml(legends[0]),
+    }
+    for path, text in sidecars.items():
+        tmp = outputs.temp_for(path, "legend-")
+        try:
+            with writing(f"the legend {path.name}", path.parent):
+                tmp.write_text(text, encoding="utf-8")
+        except BaseException:
+            remove_files([tmp])
+            raise
+        outputs.stage(path, tmp)
+    return list(sidecars)
 
 
 def class_tags(names: list[str], colors: list[str]) -> dict[str, str]:

@@ -170,6 +170,18 @@ def scene_item(
             "roles": ["data"],
             **_file_fields(outputs["gpkg"]),
         }
+    for kind, key, title, media, roles in (
+        ("classes.tif.aux.xml", "classes_legend", "Class names and attribute table of the class map (GDAL PAM side-car)",
+         "application/xml", ["metadata"]),
+        ("classes.qml", "classes_style", "QGIS style of the class map: one legend entry per class", "text/xml",
+         ["style", "metadata"]),
+        ("mask.tif.aux.xml", "mask_legend", "Names and attribute tables of the mask bands (GDAL PAM side-car)",
+         "application/xml", ["metadata"]),
+        ("mask.qml", "mask_style", "QGIS style of the first mask band", "text/xml", ["style", "metadata"]),
+    ):
+        if kind in outputs:  # legends of the COGs (geoseg.io.legend)
+            assets[key] = {"href": f"./{outputs[kind]['path']}", "type": media, "title": title, "roles": roles,
+                           **_file_fields(outputs[kind])}
     assets["manifest"] = {
         "href": f"./{stem}.run.json",
         "type": JSON_TYPE,

@@ -24,12 +24,15 @@ from geoseg._constants import DEFAULT_TILE_SIZE, GDAL_ENV
 from geoseg._dask import check_resources, cluster_size, connect_cluster, run_tasks
 from geoseg._files import OutputSet, prepare_out_dir, remove_files
 from geoseg._naming import output_paths
-from geoseg.errors import ContractError, InputError
-from geoseg.grid import PixelWindow, Tile, batches
-from geoseg.io.cog import RasterProduct, class_tags
+from geoseg.errors import ContractError, GeosegError, InputError, OutputError
+from geoseg.grid import PixelWindow, Tile, TileGrid, batches
+from geoseg.io.cog import RasterProduct, class_tags, stage_legend
+from geoseg.io.faults import writing
+from geoseg.io.legend import BandLegend, Category, mask_legends
 from geoseg.io.raster import SceneSource, dtype_range, file_sha256, open_raster, open_scene
 from geoseg.progress import Progress
-from geoseg.scene.manifest import build_manifest, write_manifest
+from geoseg.scene.journal import TileJournal, input_identity, journal_key
+from geoseg.scene.manifest import build_manifest
 from geoseg.scene.predict import get_predictor, resolve_device
 from geoseg.scene.tiling import blend_batch, plan_tiles
 from geoseg.vector.api import VectorizeOptions
@@ -61,6 +64,7 @@ class RunOptions:
     simplify: float = 0.0  # metres: topology-preserving simplification of the polygons
     connectivity: int = 4  # 4 or 8: how pixels of a class join into polygons
     stac: bool = False  # also write <stem>.stac.json, a STAC Item describing the outputs
+    resume: bool = False  # continue from the tiles a killed run journaled (geoseg.scene.journal)
 
     def output_options(self) -> dict:
         """The options that shape the outputs, as requested (recorded in the manifest as
@@ -143,23 +147,56 @@ class TileSink:
     """Receives tile results and writes them into the output rasters."""
 
     def __init__(
-        self, classes: RasterProduct, confidence: RasterProduct, masks: RasterProduct | None, progress: Progress
+        self,
+        classes: RasterProduct,
+        confidence: RasterProduct,
+        masks: RasterProduct | None,
+        progress: Progress,
+        journal: TileJournal | None = None,
     ) -> None:
         self.classes, self.confidence, self.masks = classes, confidence, masks
         self.counts = np.zeros(256, dtype=np.int64)
+        self.mask_counts = np.zeros((masks.count if masks is not None else 0, 2), dtype=np.int64)  # 0s, 1s per head
         self.skipped = 0
         self.progress = progress
+        self.journal = journal
+        self.done: set[tuple[int, int]] = set()  # tile cores (row, col) resumed from the journal
         self._lock = threading.Lock()
+
+    def _add(self, classes: np.ndarray, masks: np.ndarray | None, skipped: bool) -> None:
+        with self._lock:
+            self.counts += np.bincount(classes.ravel(), minlength=256)
+            if masks is not None and len(self.mask_counts):
+                m = masks.reshape(len(self.mask_counts), -1)
+                self.mask_counts[:, 0] += (m == 0).sum(axis=1)
+                self.mask_counts[:, 1] += (m == 1).sum(axis=1)
+            self.skipped += skipped
+
+    def resume(self, journal: TileJournal, state, tiles: list[Tile]) -> set[tuple[int, int]]:
+        """Start the journal; with a journal ``state`` from a killed run, keep the tiles
+        whose pixels check out (counted as done) and return their ``(row, col)``."""
+        if state is None:
+            journal.start_fresh()
+            return self.done
+        def good(tile: Tile, arrays: list, skipped: bool) -> None:
+            self._add(arrays[0], arrays[2], skipped)
+            self.done.add((tile.core.row, tile.core.col))
+
+        journal.verify(state, [self.classes, self.confidence, self.masks], tiles, good)
+        self.progress.update(len(self.done))
+        return self.done
 
     def write(self, results: list[TileResult]) -> None:
         for r in results:
+            if (r.core.row, r.core.col) in self.done:
+                continue  # resumed: already written and checked
             self.classes.write(r.core, r.classes)
             self.confidence.write(r.core, r.confidence)
             if self.masks is not None:
                 self.masks.write(r.core, r.masks)
-            with self._lock:
-                self.counts += np.bincount(r.classes.ravel(), minlength=256)
-                self.skipped += r.skipped
+            self._add(r.classes, r.masks if self.masks is not None else None, r.skipped)
+            if self.journal is not None:
+                self.journal.record(r.core, [r.classes, r.confidence, r.masks if self.masks is not None else None], r.skipped)
             self.progress.update(1)
 
 
@@ -289,22 +326,38 @@ def run_scene(
     hasher = ThreadPoolExecutor(max_workers=1)
     input_sha = hasher.submit(file_sha256, source.path)
     products: list[RasterProduct] = []
+    # the resume journal: finished tiles of the hidden stripes files (geoseg.scene.journal)
+    journal = TileJournal(out, stem, _journal_key(source, bundle, opts, grid), [f for k, f in finals.items() if k in PRODUCTS])
     try:
-        products = _create_products(finals, source.geobox, outputs, bundle)
+        state = journal.open(opts.resume)
+        try:
+            products = _create_products(finals, source.geobox, outputs, bundle, journal.stripes, reopen=state is not None)
+        except OutputError:
+            if state is None:
+                raise
+            state = journal.open(False)  # stripes a crash left unreadable: start over
+            products = _create_products(finals, source.geobox, outputs, bundle, journal.stripes)
+        journal.products = products
         classes, confidence = products[0], products[1]
         masks = products[2] if has_masks else None
 
         tiles = tiling.tiles
-        plan = batches(tiles, batch_size)
         torch_threads = CPU_TORCH_THREADS if distributed else None  # threaded: set by _run_threaded
         model_ref = resolve_model_ref(model)
-        tasks = [(source, b, model_ref, device, torch_threads, bundle.checksum) for b in plan]
-        task = predict_batch
-        if tiling.layout is not None:  # blended seams: probabilities of overlapping windows
-            task, tasks = blend_batch, [(*t, tiling.layout) for t in tasks]
         t1 = time.perf_counter()
         with Progress(total=len(tiles), desc=f"{stem}: tiles", disable=opts.quiet) as progress:
-            sink = TileSink(classes, confidence, masks, progress)
+            sink = TileSink(classes, confidence, masks, progress, journal)
+            done = sink.resume(journal, state, tiles)
+            # the same batches as an uninterrupted run (the same bytes), less those all done;
+            # blended seams need every window's probabilities, so they rerun all windows and
+            # the sink skips the tiles already written
+            plan = batches(tiles, batch_size)
+            if tiling.layout is None:
+                plan = [b for b in plan if any((t.core.row, t.core.col) not in done for t in b)]
+            tasks = [(source, b, model_ref, device, torch_threads, bundle.checksum) for b in plan]
+            task = predict_batch
+            if tiling.layout is not None:  # blended seams: probabilities of overlapping windows
+                task, tasks = blend_batch, [(*t, tiling.layout) for t in tasks]
             writer = tiling.writer(sink)
             if distributed:
                 sched_info = _run_distributed(writer, tasks, opts.scheduler, opts.workers, client, resources, task)
@@ -312,6 +365,7 @@ def run_scene(
                 threads = opts.threads or max(2, os.cpu_count() or 1)
                 sched_info = {"scheduler": "threads", "threads": threads}
                 _run_threaded(writer, tasks, threads, task)
+            journal.checkpoint()  # every tile on disk: a failure below resumes without inference
         timings["inference"] = time.perf_counter() - t1
         if device == "cpu":
             release_free_memory()  # the activations' memory: the stages below need none of it
@@ -323,14 +377,14 @@ def run_scene(
         stripes = dict(zip(("classes", "confidence", "mask"), (p.close() for p in products)))
         for p in products:
             p.finish()
+        _stage_legends(finals, bundle, sink, outputs)
         timings["write_cogs"] = time.perf_counter() - t2
         vector_stats = None
         if opts.vectorize:
             t3 = time.perf_counter()
-            vector_stats = _vectorize_outputs(outputs, finals["vectors"], stripes, bundle, vector_options)
+            with writing(f"the polygons {finals['vectors'].name}", out):
+                vector_stats = _vectorize_outputs(outputs, finals["vectors"], stripes, bundle, vector_options)
             timings["vectorize"] = time.perf_counter() - t3
-        for p in products:
-            p.discard_stripes()
         timings["total"] = time.perf_counter() - t0
         manifest = build_manifest(
             source=source,
@@ -350,21 +404,86 @@ def run_scene(
             staged=outputs.staged,
         )
         manifest["parameters"].update(tiling.manifest_fields())  # seams: exact | blended
+        manifest["execution"]["tiles_resumed"] = len(done)
+        manifest["execution"]["tiles_computed"] = sum(len(b) for b in plan) - (len(done) if tiling.layout is not None else 0)
         if opts.stac:
-            _stage_stac_item(outputs, finals["stac"], manifest, stac_item)
-        outputs.commit()
-        write_manifest(manifest, finals["manifest"], outputs)
+            with writing(f"the STAC Item {finals['stac'].name}", out):
+                _stage_stac_item(outputs, finals["stac"], manifest, stac_item)
+        with writing(f"the run manifest {finals['manifest'].name}", out):
+            _stage_manifest(outputs, finals["manifest"], manifest)
+            # everything is staged: the stripes and the journal go first, so that a kill
+            # after the commit leaves no resume state behind a finished scene
+            for p in products:
+                p.discard_stripes()
+            journal.discard()
+            outputs.commit()  # every output at once, the manifest last
         return manifest
-    except BaseException:
+    except BaseException as exc:
+        # keep the journal and the stripes (hidden) for --resume once inference has begun,
+        # unless the input or the model is at fault (a rerun would fail the same way)
+        keep = journal.started and not (isinstance(exc, GeosegError) and not isinstance(exc, OutputError))
+        if keep:
+            try:
+                journal.checkpoint()
+            except BaseException:  # noqa: BLE001 - e.g. the disk is full: the CRCs catch the rest
+                pass
         for p in products:
             try:
-                p.discard_stripes()
+                p.keep_stripes() if keep else p.discard_stripes()
             except Exception:
                 pass
+        journal.close()
+        if not keep:
+            journal.discard()
         outputs.discard()
         raise
     finally:
         hasher.shutdown(wait=False)
+
+
+#: The raster products whose tiles the journal tracks (keys of ``output_paths``).
+PRODUCTS = ("classes", "confidence", "mask")
+
+
+def _journal_key(source: SceneSource, bundle, opts: RunOptions, grid: TileGrid) -> str:
+    """What makes a killed run's tiles reusable: same input file, bands, model, options, grid, geoseg."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        geoseg_version = version("geoseg")
+    except PackageNotFoundError:  # pragma: no cover - a source tree
+        geoseg_version = "unknown"
+    return journal_key(
+        {
+            "input": input_identity(source.path),
+            "bands": list(source.band_indexes),
+            "model": bundle.checksum,
+            "options": opts.output_options(),
+            "grid": [source.height, source.width, grid.tile_size, grid.halo, int(bundle.downsampling)],
+            "geoseg": geoseg_version,
+        }
+    )
+
+
+def _stage_manifest(outputs: OutputSet, final: Path, manifest: dict) -> None:
+    """Write the manifest under a temporary name and stage it (committed last, with the rest)."""
+    tmp = outputs.temp_for(final, "json-")
+    try:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    except BaseException:
+        remove_files([tmp])
+        raise
+    outputs.stage(final, tmp)
+
+
+def _stage_legends(finals: dict[str, Path], bundle, sink: TileSink, outputs: OutputSet) -> None:
+    """The class map's and the masks' legends: GDAL category names + RAT (.aux.xml), QGIS style (.qml)."""
+    cats = tuple(
+        Category(i, n, c, int(sink.counts[i])) for i, (n, c) in enumerate(zip(bundle.class_names, bundle.class_colors))
+    )
+    stage_legend(finals["classes"], [BandLegend(1, cats)], outputs)
+    if "mask" in finals:
+        stage_legend(finals["mask"], mask_legends(list(bundle.mask_heads), sink.mask_counts.tolist()), outputs)
 
 
 def _stage_stac_item(outputs: OutputSet, final: Path, manifest: dict, fields: dict | None) -> None:
@@ -382,11 +501,16 @@ def _stage_stac_item(outputs: OutputSet, final: Path, manifest: dict, fields: di
     manifest["outputs"]["stac.json"] = output_entry(final, tmp)
 
 
-def _create_products(finals: dict[str, Path], geobox, outputs: OutputSet, bundle) -> list[RasterProduct]:
-    """The class map, confidence and (when the model has mask heads) mask rasters."""
+def _create_products(
+    finals: dict[str, Path], geobox, outputs: OutputSet, bundle, stripes: dict[Path, Path], reopen: bool = False
+) -> list[RasterProduct]:
+    """The class map, confidence and (when the model has mask heads) mask rasters, written
+    into the journal's ``stripes`` files (``reopen``: continue those of a killed run)."""
     names, colors = list(bundle.class_names), list(bundle.class_colors)
+    at = {"reopen": reopen}
     products = [
-        RasterProduct(finals["classes"], geobox, outputs, descriptions=["class"], colors=colors, tags=class_tags(names, colors)),
+        RasterProduct(finals["classes"], geobox, outputs, descriptions=["class"], colors=colors, tags=class_tags(names, colors),
+                      stripes=stripes[finals["classes"]], **at),
         RasterProduct(
             finals["confidence"],
             geobox,
@@ -394,12 +518,15 @@ def _create_products(finals: dict[str, Path], geobox, outputs: OutputSet, bundle
             descriptions=["confidence_percent"],
             tags={"UNITS": "percent", "DESCRIPTION": "max class probability x 100"},
             overview_resampling="AVERAGE",  # a quantity, not a category (and 20% faster than MODE)
+            stripes=stripes[finals["confidence"]],
+            **at,
         ),
     ]
     if "mask" in finals:
         heads = list(bundle.mask_heads)
         products.append(
-            RasterProduct(finals["mask"], geobox, outputs, count=len(heads), descriptions=heads, tags={"MASK_HEADS": ",".join(heads)})
+            RasterProduct(finals["mask"], geobox, outputs, count=len(heads), descriptions=heads, tags={"MASK_HEADS": ",".join(heads)},
+                          stripes=stripes[finals["mask"]], **at)
         )
     return products
 

@@ -1,0 +1,253 @@
+"""Resume inside a scene: a journal of finished tiles beside the hidden partial outputs.
+
+While a scene runs, its tiles are written into hidden "stripes" GeoTIFFs
+(``.<stem>.classes.tif.stripes.partial.tif``, ...) that become the COGs at the end.
+:class:`TileJournal` makes those files survive a kill:
+
+- Every few seconds (:data:`CHECKPOINT_SECONDS`) the stripes are closed (GDAL writes its
+  cached blocks and the tile index), ``fsync``-ed and reopened in update mode; only then
+  are the tiles written so far appended to the journal
+  (``.<stem>.run.json.journal.partial.jsonl``, one JSON line per tile with a CRC-32 of
+  its pixels), and the journal is ``fsync``-ed. A tile in the journal is therefore on
+  disk; a tile written after the last checkpoint is not in it and is simply redone.
+- The journal's first line is a key: the input file (path, size, mtime), the model
+  checksum, every output-shaping option, the tile grid and geoseg's version. A run with
+  ``resume`` whose key differs discards the journal and the stripes and starts over.
+- On restart every journaled tile is read back from the stripes and its CRC checked: a
+  tile whose pixels differ (a block torn by the kill, a damaged file) is redone. The
+  finished outputs are the same bytes as an uninterrupted run's.
+
+The journal and the stripes are removed once the outputs are committed. A failed or
+interrupted run keeps them (hidden, never under a final name) for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from geoseg._signals import critical
+from geoseg.io.faults import writing
+
+__all__ = ["CHECKPOINT_SECONDS", "ResumeState", "TileJournal", "journal_path", "resume_files", "stripes_path", "tile_crc"]
+
+#: Seconds between checkpoints (a kill loses at most this much finished work, plus the
+#: tiles in flight). ``GEOSEG_CHECKPOINT_SECONDS`` overrides it (0: after every tile).
+CHECKPOINT_SECONDS = 10.0
+
+JOURNAL_VERSION = 1
+
+
+def journal_path(out_dir: Path, stem: str) -> Path:
+    """The journal of scene ``stem`` in ``out_dir`` (hidden, a ``.partial`` name)."""
+    return Path(out_dir) / f".{stem}.run.json.journal.partial.jsonl"
+
+
+def stripes_path(final: Path) -> Path:
+    """The hidden stripes file a product's tiles are written into (see :mod:`geoseg.io.cog`)."""
+    return final.with_name(f".{final.name}.stripes.partial.tif")
+
+
+def resume_files(out_dir: Path, stem: str, finals: Iterable[Path] | None = None) -> list[Path]:
+    """The files a killed run of ``stem`` keeps for resuming (journal and stripes)."""
+    out_dir = Path(out_dir)
+    if finals is None:
+        finals = [out_dir / f"{stem}.{k}" for k in ("classes.tif", "confidence.tif", "mask.tif")]
+    return [journal_path(out_dir, stem), *(stripes_path(Path(f)) for f in finals)]
+
+
+def tile_crc(arrays: Sequence[np.ndarray | None]) -> int:
+    """CRC-32 of a tile's product arrays (classes, confidence, masks), in that order."""
+    crc = 0
+    for a in arrays:
+        if a is not None:
+            crc = zlib.crc32(np.ascontiguousarray(a, dtype=np.uint8).tobytes(), crc)
+    return crc
+
+
+def journal_key(fields: dict) -> str:
+    """A digest of everything that shapes the tiles (see the module docstring)."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def input_identity(path: str | os.PathLike) -> dict:
+    """Path, size and modification time of the input (what ``make`` and ``rsync`` compare)."""
+    st = os.stat(path)
+    return {"path": str(Path(path).resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+@dataclass
+class ResumeState:
+    """What a journal says was finished: ``(row, col)`` of each tile core -> entry."""
+
+    tiles: dict[tuple[int, int], dict]
+
+
+def _checkpoint_seconds() -> float:
+    raw = os.environ.get("GEOSEG_CHECKPOINT_SECONDS")
+    if raw is None:
+        return CHECKPOINT_SECONDS
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return CHECKPOINT_SECONDS
+
+
+class TileJournal:
+    """The journal of one scene run (see the module docstring).
+
+    Use: :meth:`open` (reads a matching journal when resuming, else starts a new one),
+    create the products on :meth:`stripes_for` paths, :meth:`verify` the journaled tiles
+    against the reopened stripes, then :meth:`record` tiles as they are written,
+    :meth:`checkpoint` at the end of inference, and :meth:`remove` after the commit.
+    """
+
+    def __init__(self, out_dir: Path, stem: str, key: str, finals: Sequence[Path]) -> None:
+        self.out_dir = Path(out_dir)
+        self.path = journal_path(self.out_dir, stem)
+        self.key = key
+        self.stripes = {Path(f): stripes_path(Path(f)) for f in finals}
+        self.interval = _checkpoint_seconds()
+        self.products: list = []
+        self._pending: list[dict] = []
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+        self._fh = None
+        self.started = False  # a journal of this run is on disk (kept for --resume on failure)
+
+    # ------------------------------------------------------------------ start
+    def open(self, resume: bool) -> ResumeState | None:
+        """Read the journal when ``resume`` and it matches; else remove any old journal and
+        stripes. Returns the journaled tiles, or ``None`` when starting from scratch."""
+        state = self._read() if resume else None
+        if state is None:
+            self.discard()
+        return state
+
+    def _read(self) -> ResumeState | None:
+        if not self.path.exists() or not all(p.exists() for p in self.stripes.values()):
+            return None
+        tiles: dict[tuple[int, int], dict] = {}
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                header = json.loads(f.readline())
+                if header.get("geoseg_journal") != JOURNAL_VERSION or header.get("key") != self.key:
+                    return None
+                for line in f:
+                    try:
+                        e = json.loads(line)
+                        tiles[(int(e["row"]), int(e["col"]))] = e
+                    except (ValueError, KeyError, TypeError):
+                        break  # a line torn by the kill: nothing after it counts
+        except (OSError, ValueError):
+            return None
+        return ResumeState(tiles)
+
+    def stripes_for(self, final: Path) -> Path:
+        return self.stripes[Path(final)]
+
+    def verify(self, state: ResumeState, products: Sequence, tiles: Iterable, good: Callable) -> int:
+        """Read every tile back from the stripes and check the journaled ones' CRCs.
+
+        Calls ``good(tile, arrays, skipped)`` for each journaled tile whose pixels check
+        out (``arrays``: the products' ``(count, h, w)`` values, ``None`` for an absent
+        product); the others will be redone. Where a block cannot be read at all (a write
+        cut short by a full disk), the stripes are rebuilt from the good tiles, so that
+        redoing a tile never reads a damaged block. Rewrites the journal with the good
+        tiles only and returns their number.
+        """
+        kept, damaged = [], False
+        for t in tiles:
+            e = state.tiles.get((t.core.row, t.core.col))
+            try:
+                arrays = [p.read(t.core) if p is not None else None for p in products]
+            except Exception:  # noqa: BLE001 - an unreadable block: redo the tile, rebuild the file
+                damaged = True
+                continue
+            if e is None or tile_crc(arrays) != int(e["crc"]):
+                continue  # not finished, written only in part before the kill, or damaged since
+            good(t, arrays, bool(e.get("skipped", False)))
+            kept.append((t, {"row": t.core.row, "col": t.core.col, "crc": int(e["crc"]), "skipped": bool(e.get("skipped", False))}))
+        if damaged:
+            for p in products:
+                if p is not None:
+                    p.rebuild([t.core for t, _ in kept])
+        self._start([e for _, e in kept])
+        return len(kept)
+
+    def start_fresh(self) -> None:
+        """Write a new journal holding only its key."""
+        self._start([])
+
+    def _start(self, entries: list[dict]) -> None:
+        header = {"geoseg_journal": JOURNAL_VERSION, "key": self.key}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with writing("the resume journal", self.out_dir):
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(json.dumps(header) + "\n")
+                f.writelines(json.dumps(e) + "\n" for e in entries)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - appended to until close()
+        self.started = True
+
+    # ------------------------------------------------------------------ while running
+    def record(self, core, arrays: Sequence[np.ndarray | None], skipped: bool) -> None:
+        """Note a tile whose products are all written; checkpoint when one is due."""
+        entry = {"row": core.row, "col": core.col, "crc": tile_crc(arrays), "skipped": bool(skipped)}
+        with self._lock:
+            self._pending.append(entry)
+            if time.monotonic() - self._last >= self.interval:
+                self._checkpoint_locked()
+
+    def checkpoint(self) -> None:
+        """Make every recorded tile durable: flush the stripes, then journal the tiles."""
+        with self._lock:
+            self._checkpoint_locked()
+
+    def _checkpoint_locked(self) -> None:
+        self._last = time.monotonic()
+        if not self._pending or self._fh is None:
+            return
+        with critical():  # a Ctrl-C or SIGTERM lands after the checkpoint, not inside it
+            for p in self.products:
+                if p is not None:
+                    p.sync()  # close (GDAL writes cached blocks + tile index), fsync, reopen for update
+            lines = "".join(json.dumps(e) + "\n" for e in self._pending)
+            with writing("the resume journal", self.out_dir):
+                self._fh.write(lines)
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            self._pending.clear()
+
+    # ------------------------------------------------------------------ end
+    def close(self) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.close()
+            except OSError:
+                pass
+            self._fh = None
+
+    def discard(self) -> None:
+        """Remove the journal and the stripes (a fresh start, or before the commit)."""
+        self.close()
+        self.started = False
+        for p in [self.path, self.path.with_name(self.path.name + ".tmp"), *self.stripes.values()]:
+            for q in (p, Path(str(p) + ".aux.xml")):
+                try:
+                    q.unlink()
+                except FileNotFoundError:
+                    pass
+
+    remove = discard
