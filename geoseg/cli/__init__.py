@@ -11,6 +11,7 @@ import click
 
 from geoseg.cli._options import CONTEXT
 from geoseg.cli.batch import batch_command
+from geoseg.cli.export import export_cmd, models_show_cmd
 from geoseg.cli.run import demo_cmd, models_cmd, run_cmd, synth_cmd, vectorize_cmd
 from geoseg.cli.train import evaluate_command, train_command
 
@@ -30,6 +31,8 @@ def cli() -> None:
 
 for _command in (run_cmd, vectorize_cmd, synth_cmd, models_cmd, demo_cmd, train_command, evaluate_command, batch_command):
     cli.add_command(_command)
+cli.add_command(export_cmd)
+models_cmd.add_command(models_show_cmd)
 
 
 def main() -> None:

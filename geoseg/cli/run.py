@@ -179,12 +179,16 @@ def synth_cmd(out, size, bands, seed, labels, crs, nodata_border):
                + (f" and {info.labels_path}" if labels else "") + f" in {time.perf_counter() - t:.1f} s", err=True)
 
 
-@click.command("models", context_settings=CONTEXT)
+@click.group("models", context_settings=CONTEXT, invoke_without_command=True)
 @json_option("Print as JSON.")
+@click.pass_context
 @handle_errors
-def models_cmd(as_json):
-    """List the built-in models."""
+def models_cmd(ctx, as_json):
+    """List the built-in models (`geoseg models show MODEL` describes one)."""
     from geoseg.models import list_models
+
+    if ctx.invoked_subcommand is not None:
+        return
 
     models = list_models()
     if as_json:
