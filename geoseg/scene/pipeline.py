@@ -30,7 +30,7 @@ from geoseg.io.cog import RasterProduct, class_tags
 from geoseg.io.raster import SceneSource, dtype_range, file_sha256, open_raster, open_scene
 from geoseg.progress import Progress
 from geoseg.scene.manifest import build_manifest, write_manifest
-from geoseg.scene.predict import get_predictor, resolve_device
+from geoseg.scene.predict import PROBABILITY_SCALE, check_precision, get_predictor, resolve_device
 from geoseg.vector.api import VectorizeOptions
 
 #: Torch threads per forward on CPU. Every forward runs on one core and tiles run in
@@ -60,6 +60,9 @@ class RunOptions:
     simplify: float = 0.0  # metres: topology-preserving simplification of the polygons
     connectivity: int = 4  # 4 or 8: how pixels of a class join into polygons
     stac: bool = False  # also write <stem>.stac.json, a STAC Item describing the outputs
+    tta: bool = False  # average the probabilities of the 8 flips/rotations of every window
+    probabilities: bool = False  # also write <stem>.probabilities.tif (uint8 p x 254 per class)
+    precision: str = "fp32"  # fp32, or fp16/bf16 autocast on CUDA
 
     def output_options(self) -> dict:
         """The options that shape the outputs, as requested (recorded in the manifest as
@@ -71,7 +74,8 @@ class RunOptions:
 
 
 #: The :class:`RunOptions` fields that shape a run's outputs.
-OUTPUT_OPTIONS = ("tile_size", "batch_size", "device", "bands", "vectorize", "min_area", "simplify", "connectivity", "stac")
+OUTPUT_OPTIONS = ("tile_size", "batch_size", "device", "bands", "vectorize", "min_area", "simplify", "connectivity", "stac",
+                  "tta", "probabilities", "precision")
 
 
 @dataclass
@@ -83,6 +87,7 @@ class TileResult:
     confidence: np.ndarray
     masks: np.ndarray
     skipped: bool
+    probabilities: np.ndarray | None = None  # (C, h, w) uint8, with --probabilities
 
 
 def check_contract(source: SceneSource, bundle) -> None:
@@ -106,13 +111,17 @@ def predict_batch(
     device: str,
     torch_threads: int | None = None,
     checksum: str | None = None,
+    tta: bool = False,
+    probabilities: bool = False,
+    precision: str = "fp32",
 ) -> list[TileResult]:
     """Dask task: read the tiles (with halo), run the model, keep the cores.
 
     ``model`` is a resolved reference (:func:`geoseg.models.refs.resolve_model_ref`) and
     ``checksum`` the content checksum of the bundle it must load (the predictor cache key).
     """
-    predictor = get_predictor(model, checksum, resolve_device(device), torch_threads)
+    predictor = get_predictor(model, checksum, resolve_device(device), torch_threads, precision)
+    options = {"tta": tta, "probabilities": probabilities}
     with open_raster(source.path) as ds:
         reads = [source.read(t.read, ds) for t in tiles]
     data = np.stack([r[0] for r in reads])
@@ -122,18 +131,22 @@ def predict_batch(
     context, inner = tiles[0].context, tiles[0].inner  # the same for a batch (grid.batches)
     core = tiles[0].core
     if has_valid.all():
-        pred = predictor.predict(data, valid, context, inner)
+        pred = predictor.predict(data, valid, context, inner, **options)
     else:
-        pred = predictor.empty(len(tiles), core.height, core.width)
+        n_prob = int(predictor.num_classes) if probabilities else 0
+        pred = predictor.empty(len(tiles), core.height, core.width, n_prob)
         if has_valid.any():
-            sub = predictor.predict(data[has_valid], valid[has_valid], context, inner)
+            sub = predictor.predict(data[has_valid], valid[has_valid], context, inner, **options)
+            if probabilities:
+                pred.probabilities[has_valid] = sub.probabilities
             pred.classes[has_valid], pred.confidence[has_valid], pred.masks[has_valid] = (
                 sub.classes,
                 sub.confidence,
                 sub.masks,
             )
     return [
-        TileResult(tile.core, pred.classes[k], pred.confidence[k], pred.masks[k], skipped=not bool(has_valid[k]))
+        TileResult(tile.core, pred.classes[k], pred.confidence[k], pred.masks[k], skipped=not bool(has_valid[k]),
+                   probabilities=None if pred.probabilities is None else pred.probabilities[k])
         for k, tile in enumerate(tiles)
     ]
 
@@ -142,9 +155,11 @@ class TileSink:
     """Receives tile results and writes them into the output rasters."""
 
     def __init__(
-        self, classes: RasterProduct, confidence: RasterProduct, masks: RasterProduct | None, progress: Progress
+        self, classes: RasterProduct, confidence: RasterProduct, masks: RasterProduct | None, progress: Progress,
+        probabilities: RasterProduct | None = None,
     ) -> None:
         self.classes, self.confidence, self.masks = classes, confidence, masks
+        self.probabilities = probabilities
         self.counts = np.zeros(256, dtype=np.int64)
         self.skipped = 0
         self.progress = progress
@@ -156,6 +171,8 @@ class TileSink:
             self.confidence.write(r.core, r.confidence)
             if self.masks is not None:
                 self.masks.write(r.core, r.masks)
+            if self.probabilities is not None:
+                self.probabilities.write(r.core, r.probabilities)
             with self._lock:
                 self.counts += np.bincount(r.classes.ravel(), minlength=256)
                 self.skipped += r.skipped
@@ -272,12 +289,17 @@ def run_scene(
         # best effort for API users; most effective before torch starts (geoseg.allocator)
         tune_cpu_allocator()
     batch_size = opts.batch_size or (1 if device == "cpu" else 4)
+    precision = opts.precision if resources else check_precision(opts.precision, device)
     grid = TileGrid(source.height, source.width, opts.tile_size, halo=int(bundle.halo), factor=int(bundle.downsampling))
 
     out = prepare_out_dir(out_dir if out_dir is not None else _default_out_dir(path))
     stem = Path(path).stem
     has_masks = len(bundle.mask_heads) > 0
     finals = output_paths(out, stem, has_masks, opts.vectorize, opts.stac)
+    if opts.probabilities:  # before the manifest, which comes last
+        manifest_path = finals.pop("manifest")
+        finals["probabilities"] = out / f"{stem}.probabilities.tif"
+        finals["manifest"] = manifest_path
     outputs = OutputSet(out, overwrite=opts.overwrite)
     outputs.check_free(list(finals.values()))
     timings["validate"] = time.perf_counter() - t0
@@ -289,15 +311,17 @@ def run_scene(
         products = _create_products(finals, source.geobox, outputs, bundle)
         classes, confidence = products[0], products[1]
         masks = products[2] if has_masks else None
+        probs = products[-1] if opts.probabilities else None
 
         tiles = list(grid)
         plan = batches(tiles, batch_size)
         torch_threads = CPU_TORCH_THREADS if distributed else None  # threaded: set by _run_threaded
         model_ref = resolve_model_ref(model)
-        tasks = [(source, b, model_ref, device, torch_threads, bundle.checksum) for b in plan]
+        tasks = [(source, b, model_ref, device, torch_threads, bundle.checksum, opts.tta, opts.probabilities, precision)
+                 for b in plan]
         t1 = time.perf_counter()
         with Progress(total=len(tiles), desc=f"{stem}: tiles", disable=opts.quiet) as progress:
-            sink = TileSink(classes, confidence, masks, progress)
+            sink = TileSink(classes, confidence, masks, progress, probs)
             if distributed:
                 sched_info = _run_distributed(sink, tasks, opts.scheduler, opts.workers, client, resources)
             else:
@@ -312,7 +336,8 @@ def run_scene(
         # work and GDAL's COG writer (which calls back into Python) convoy on the GIL,
         # and both took 4-6x longer than in sequence (measured on the demo scene).
         t2 = time.perf_counter()
-        stripes = dict(zip(("classes", "confidence", "mask"), (p.close() for p in products)))
+        stripes = dict(zip([k for k in ("classes", "confidence", "mask", "probabilities") if k in finals],
+                           (p.close() for p in products)))
         for p in products:
             p.finish()
         timings["write_cogs"] = time.perf_counter() - t2
@@ -391,6 +416,15 @@ def _create_products(finals: dict[str, Path], geobox, outputs: OutputSet, bundle
         heads = list(bundle.mask_heads)
         products.append(
             RasterProduct(finals["mask"], geobox, outputs, count=len(heads), descriptions=heads, tags={"MASK_HEADS": ",".join(heads)})
+        )
+    if "probabilities" in finals:
+        products.append(
+            RasterProduct(
+                finals["probabilities"], geobox, outputs, count=len(names), descriptions=names,
+                tags={"UNITS": "probability x 254", "SCALE": f"1/{PROBABILITY_SCALE}",
+                      "DESCRIPTION": "per-class probability, round(p x 254); 255 = nodata"},
+                overview_resampling="AVERAGE",
+            )
         )
     return products
 
