@@ -294,3 +294,21 @@ def test_export_mlm_writes_the_item_and_the_bundle_it_points_to(tmp_path) -> Non
     data = weights.read_bytes()
     assert asset["file:size"] == len(data) and asset["file:checksum"] == "1220" + hashlib.sha256(data).hexdigest()
     assert load_model(weights).class_names == ("water", "vegetation", "other")
+
+
+def test_onnx_resolution_is_the_gsd_geoseg_train_records(masked_unet) -> None:
+    """`geoseg train` stores the images' pixel size (``training.gsd_m``); ONNX `resolution` is it in cm."""
+    from geoseg.errors import ModelError
+    from geoseg.models import load_model
+    from geoseg.models.export import _resolution_cm, onnx_metadata
+    from geoseg.models.mlm_item import item_for_model
+
+    bundle = load_model(masked_unet)
+    with pytest.raises(ModelError, match="--resolution"):
+        _resolution_cm(bundle, None)
+    trained = bundle.replace(training={"gsd_m": 0.3})
+    assert _resolution_cm(trained, None) == 30.0 and _resolution_cm(trained, 12.5) == 12.5
+    meta = onnx_metadata(trained, 512, 30.0, list(trained.bands))
+    # 10% of 512 is 51 px (>= 2 x 24 but off the factor-4 grid), 11% is 56 px
+    assert json.loads(meta["resolution"]) == 30.0 and json.loads(meta["tiles_overlap"]) == 11
+    assert item_for_model(trained)["properties"]["gsd"] == 0.3
