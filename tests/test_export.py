@@ -81,8 +81,11 @@ def test_onnx_has_the_metadata_deepness_and_geodeep_read_and_a_fixed_input(rgb) 
     assert isinstance(overlap, int) and (256 * overlap // 100) // 2 >= 56  # the discarded margin covers the halo
     assert (256 * overlap // 100) % 8 == 0  # tile origins stay on the downsampling grid
     assert json.loads(meta["standardization_mean"]) == [0.0] * 3 and json.loads(meta["standardization_std"]) == [1.0] * 3
-    contract = json.loads(meta["geoseg"])
-    assert contract["input_bands"] == ["red", "green", "blue"] and contract["spec"]["bands"] == ["blue", "green", "red"]
+    contract = json.loads(meta["geoseg"])  # what the graph takes: raw / 255 in red, green, blue order
+    assert contract["bands"] == ["red", "green", "blue"] and contract["outputs"] == "probabilities"
+    assert contract["normalization"] == {"mean": [0.0] * 3, "std": [255.0] * 3}
+    assert contract["halo"] == 56 and contract["downsampling"] == 8 and contract["input_size"] == [256, 256]
+    assert contract["gsd"] == 0.5 and contract["mask_heads"] == [] and [c["name"] for c in contract["classes"]] == list("abcd")
     # GeoDeep's own reader (geodeep/inference.py)
     _, config = create_session(str(rgb["onnx"]))
     assert config["model_type"] == "Segmentor" and config["tiles_size"] == 256 and config["resolution"] == 50.0
@@ -164,13 +167,14 @@ def test_torchscript_and_pt2_round_trip_with_their_sidecar(masked_unet, tmp_path
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["max_abs_diff"] is not None and summary["max_abs_diff"] < 1e-4
-    side = Path(str(out) + ".geoseg.json")
+    side = tmp_path / "m.geoseg.json"
     assert sorted(summary["files"]) == sorted([str(out), str(side)])
     contract = json.loads(side.read_text())
     bundle = load_model(masked_unet)
-    assert contract["runtime"] == fmt and contract["input_size"] is None
-    assert contract["inputs"] == "normalized" and contract["outputs"] == "logits"
-    assert contract["spec"] == json.loads(bundle.spec.model_dump_json())
+    assert contract["input_size"] is None and contract["outputs"] == "logits"
+    spec = json.loads(bundle.spec.model_dump_json())
+    for key in ("name", "bands", "normalization", "classes", "mask_heads", "halo", "downsampling"):
+        assert contract[key] == spec[key], key
     x = torch.randn(2, 4, 40, 56)  # a size the export was not traced at (multiples of 4)
     if fmt == "torchscript":
         extra = {"geoseg.json": ""}
@@ -192,7 +196,7 @@ def test_torchscript_with_a_fixed_tile_size(masked_unet, tmp_path) -> None:
     out = tmp_path / "fixed.pt"
     result = export_model(masked_unet, out, "torchscript", tile_size=50)
     assert result.input_size == (52, 52)
-    contract = json.loads(Path(str(out) + ".geoseg.json").read_text())
+    contract = json.loads((tmp_path / "fixed.geoseg.json").read_text())
     assert contract["input_size"] == [52, 52]  # rounded up to the factor 4
 
 

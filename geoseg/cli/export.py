@@ -35,8 +35,8 @@ def export_cmd(model, out, fmt, tile_size, resolution, overwrite, as_json):
                  fixed TILE x TILE size (both tools take their tile size from it), class
                  probabilities out, metadata with class names, resolution, tile size and an
                  overlap that covers the model's halo (exact seams in GeoDeep)
-    torchscript  the network (normalised input, logits out) + sidecar OUT.geoseg.json
-    pt2          a torch.export program of the network + sidecar OUT.geoseg.json
+    torchscript  the network (normalised input, logits out) + sidecar <stem>.geoseg.json
+    pt2          a torch.export program of the network + sidecar <stem>.geoseg.json
     mlm          a STAC MLM Item (v1.5) describing the bundle (the bundle is written
                  beside it when MODEL has no file of its own)
     The written file is loaded back and checked against the model before it gets its name.

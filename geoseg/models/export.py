@@ -10,12 +10,13 @@
   exported: both tools read one output). Its metadata holds the keys the two tools read
   (``model_type``, ``class_names``, ``resolution`` in cm/px, ``tile_size`` and
   ``tiles_size``, ``tiles_overlap`` in percent, ``seg_thresh``, ``seg_small_segment``,
-  ``standardization_mean``/``_std``) plus ``geoseg``, the full contract as JSON.
+  ``standardization_mean``/``_std``) plus ``geoseg``, the contract of the graph as JSON.
 - ``torchscript`` / ``pt2``: the bare network, exactly the bundle's module (normalised
   float32 ``(N, bands, H, W)`` in, class logits - and mask logits - out), traced with
   :func:`torch.jit.trace` / exported with :func:`torch.export.export` (H and W any
   multiple of the downsampling factor, or exactly ``tile_size``), and a sidecar
-  ``OUT.geoseg.json`` with the contract; the same JSON is stored inside the archive
+  ``MODEL.geoseg.json`` (the suffix replaced: ``m.pt2`` -> ``m.geoseg.json``) with the
+  contract (:func:`_contract`); the same JSON is stored inside the archive
   (extra file ``geoseg.json``).
 
 Every export is checked before it is committed: the written file is loaded back with its
@@ -58,8 +59,6 @@ FORMATS = ("onnx", "torchscript", "pt2", "mlm")
 #: Default fixed tile size of ONNX exports (Deepness and GeoDeep read it from the input shape).
 DEFAULT_ONNX_TILE = 512
 
-SIDECAR_FORMAT = "geoseg-sidecar"
-SIDECAR_VERSION = 1
 _RGB = ("red", "green", "blue")
 #: Tolerance of the check of an export against the bundle (float32 reordering only).
 _TOLERANCE = 1e-3
@@ -102,9 +101,10 @@ class ExportResult:
 
 
 def sidecar_path(model_path: str | os.PathLike[str]) -> Path:
-    """The geoseg sidecar of an exported model file: ``MODEL.geoseg.json``."""
+    """The geoseg sidecar of an exported model file: ``MODEL.geoseg.json`` for ``MODEL.pt2``
+    (the suffix replaced, as geoseg's model reader looks for it)."""
     p = Path(model_path)
-    return p.with_name(p.name + ".geoseg.json")
+    return p.with_name(p.stem + ".geoseg.json") if p.suffix else p.with_name(p.name + ".geoseg.json")
 
 
 def tiles_overlap_percent(tile: int, halo: int, factor: int = 1) -> int:
@@ -125,17 +125,38 @@ def tiles_overlap_percent(tile: int, halo: int, factor: int = 1) -> int:
     return need
 
 
-def _contract(bundle, runtime: str, input_size: tuple[int, int] | None, **extra: Any) -> dict[str, Any]:
-    out = {
-        "format": SIDECAR_FORMAT,
-        "format_version": SIDECAR_VERSION,
-        "runtime": runtime,
-        "input_size": list(input_size) if input_size else None,
-        "inputs": "normalized",
+def _gsd_m(bundle) -> float | None:
+    spec = bundle.spec
+    gsd = getattr(spec, "gsd", None)
+    if gsd is None:
+        gsd = (spec.training or {}).get("gsd_m")
+    return float(gsd) if gsd else None
+
+
+def _contract(bundle, input_size: tuple[int, int] | None, **changes: Any) -> dict[str, Any]:
+    """The contract of an exported network, in the fields geoseg's model reader takes from a
+    sidecar ``MODEL.geoseg.json``, an archive's ``geoseg.json`` or the ONNX ``geoseg`` key:
+    what the exported graph takes (bands in input order, normalisation, value range) and
+    gives (classes, mask heads, logits or probabilities), its halo and downsampling factor,
+    fixed input size and ground sample distance (metres)."""
+    spec = bundle.spec
+    out: dict[str, Any] = {
+        "name": spec.name,
+        "description": spec.description,
+        "bands": list(spec.bands),
+        "normalization": {"mean": list(spec.normalization.mean), "std": list(spec.normalization.std)},
+        "value_range": list(spec.value_range) if spec.value_range is not None else None,
+        "classes": [{"name": c.name, "color": c.color} for c in spec.classes],
+        "mask_heads": list(spec.mask_heads),
         "outputs": "logits",
-        "spec": json.loads(bundle.spec.model_dump_json()),
+        "halo": int(spec.halo),
+        "downsampling": int(spec.downsampling),
+        "input_size": list(input_size) if input_size else None,
     }
-    out.update(extra)
+    gsd = _gsd_m(bundle)
+    if gsd:
+        out["gsd"] = gsd
+    out.update(changes)
     return out
 
 
@@ -145,12 +166,9 @@ def _resolution_cm(bundle, resolution: float | None) -> float:
         if not resolution > 0:
             raise ModelError(f"resolution must be > 0 cm/px, got {resolution}")
         return float(resolution)
-    spec = bundle.spec
-    gsd = getattr(spec, "gsd", None)
-    if gsd is None:
-        gsd = (spec.training or {}).get("gsd_m")
+    gsd = _gsd_m(bundle)
     if gsd:
-        return round(float(gsd) * 100.0, 4)
+        return round(gsd * 100.0, 4)
     raise ModelError(
         f"model {bundle.name!r} does not record the ground sample distance it was trained at: "
         "pass the resolution of its training imagery in cm per pixel (--resolution CM), which "
@@ -189,9 +207,10 @@ def onnx_metadata(bundle, tile: int, resolution_cm: float, input_bands: list[str
         "standardization_std": [1.0] * nb,
     }
     out = {k: json.dumps(v) for k, v in meta.items()}
+    # the graph takes raw / 255 (the Deepness convention) in the input band order, gives probabilities
     contract = _contract(
-        bundle, "onnx", (tile, tile), inputs="raw/255", outputs="probabilities", input_bands=input_bands,
-        input_scale=1.0 / 255.0, resolution_cm=resolution_cm,
+        bundle, (tile, tile), bands=input_bands, normalization={"mean": [0.0] * nb, "std": [255.0] * nb},
+        outputs="probabilities", mask_heads=[], gsd=resolution_cm / 100.0,
     )
     out["geoseg"] = json.dumps(contract, separators=(",", ":"))
     out["name"] = bundle.name
@@ -417,7 +436,7 @@ def _export_torch(bundle, out: Path, fmt: str, tile_size, overwrite: bool, check
     side = sidecar_path(out)
     _check_free([out, side], overwrite)
     input_size = (tile, tile) if tile else None
-    contract = _contract(bundle, fmt, input_size)
+    contract = _contract(bundle, input_size)
     text = json.dumps(contract, indent=2) + "\n"
     module = bundle.module.eval()
     tmp, tmp_side = temp_path(out, f"{fmt}-"), temp_path(side, "json-")
