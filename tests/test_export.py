@@ -46,6 +46,8 @@ def rgb(tmp_path_factory) -> dict:
 
     from geoseg.models import build_unet
 
+    for extra in ("onnx", "onnxscript", "onnxruntime"):  # geoseg[onnx]
+        pytest.importorskip(extra)
     d = tmp_path_factory.mktemp("rgb")
     bundle = build_unet(["blue", "green", "red"], ["a", "b", "c", "d"], base_width=8, depth=3, seed=3,
                         normalization={"mean": [120.0, 128.0, 136.0], "std": [40.0, 42.0, 38.0]}, value_range=(0, 255))
@@ -65,7 +67,8 @@ def rgb(tmp_path_factory) -> dict:
 @pytest.mark.slow
 def test_onnx_has_the_metadata_deepness_and_geodeep_read_and_a_fixed_input(rgb) -> None:
     import onnxruntime as ort
-    from geodeep.inference import create_session
+
+    create_session = pytest.importorskip("geodeep.inference").create_session
 
     session = ort.InferenceSession(str(rgb["onnx"]), providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
@@ -118,7 +121,7 @@ def test_geodeep_runs_the_export_and_agrees_with_geoseg(rgb, tmp_path) -> None:
     grid (600 - 256 is a multiple of 8), its tiles are exact, so the maps agree everywhere
     up to float rounding; the check leaves 8 px either side of GeoDeep's seams out anyway.
     """
-    import geodeep
+    geodeep = pytest.importorskip("geodeep")  # in the test extra
     from geodeep.utils import median_filter
 
     proc = geoseg("run", rgb["scene"], "-o", tmp_path / "out", "-m", rgb["model"], "--no-vectorize", "-q",
