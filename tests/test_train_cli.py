@@ -82,6 +82,7 @@ def test_learns_a_synthetic_scene_and_run_uses_the_bundle(landcover_scene, tmp_p
     assert bundle.class_names == tuple(names) and bundle.class_colors[0] == LANDCOVER_CLASSES[0].color
     assert bundle.training["mask_classes"] == {"built_up": [4, 5]}
     assert bundle.training["best_epoch"] == summary["best_epoch"]
+    assert bundle.training["gsd_m"] == 10.0  # the image's pixel size: `geoseg export --format onnx` needs it
 
     # `geoseg run --model` uses the bundle directly
     ok(invoke(cli, "run", image, "-o", tmp_path / "run", "-m", out, "--no-vectorize", "--tile-size", 128, "-q"))

@@ -12,6 +12,7 @@ import click
 from geoseg.cli._options import CONTEXT
 from geoseg.cli.batch import batch_command
 from geoseg.cli.inspect import inspect_cmd
+from geoseg.cli.export import export_cmd, models_show_cmd
 from geoseg.cli.run import demo_cmd, models_cmd, run_cmd, synth_cmd, vectorize_cmd
 from geoseg.cli.train import evaluate_command, train_command
 
@@ -32,6 +33,8 @@ def cli() -> None:
 models_cmd.add_command(inspect_cmd)  # geoseg models inspect MODEL
 for _command in (run_cmd, vectorize_cmd, synth_cmd, models_cmd, demo_cmd, train_command, evaluate_command, batch_command):
     cli.add_command(_command)
+cli.add_command(export_cmd)
+models_cmd.add_command(models_show_cmd)
 
 
 def main() -> None:

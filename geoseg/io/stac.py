@@ -161,6 +161,18 @@ def scene_item(
             ],
             **_file_fields(outputs["mask.tif"]),
         }
+    if "probabilities.tif" in outputs:
+        assets["probabilities"] = {
+            "href": f"./{outputs['probabilities.tif']['path']}",
+            "type": COG_TYPE,
+            "title": "Class probabilities, one band per class: round(p x 254), 255 = nodata",
+            "roles": ["data"],
+            "raster:bands": [
+                {"name": name, "data_type": "uint8", "nodata": NODATA, "scale": 1 / 254, "offset": 0}
+                for name in model["classes"]
+            ],
+            **_file_fields(outputs["probabilities.tif"]),
+        }
     if "gpkg" in outputs:
         layers = ["classes", *model["mask_heads"]]
         assets["vectors"] = {

@@ -33,7 +33,7 @@ from geoseg.io.raster import SceneSource, dtype_range, file_sha256, open_raster,
 from geoseg.progress import Progress
 from geoseg.scene.journal import TileJournal, input_identity, journal_key
 from geoseg.scene.manifest import build_manifest
-from geoseg.scene.predict import get_predictor, resolve_device
+from geoseg.scene.predict import PROBABILITY_SCALE, check_precision, get_predictor, resolve_device
 from geoseg.scene.tiling import blend_batch, plan_tiles
 from geoseg.vector.api import VectorizeOptions
 
@@ -65,6 +65,9 @@ class RunOptions:
     connectivity: int = 4  # 4 or 8: how pixels of a class join into polygons
     stac: bool = False  # also write <stem>.stac.json, a STAC Item describing the outputs
     resume: bool = False  # continue from the tiles a killed run journaled (geoseg.scene.journal)
+    tta: bool = False  # average the probabilities of the 8 flips/rotations of every window
+    probabilities: bool = False  # also write <stem>.probabilities.tif (uint8 p x 254 per class)
+    precision: str = "fp32"  # fp32, or fp16/bf16 autocast on CUDA
 
     def output_options(self) -> dict:
         """The options that shape the outputs, as requested (recorded in the manifest as
@@ -76,7 +79,8 @@ class RunOptions:
 
 
 #: The :class:`RunOptions` fields that shape a run's outputs.
-OUTPUT_OPTIONS = ("tile_size", "batch_size", "device", "bands", "vectorize", "min_area", "simplify", "connectivity", "stac")
+OUTPUT_OPTIONS = ("tile_size", "batch_size", "device", "bands", "vectorize", "min_area", "simplify", "connectivity", "stac",
+                  "tta", "probabilities", "precision")
 
 
 @dataclass
@@ -88,6 +92,7 @@ class TileResult:
     confidence: np.ndarray
     masks: np.ndarray
     skipped: bool
+    probabilities: np.ndarray | None = None  # (C, h, w) uint8, with --probabilities
 
 
 def check_contract(source: SceneSource, bundle) -> None:
@@ -111,13 +116,17 @@ def predict_batch(
     device: str,
     torch_threads: int | None = None,
     checksum: str | None = None,
+    tta: bool = False,
+    probabilities: bool = False,
+    precision: str = "fp32",
 ) -> list[TileResult]:
     """Dask task: read the tiles (with halo), run the model, keep the cores.
 
     ``model`` is a resolved reference (:func:`geoseg.models.refs.resolve_model_ref`) and
     ``checksum`` the content checksum of the bundle it must load (the predictor cache key).
     """
-    predictor = get_predictor(model, checksum, resolve_device(device), torch_threads)
+    predictor = get_predictor(model, checksum, resolve_device(device), torch_threads, precision)
+    options = {"tta": tta, "probabilities": probabilities}
     with open_raster(source.path) as ds:
         reads = [source.read(t.read, ds) for t in tiles]
     data = np.stack([r[0] for r in reads])
@@ -127,18 +136,22 @@ def predict_batch(
     context, inner = tiles[0].context, tiles[0].inner  # the same for a batch (grid.batches)
     core = tiles[0].core
     if has_valid.all():
-        pred = predictor.predict(data, valid, context, inner)
+        pred = predictor.predict(data, valid, context, inner, **options)
     else:
-        pred = predictor.empty(len(tiles), core.height, core.width)
+        n_prob = int(predictor.num_classes) if probabilities else 0
+        pred = predictor.empty(len(tiles), core.height, core.width, n_prob)
         if has_valid.any():
-            sub = predictor.predict(data[has_valid], valid[has_valid], context, inner)
+            sub = predictor.predict(data[has_valid], valid[has_valid], context, inner, **options)
+            if probabilities:
+                pred.probabilities[has_valid] = sub.probabilities
             pred.classes[has_valid], pred.confidence[has_valid], pred.masks[has_valid] = (
                 sub.classes,
                 sub.confidence,
                 sub.masks,
             )
     return [
-        TileResult(tile.core, pred.classes[k], pred.confidence[k], pred.masks[k], skipped=not bool(has_valid[k]))
+        TileResult(tile.core, pred.classes[k], pred.confidence[k], pred.masks[k], skipped=not bool(has_valid[k]),
+                   probabilities=None if pred.probabilities is None else pred.probabilities[k])
         for k, tile in enumerate(tiles)
     ]
 
@@ -153,8 +166,10 @@ class TileSink:
         masks: RasterProduct | None,
         progress: Progress,
         journal: TileJournal | None = None,
+        probabilities: RasterProduct | None = None,
     ) -> None:
         self.classes, self.confidence, self.masks = classes, confidence, masks
+        self.probabilities = probabilities
         self.counts = np.zeros(256, dtype=np.int64)
         self.mask_counts = np.zeros((masks.count if masks is not None else 0, 2), dtype=np.int64)  # 0s, 1s per head
         self.skipped = 0
@@ -194,6 +209,8 @@ class TileSink:
             self.confidence.write(r.core, r.confidence)
             if self.masks is not None:
                 self.masks.write(r.core, r.masks)
+            if self.probabilities is not None:
+                self.probabilities.write(r.core, r.probabilities)
             self._add(r.classes, r.masks if self.masks is not None else None, r.skipped)
             if self.journal is not None:
                 self.journal.record(r.core, [r.classes, r.confidence, r.masks if self.masks is not None else None], r.skipped)
@@ -312,13 +329,23 @@ def run_scene(
         # best effort for API users; most effective before torch starts (geoseg.allocator)
         tune_cpu_allocator()
     batch_size = opts.batch_size or (1 if device == "cpu" else 4)
+    precision = opts.precision if resources else check_precision(opts.precision, device)
     tiling = plan_tiles(bundle, source.height, source.width, opts.tile_size)  # exact, fixed-size or blended seams
     grid = tiling.grid
+    if tiling.layout is not None and (opts.tta or opts.probabilities):
+        raise InputError(
+            f"model '{bundle.name}' runs with blended seams (its receptive field exceeds the exact-halo limit): "
+            "tta and probabilities are available for exact-seam models only; run without them"
+        )
 
     out = prepare_out_dir(out_dir if out_dir is not None else _default_out_dir(path))
     stem = Path(path).stem
     has_masks = len(bundle.mask_heads) > 0
     finals = output_paths(out, stem, has_masks, opts.vectorize, opts.stac)
+    if opts.probabilities:  # before the manifest, which comes last
+        manifest_path = finals.pop("manifest")
+        finals["probabilities"] = out / f"{stem}.probabilities.tif"
+        finals["manifest"] = manifest_path
     outputs = OutputSet(out, overwrite=opts.overwrite)
     outputs.check_free(list(finals.values()))
     timings["validate"] = time.perf_counter() - t0
@@ -340,13 +367,14 @@ def run_scene(
         journal.products = products
         classes, confidence = products[0], products[1]
         masks = products[2] if has_masks else None
+        probs = products[-1] if opts.probabilities else None
 
         tiles = tiling.tiles
         torch_threads = CPU_TORCH_THREADS if distributed else None  # threaded: set by _run_threaded
         model_ref = resolve_model_ref(model)
         t1 = time.perf_counter()
         with Progress(total=len(tiles), desc=f"{stem}: tiles", disable=opts.quiet) as progress:
-            sink = TileSink(classes, confidence, masks, progress, journal)
+            sink = TileSink(classes, confidence, masks, progress, journal, probs)
             done = sink.resume(journal, state, tiles)
             # the same batches as an uninterrupted run (the same bytes), less those all done;
             # blended seams need every window's probabilities, so they rerun all windows and
@@ -354,10 +382,12 @@ def run_scene(
             plan = batches(tiles, batch_size)
             if tiling.layout is None:
                 plan = [b for b in plan if any((t.core.row, t.core.col) not in done for t in b)]
-            tasks = [(source, b, model_ref, device, torch_threads, bundle.checksum) for b in plan]
-            task = predict_batch
-            if tiling.layout is not None:  # blended seams: probabilities of overlapping windows
-                task, tasks = blend_batch, [(*t, tiling.layout) for t in tasks]
+                task = predict_batch
+                tasks = [(source, b, model_ref, device, torch_threads, bundle.checksum, opts.tta, opts.probabilities,
+                          precision) for b in plan]
+            else:  # blended seams: probabilities of overlapping windows
+                task = blend_batch
+                tasks = [(source, b, model_ref, device, torch_threads, bundle.checksum, tiling.layout) for b in plan]
             writer = tiling.writer(sink)
             if distributed:
                 sched_info = _run_distributed(writer, tasks, opts.scheduler, opts.workers, client, resources, task)
@@ -374,7 +404,8 @@ def run_scene(
         # work and GDAL's COG writer (which calls back into Python) convoy on the GIL,
         # and both took 4-6x longer than in sequence (measured on the demo scene).
         t2 = time.perf_counter()
-        stripes = dict(zip(("classes", "confidence", "mask"), (p.close() for p in products)))
+        stripes = dict(zip([k for k in ("classes", "confidence", "mask", "probabilities") if k in finals],
+                           (p.close() for p in products)))
         for p in products:
             p.finish()
         _stage_legends(finals, bundle, sink, outputs)
@@ -442,7 +473,7 @@ def run_scene(
 
 
 #: The raster products whose tiles the journal tracks (keys of ``output_paths``).
-PRODUCTS = ("classes", "confidence", "mask")
+PRODUCTS = ("classes", "confidence", "mask", "probabilities")
 
 
 def _journal_key(source: SceneSource, bundle, opts: RunOptions, grid: TileGrid) -> str:
@@ -527,6 +558,17 @@ def _create_products(
         products.append(
             RasterProduct(finals["mask"], geobox, outputs, count=len(heads), descriptions=heads, tags={"MASK_HEADS": ",".join(heads)},
                           stripes=stripes[finals["mask"]], **at)
+        )
+    if "probabilities" in finals:
+        products.append(
+            RasterProduct(
+                finals["probabilities"], geobox, outputs, count=len(names), descriptions=names,
+                tags={"UNITS": "probability x 254", "SCALE": f"1/{PROBABILITY_SCALE}",
+                      "DESCRIPTION": "per-class probability, round(p x 254); 255 = nodata"},
+                overview_resampling="AVERAGE",
+                stripes=stripes[finals["probabilities"]],
+                **at,
+            )
         )
     return products
 

@@ -5,6 +5,15 @@ values with the bundle's statistics, zeroes nodata pixels, pads the batch at the
 bottom/right to the model's downsampling factor (exactly as whole-image inference
 pads the image), runs the module and turns logits into uint8 products. It knows
 nothing about files or Dask.
+
+Options of :meth:`Predictor.predict`: ``tta`` averages the class (and mask) probabilities
+of the 8 flips and 90-degree rotations of each window (the dihedral group D4). The window
+(core + halo) is first padded at the bottom/right to the downsampling factor, as the
+whole image is, so both ends of it lie on the factor grid and every transformed window
+is what the same transform of the whole padded image holds there: tiled TTA equals
+whole-image TTA. ``probabilities`` also returns the per-class probabilities as uint8
+``round(p * 254)`` (255 stays nodata). ``precision`` (``fp16``/``bf16``, CUDA only) runs
+the forward under autocast; softmax and everything after it stay float32.
 """
 
 from __future__ import annotations
@@ -27,6 +36,48 @@ class Prediction:
     classes: np.ndarray
     confidence: np.ndarray
     masks: np.ndarray
+    #: ``(N, C, H, W)`` uint8 class probabilities x 254 (255 = nodata), when asked for.
+    probabilities: np.ndarray | None = None
+
+
+#: Precisions of the forward pass (``--precision``); fp16 and bf16 need CUDA.
+PRECISIONS = ("fp32", "fp16", "bf16")
+#: Scale of the probabilities product: uint8 ``round(p * 254)``, so that 255 stays nodata.
+PROBABILITY_SCALE = 254
+
+
+def check_precision(precision: str, device: str) -> str:
+    """Validate ``--precision`` for a resolved device (fp32 on CPU; fp16/bf16 need CUDA)."""
+    p = (precision or "fp32").lower()
+    if p not in PRECISIONS:
+        raise InputError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if p != "fp32" and not str(device).startswith("cuda"):
+        raise InputError(
+            f"--precision {p} needs a CUDA device, but the model runs on {device}: use --precision fp32 "
+            "(the only precision on CPU) or --device cuda"
+        )
+    return p
+
+
+def _d4(t, k: int, inverse: bool = False):
+    """The k-th of the 8 flips/rotations of the last two axes (or its inverse)."""
+    import torch
+
+    rot, flip = k % 4, k >= 4
+    if not inverse:
+        if flip:
+            t = torch.flip(t, dims=(-1,))
+        return torch.rot90(t, rot, dims=(-2, -1))
+    t = torch.rot90(t, -rot, dims=(-2, -1))
+    return torch.flip(t, dims=(-1,)) if flip else t
+
+
+def _tree_mean(parts: list):
+    """Mean of 2**k tensors by pairwise sums: exact when they are all equal."""
+    n = len(parts)
+    while len(parts) > 1:
+        parts = [parts[i] + parts[i + 1] for i in range(0, len(parts), 2)]
+    return parts[0] / n
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -61,12 +112,18 @@ class Predictor:
         factor: the module's downsampling factor (inputs are padded to multiples of it).
         num_masks: number of mask heads.
         device: torch device string.
+        precision: ``fp32``, or ``fp16``/``bf16`` autocast (CUDA only; see :func:`check_precision`).
+        num_classes: number of classes (for all-nodata probabilities in :meth:`empty`).
     """
 
-    def __init__(self, module, mean, std, factor: int, num_masks: int, device: str = "cpu") -> None:
+    def __init__(
+        self, module, mean, std, factor: int, num_masks: int, device: str = "cpu", precision: str = "fp32",
+        num_classes: int = 0,
+    ) -> None:
         import torch
 
         self.device = torch.device(resolve_device(device))
+        self.precision = check_precision(precision, str(self.device))
         if self.device.type != "cpu":
             # a runtime (geoseg.models.runtime: ONNX, TorchScript, .pt2) moves itself
             module = module.on_device(str(self.device)) if hasattr(module, "on_device") else copy.deepcopy(module).to(self.device)
@@ -77,12 +134,13 @@ class Predictor:
         self._inv_std = (1.0 / np.asarray(std, dtype=np.float32))[:, None, None]
         self.factor = int(factor)
         self.num_masks = int(num_masks)
+        self.num_classes = int(num_classes)  # 0: unknown (only needed for empty() probabilities)
         #: One forward at a time on a GPU; on CPU, forwards run in parallel, one per core
         #: (see geoseg.scene.pipeline.CPU_TORCH_THREADS).
         self.lock = threading.Lock() if self.device.type != "cpu" else contextlib.nullcontext()
 
     @classmethod
-    def for_bundle(cls, bundle, device: str = "cpu", threads: int | None = None) -> Predictor:
+    def for_bundle(cls, bundle, device: str = "cpu", threads: int | None = None, precision: str = "fp32") -> Predictor:
         """The predictor of a model bundle: BatchNorm folded, channels_last (~1.35x faster
         on a 2-vCPU machine, measured), built once per bundle."""
         import torch
@@ -94,7 +152,39 @@ class Predictor:
             if threads:
                 torch.set_num_threads(int(threads))
         norm = bundle.normalization
-        return cls(bundle.inference_module(), norm.mean, norm.std, bundle.downsampling, len(bundle.mask_heads), device)
+        return cls(bundle.inference_module(), norm.mean, norm.std, bundle.downsampling, len(bundle.mask_heads), device,
+                   precision, bundle.num_classes)
+
+    def _autocast(self):
+        import torch
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _forward(self, t):
+        """The module on a padded window batch: (class logits, mask logits or None), float32."""
+        with self._autocast():
+            out = self.module(t)
+        logits, mask_logits = (out if isinstance(out, tuple) else (out, None))
+        return logits.float(), (None if mask_logits is None else mask_logits.float())
+
+    def _forward_tta(self, t):
+        """Class and mask probabilities averaged over the 8 D4 transforms of ``t``."""
+        probs, mprobs = [], []
+        for k in range(8):
+            logits, mask_logits = self._forward(_d4(t, k).contiguous(memory_format=self._memory_format()))
+            probs.append(_d4(logits.softmax(dim=1), k, inverse=True))
+            if mask_logits is not None:
+                mprobs.append(_d4(mask_logits.sigmoid(), k, inverse=True))
+        return _tree_mean(probs), (_tree_mean(mprobs) if mprobs else None)
+
+    @staticmethod
+    def _memory_format():
+        import torch
+
+        return torch.channels_last
 
     def normalize(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """``(N,B,H,W)`` raw float32 -> normalised, nodata pixels set to 0."""
@@ -108,6 +198,9 @@ class Predictor:
         valid: np.ndarray,
         context: tuple[int, int, int, int] = (0, 0, 0, 0),
         inner: tuple[bool, bool, bool, bool] = (False, False, False, False),
+        *,
+        tta: bool = False,
+        probabilities: bool = False,
     ) -> Prediction:
         """Run the model on a batch of equal-sized windows; products of their cores.
 
@@ -119,6 +212,8 @@ class Predictor:
             inner: which sides lie inside the raster (:attr:`geoseg.grid.Tile.inner`).
                 A module with ``forward_tile`` (the U-Net) then skips the work the core
                 does not need; any other module runs on the window and is cropped.
+            tta: average the probabilities of the 8 flips/rotations (see the module docs).
+            probabilities: also return uint8 class probabilities (``Prediction.probabilities``).
         """
         import torch
 
@@ -127,23 +222,34 @@ class Predictor:
         core = (slice(top, h - bottom), slice(left, w - right))
         ch, cw = h - top - bottom, w - left - right
         x = self.normalize(data, valid)
-        tiled = self._tiled((h, w), context, inner)
+        tiled = not tta and self._tiled((h, w), context, inner)
         if not tiled:
             x = self._pad(x)
         with self.lock, torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True)
             t = t.contiguous(memory_format=torch.channels_last)
-            out = self.module.forward_tile(t, context, inner) if tiled else self.module(t)
-            logits, mask_logits = (out if isinstance(out, tuple) else (out, None))
-            if not tiled:
-                logits = logits[(..., *core)]
-                mask_logits = None if mask_logits is None else mask_logits[(..., *core)]
-            prob = torch.softmax(logits.float(), dim=1)
+            if tta:
+                prob, mask_prob = self._forward_tta(t)
+                prob = prob[(..., *core)]
+                masks_on = None if mask_prob is None else mask_prob[(..., *core)] > 0.5
+            else:
+                if tiled:
+                    with self._autocast():
+                        out = self.module.forward_tile(t, context, inner)
+                    logits, mask_logits = (out if isinstance(out, tuple) else (out, None))
+                    mask_logits = None if mask_logits is None else mask_logits.float()
+                else:
+                    logits, mask_logits = self._forward(t)
+                    logits = logits[(..., *core)]
+                    mask_logits = None if mask_logits is None else mask_logits[(..., *core)]
+                prob = torch.softmax(logits.float(), dim=1)
+                masks_on = None if mask_logits is None else mask_logits > 0
             conf, cls = prob.max(dim=1)
             classes = cls.to(torch.uint8).cpu().numpy()
             confidence = torch.round(conf * 100).to(torch.uint8).cpu().numpy()
-            if mask_logits is not None and mask_logits.shape[1]:
-                masks = np.ascontiguousarray((mask_logits > 0).to(torch.uint8).cpu().numpy())
+            probs = torch.round(prob * PROBABILITY_SCALE).to(torch.uint8).cpu().numpy() if probabilities else None
+            if masks_on is not None and masks_on.shape[1]:
+                masks = np.ascontiguousarray(masks_on.to(torch.uint8).cpu().numpy())
             else:
                 masks = np.zeros((n, 0, ch, cw), dtype=np.uint8)
         invalid = ~valid[(slice(None), *core)]
@@ -151,7 +257,10 @@ class Predictor:
         confidence[invalid] = NODATA
         if masks.shape[1]:
             masks[np.broadcast_to(invalid[:, None], masks.shape)] = NODATA
-        return Prediction(classes, confidence, masks)
+        if probs is not None:
+            probs = np.ascontiguousarray(probs)
+            probs[np.broadcast_to(invalid[:, None], probs.shape)] = NODATA
+        return Prediction(classes, confidence, masks, probs)
 
     def _pad(self, x: np.ndarray) -> np.ndarray:
         """Zero-pad windows at the bottom/right to the factor (or to the fixed input size)."""
@@ -191,17 +300,21 @@ class Predictor:
         problem = getattr(self.module, "tile_problem", None)
         return problem is not None and any(inner) and problem(*shape, context, inner) is None
 
-    def empty(self, n: int, h: int, w: int) -> Prediction:
-        """All-nodata products, for tiles that have no valid pixel."""
+    def empty(self, n: int, h: int, w: int, num_classes: int = 0) -> Prediction:
+        """All-nodata products, for tiles that have no valid pixel (``num_classes`` > 0: with
+        all-nodata probabilities)."""
         full = np.full((n, h, w), NODATA, dtype=np.uint8)
-        return Prediction(full, full.copy(), np.full((n, self.num_masks, h, w), NODATA, dtype=np.uint8))
+        probs = np.full((n, num_classes, h, w), NODATA, dtype=np.uint8) if num_classes else None
+        return Prediction(full, full.copy(), np.full((n, self.num_masks, h, w), NODATA, dtype=np.uint8), probs)
 
 
-_CACHE: dict[tuple[str, str, int | None], Predictor] = {}
+_CACHE: dict[tuple[str, str, int | None, str], Predictor] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def get_predictor(model: str, checksum: str | None = None, device: str = "cpu", threads: int | None = None) -> Predictor:
+def get_predictor(
+    model: str, checksum: str | None = None, device: str = "cpu", threads: int | None = None, precision: str = "fp32"
+) -> Predictor:
     """The process-wide predictor of a model, keyed on the model's content checksum.
 
     Dask tasks call this with a model *reference* (a built-in name or an absolute path)
@@ -217,7 +330,7 @@ def get_predictor(model: str, checksum: str | None = None, device: str = "cpu", 
 
     if checksum is None:
         checksum = load_model(model).checksum
-    key = (checksum, device, threads)
+    key = (checksum, device, threads, precision)
     with _CACHE_LOCK:
         pred = _CACHE.get(key)
         if pred is None:
@@ -227,6 +340,6 @@ def get_predictor(model: str, checksum: str | None = None, device: str = "cpu", 
                     f"model {model} changed during the run (sha256 {bundle.checksum[:12]}, expected {checksum[:12]}): "
                     "do not rewrite a model file while a run uses it; run again"
                 )
-            pred = Predictor.for_bundle(bundle, device, threads)
+            pred = Predictor.for_bundle(bundle, device, threads, precision)
             _CACHE[key] = pred
         return pred

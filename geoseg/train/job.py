@@ -103,6 +103,18 @@ def _class_ids(spec: Sequence[str | int], names: Sequence[str], head: str) -> li
     return ids
 
 
+def _gsd_m(image) -> float | None:
+    """The ground sample distance of a training image in metres (None for a geographic or no CRS)."""
+    from geoseg.io.raster import open_raster
+
+    with open_raster(image, env=False) as src:
+        if src.crs is None or not src.crs.is_projected:
+            return None
+        a, e = abs(src.transform.a), abs(src.transform.e)
+        factor = src.crs.linear_units_factor[1] if src.crs.linear_units_factor else 1.0
+    return round((a + e) / 2 * factor, 6)
+
+
 def _load(pairs: Sequence[DataPair], settings: TrainSettings, names: list[str] | None) -> list[Any]:
     from geoseg.train.data import load_scene
 
@@ -267,6 +279,7 @@ def train_model(
         "labels": settings.labels.model_dump(),
         "mask_heads": [h.model_dump() for h in settings.mask_heads],
         "mask_classes": {k: list(v) for k, v in mask_classes.items()},
+        "gsd_m": _gsd_m(settings.data[0].image),  # read by `geoseg export` (ONNX `resolution`) and MLM Items
         "command": shlex.join(command) if command else shlex.join(sys.argv),
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
