@@ -88,6 +88,15 @@ def test_segment_equals_run_scene_whatever_the_chunking(synth_scene, small_unet,
     assert_equals_run(ds, baseline, "scene")
 
 
+def test_batches_of_tiles_equal_run_scene_batches(tmp_path, synth_scene, small_unet) -> None:
+    """batch_size > 1: tiles of equal shape share one forward, grouped as `geoseg run` groups them."""
+    scene, _ = synth_scene
+    out = run(scene, tmp_path / "out", small_unet, tile_size=64, batch_size=3)
+    ds = geoseg.segment(rioxarray.open_rasterio(scene, chunks={"x": 90, "y": 110}, lock=False), str(small_unet),
+                        tile_size=64, batch_size=3)
+    assert_equals_run(ds, out, "scene")
+
+
 def test_segment_is_lazy_and_ships_no_model(synth_scene) -> None:
     scene, _ = synth_scene
     data = rioxarray.open_rasterio(scene, chunks={"x": 70, "y": 70}, lock=False)

@@ -20,8 +20,6 @@ import os
 from collections.abc import Sequence
 from itertools import product
 
-from dask.base import tokenize
-
 import numpy as np
 
 from geoseg._constants import DEFAULT_TILE_SIZE, NODATA
@@ -73,9 +71,16 @@ def _values(raw: np.ndarray, nodata: tuple[float | None, ...]) -> tuple[np.ndarr
     return data, valid
 
 
-def _predict(model: str, checksum: str, device: str, tiles: list[Tile], windows: list, covered: list, lead_offsets, nodata, num_outputs: int):
-    """Dask task: the products ``(P, core_h, core_w)`` uint8 of a batch of tiles (a list),
-    the same computation as :func:`geoseg.scene.pipeline.predict_batch` on the same windows."""
+def _predict(
+    model: str, checksum: str, device: str, tiles: list[Tile], windows: list, covered: list[PixelWindow],
+    lead_offsets: tuple[int, ...], nodata: tuple[float | None, ...],
+) -> list[np.ndarray]:
+    """Dask task: the products ``(P, core_h, core_w)`` uint8 of a batch of tiles (a list).
+
+    ``windows[k]`` holds tile ``k``'s input blocks (``[band][row][col]``, resolved by Dask)
+    and ``covered[k]`` the pixel window they cover. The same computation as
+    :func:`geoseg.scene.pipeline.predict_batch` on the same read windows.
+    """
     import torch
 
     from geoseg.scene.predict import get_predictor, resolve_device
@@ -103,7 +108,6 @@ def _predict(model: str, checksum: str, device: str, tiles: list[Tile], windows:
     finally:
         torch.set_num_threads(before)
     out = np.concatenate([pred.classes[:, None], pred.confidence[:, None], pred.masks], axis=1)
-    assert out.shape[1] == num_outputs
     return [out[k] for k in range(len(tiles))]
 
 
@@ -114,6 +118,11 @@ def _pick(results: list, k: int, nlead: int) -> np.ndarray:
 
 def _offsets(chunks: tuple[int, ...]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(chunks)]).astype(np.int64)
+
+
+def _blocks_over(offsets: np.ndarray, start: int, end: int) -> range:
+    """Indexes of the blocks (edges ``offsets``) that overlap pixels ``start..end``."""
+    return range(int(np.searchsorted(offsets, start, side="right")) - 1, int(np.searchsorted(offsets, end, side="left")))
 
 
 def segment(
@@ -157,6 +166,7 @@ def segment(
     """
     xr = require("xarray", "geoseg.segment")
     da = require("dask.array", "geoseg.segment")
+    from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 
     from geoseg.io.raster import dtype_range
@@ -211,13 +221,12 @@ def segment(
             windows, covered = [], []
             for tile in tiles:
                 rd = tile.read
-                ri = [i for i in range(len(row_off) - 1) if row_off[i] < rd.row_end and row_off[i + 1] > rd.row]
-                ci = [j for j in range(len(col_off) - 1) if col_off[j] < rd.col_end and col_off[j + 1] > rd.col]
+                ri, ci = _blocks_over(row_off, rd.row, rd.row_end), _blocks_over(col_off, rd.col, rd.col_end)
                 windows.append([[[(src.name, *blk, k, i, j) for j in ci] for i in ri] for k in band_chunks])
                 r0, c0 = int(row_off[ri[0]]), int(col_off[ci[0]])
                 covered.append(PixelWindow(r0, c0, int(row_off[ri[-1] + 1]) - r0, int(col_off[ci[-1] + 1]) - c0))
             bkey = (batch_name, *t, b)
-            dsk[bkey] = (_predict, model_ref, bundle.checksum, device, tiles, windows, covered, inside, stack.nodata, n_out)
+            dsk[bkey] = (_predict, model_ref, bundle.checksum, device, tiles, windows, covered, inside, stack.nodata)
             for k, tile in enumerate(tiles):
                 i, j = divmod(tile.index, grid.cols)
                 dsk[(name, *t, 0, i, j)] = (_pick, bkey, k, nlead)
