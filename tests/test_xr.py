@@ -101,9 +101,11 @@ def test_segment_is_lazy_and_ships_no_model(synth_scene) -> None:
     scene, _ = synth_scene
     data = rioxarray.open_rasterio(scene, chunks={"x": 70, "y": 70}, lock=False)
     guard = CountingScheduler()
-    with dask.config.set(scheduler=guard):
+    with dask.config.set(scheduler=guard), dask.annotate(resources={"GPU": 1}):
         ds = geoseg.segment(data, "default", tile_size=TILE)
     assert guard.computes == 0
+    segment_layers = [v for k, v in ds.classes.data.dask.layers.items() if k.startswith("geoseg-segment-")]
+    assert [lay.annotations for lay in segment_layers] == [{"resources": {"GPU": 1}}]
     assert all(isinstance(v.data, dask.array.Array) for v in ds.data_vars.values())
     import cloudpickle
     import torch
@@ -224,11 +226,14 @@ def test_bad_inputs_are_one_line_errors(synth_scene) -> None:
 
 
 def test_missing_extra_names_it(monkeypatch) -> None:
-    from geoseg.xr._deps import require
-
-    monkeypatch.setitem(sys.modules, "xarray", None)
-    with pytest.raises(ImportError, match=r"pip install 'geoseg\[xarray\]'"):
-        require("xarray", "geoseg.segment")
+    monkeypatch.setitem(sys.modules, "xarray", None)  # as if not installed
+    data = np.zeros((4, 8, 8), np.uint16)
+    for call in (lambda: geoseg.segment(data), lambda: geoseg.to_cog(data, "x.tif")):
+        with pytest.raises(ImportError, match=r"needs the package 'xarray'.*pip install 'geoseg\[xarray\]'"):
+            call()
+    monkeypatch.setitem(sys.modules, "geopandas", None)
+    with pytest.raises(ImportError, match=r"geoseg.polygons needs the package 'geopandas'.*geoseg\[xarray\]"):
+        geoseg.polygons(data[0])
 
 
 # ------------------------------------------------------------------------------------------ to_cog

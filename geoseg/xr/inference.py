@@ -158,14 +158,15 @@ def segment(
         ``flag_meanings``, ``flag_colors``), ``confidence`` (uint8 percent, 255 = nodata)
         and one uint8 0/1 variable per mask head; the model's contract in ``attrs``.
         Nothing is computed until the caller does (``.compute()``, ``.to_zarr()``,
-        :func:`geoseg.to_cog`).
+        :func:`geoseg.to_cog`). The graph's layer carries the ``dask.annotate``
+        annotations active during the call (e.g. ``resources={"GPU": 1}`` for GPU workers).
 
     Raises:
         InputError: unusable dimensions, bands or options.
         ContractError: the bands or the value range do not fit the model.
     """
     xr = require("xarray", "geoseg.segment")
-    da = require("dask.array", "geoseg.segment")
+    import dask.array as da
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 
