@@ -12,7 +12,7 @@ Measured in one run of this script, each figure in a fresh child process:
 
 Usage::
 
-    python benchmarks/bench_xarray.py                    # 8192 vs 2048, chunks 2048
+    python benchmarks/bench_xarray.py                    # 8192 vs 2048, chunks 1024
     python benchmarks/bench_xarray.py --size 4096 --repeat 1 --no-write
 
 Results go into BENCHMARKS.md between the markers of this benchmark.
@@ -68,12 +68,13 @@ def synth(work: Path, size: int, seed: int) -> Path:
     return path
 
 
-def run_inference(scene: Path, out: Path, model: str, tile: int) -> float:
-    """Seconds of ``geoseg run``'s inference stage (its manifest's ``timings_s.inference``)."""
+def run_inference(scene: Path, out: Path, model: str, tile: int) -> tuple[float, float]:
+    """Seconds of ``geoseg run``'s inference stage (its manifest's ``timings_s.inference``)
+    and the run's peak RSS (MiB; without vectorizing, like ``to_cog``)."""
     cmd = [sys.executable, "-m", "geoseg", "run", str(scene), "-o", str(out), "-m", model, "--tile-size", str(tile),
            "--no-vectorize", "--overwrite", "--json", "--quiet"]
-    _, _, stdout = measure(cmd)
-    return float(json.loads(stdout)["timings_s"]["inference"])
+    _, rss, stdout = measure(cmd)
+    return float(json.loads(stdout)["timings_s"]["inference"]), rss
 
 
 def segment_compute(scene: Path, model: str, chunks: int, tile: int) -> dict:
@@ -91,7 +92,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=8192)
     ap.add_argument("--small", type=int, default=2048)
     ap.add_argument("--model", default="default")
-    ap.add_argument("--chunks", type=int, default=2048, help="Input chunk edge in px (rioxarray chunks=).")
+    ap.add_argument("--chunks", type=int, default=1024, help="Input chunk edge in px (rioxarray chunks=).")
     ap.add_argument("--tile-size", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=3, help="Alternating runs of each measurement; medians reported.")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work")
@@ -100,11 +101,14 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     big, small = synth(args.work, args.size, 0), synth(args.work, args.small, 1)
 
-    run_s, seg = [], []
+    run_s, run_rss, seg = [], [], []
     for _ in range(args.repeat):
-        run_s.append(run_inference(big, args.work / "run_out", args.model, args.tile_size))
+        t, rss = run_inference(big, args.work / "run_out", args.model, args.tile_size)
+        run_s.append(t)
+        run_rss.append(rss)
         seg.append(segment_compute(big, args.model, args.chunks, args.tile_size))
         print(f"run inference {run_s[-1]:.1f} s, segment compute {seg[-1]['compute']:.1f} s", flush=True)
+    run_rss_small = [run_inference(small, args.work / "run_small", args.model, args.tile_size)[1]]
     rss_small, rss_big = [], []
     for _ in range(args.repeat):
         rss_small.append(to_cog_rss(small, args.work / "cog_small" / "scene", args.model, args.chunks, args.tile_size))
@@ -113,6 +117,7 @@ def main() -> None:
     r = {
         "run": run_s, "segment": [s["compute"] for s in seg], "build": [s["build"] for s in seg],
         "tiles": seg[0]["tiles"], "rss_small": rss_small, "rss_big": rss_big,
+        "run_rss_small": run_rss_small, "run_rss_big": run_rss,
     }
     r["time_ratio"] = statistics.median(r["segment"]) / statistics.median(r["run"])
     r["rss_ratio"] = statistics.median(rss_big) / statistics.median(rss_small)
@@ -147,6 +152,7 @@ other jobs while measured; model `{args.model}`, tile size {args.tile_size}, inp
 | peak RSS of `geoseg.to_cog(geoseg.segment(...))`, {s}x{s} | {mib(r['rss_small'])} |
 | peak RSS of the same, {n}x{n} | {mib(r['rss_big'])} |
 | **RSS ratio large / small** (target <= 1.3) | **{r['rss_ratio']:.2f}** |
+| for reference, peak RSS of `geoseg run --no-vectorize`, {s}x{s} / {n}x{n} | {mib(r['run_rss_small'])} / {mib(r['run_rss_big'])} |
 """
     write_section("bench_xarray", body)
 

@@ -243,6 +243,9 @@ def to_cog(obj, path: str | os.PathLike, *, overwrite: bool = False) -> dict[str
     under their final names only when all of them are complete.
     """
     require("xarray", "geoseg.to_cog")
+    from geoseg.allocator import configure_process
+
+    configure_process()  # the process defaults run_scene sets: bounded GDAL block cache, allocator (no-op when set)
     from geoseg._files import OutputSet, prepare_out_dir
     from geoseg.io.cog import RasterProduct
 

@@ -167,6 +167,9 @@ def segment(
     """
     xr = require("xarray", "geoseg.segment")
     import dask.array as da
+    from geoseg.allocator import configure_process
+
+    configure_process()  # the process defaults run_scene sets: bounded GDAL block cache, allocator (no-op when set)
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 

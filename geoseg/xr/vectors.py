@@ -99,6 +99,9 @@ def polygons(
     """
     require("geopandas", "geoseg.polygons")
     from geoseg._naming import sibling_confidence
+    from geoseg.allocator import configure_process
+
+    configure_process()  # the process defaults run_scene sets: bounded GDAL block cache, allocator (no-op when set)
     from geoseg.vector.api import VectorizeOptions, class_layer, classes_of_raster, load_classes
 
     opts = VectorizeOptions(connectivity=connectivity, min_area=min_area, simplify=simplify, workers=workers,
