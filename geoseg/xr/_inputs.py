@@ -212,19 +212,22 @@ def band_stack(data, model_bands: Sequence[str], bands: Sequence | None = None) 
 def geo_info(obj) -> tuple[str | None, object | None]:
     """``(crs_wkt, affine transform)`` of a DataArray or Dataset (``(None, None)`` if unknown)."""
     try:
-        import rioxarray  # noqa: F401  (registers .rio)
+        import rioxarray
     except ImportError:
         rioxarray = None
     crs = transform = None
     if rioxarray is not None:
+        from pyproj.exceptions import CRSError
+        from rioxarray.exceptions import RioXarrayError
+
         try:
             c = obj.rio.crs
             crs = c.to_wkt() if c is not None else None
-        except Exception:  # pragma: no cover - malformed metadata
+        except (RioXarrayError, CRSError, ValueError):  # malformed metadata: as if none
             crs = None
         try:
             transform = obj.rio.transform()
-        except Exception:  # pragma: no cover
+        except (RioXarrayError, ValueError):
             transform = None
     if crs is None:
         ref = obj.coords.get("spatial_ref")

@@ -10,15 +10,16 @@ from Dask, and neither it nor odc-geo writes a colour table).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from geoseg._constants import NODATA
-from geoseg.errors import InputError
+from geoseg.errors import InputError, OutputError
 from geoseg.grid import GeoBox, PixelWindow
 from geoseg.xr._deps import require
 from geoseg.xr._inputs import geo_info, spatial_dims
@@ -124,13 +125,24 @@ class _Target:
 
     def __init__(self, rasters: list, spans: list[tuple[int, int]]) -> None:
         self.rasters, self.spans = rasters, spans
+        self._lock = threading.Lock()
+        self._closed = False
 
     def __setitem__(self, key, block: np.ndarray) -> None:
         _, rows, cols = key
         window = PixelWindow(rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start)
         block = _as_uint8(block)
-        for raster, (a, b) in zip(self.rasters, self.spans):
-            raster.write(window, block[a:b])
+        with self._lock:
+            if self._closed:  # a block still in flight after another one failed
+                raise OutputError("the output was closed after an error")
+            for raster, (a, b) in zip(self.rasters, self.spans):
+                raster.write(window, block[a:b])
+
+    def close(self) -> None:
+        """Refuse further blocks; wait for a write in progress (the rasters may then be closed:
+        when one task fails, Dask raises while other tasks still run)."""
+        with self._lock:
+            self._closed = True
 
 
 def _as_uint8(block: np.ndarray) -> np.ndarray:
@@ -266,7 +278,11 @@ def to_cog(obj, path: str | os.PathLike, *, overwrite: bool = False) -> dict[str
         for p in products:
             spans.append((start, start + len(p.bands)))
             start += len(p.bands)
-        write_blocks(stacked, _Target(rasters, spans))
+        target = _Target(rasters, spans)
+        try:
+            write_blocks(stacked, target)
+        finally:
+            target.close()
         for r in rasters:
             r.close()
         for r in rasters:
@@ -278,7 +294,5 @@ def to_cog(obj, path: str | os.PathLike, *, overwrite: bool = False) -> dict[str
         raise
     finally:
         for r in rasters:
-            try:
+            with contextlib.suppress(OSError):  # cleanup must not hide the error that got here
                 r.discard_stripes()
-            except Exception:
-                pass

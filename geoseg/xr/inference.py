@@ -26,7 +26,7 @@ from geoseg._constants import DEFAULT_TILE_SIZE, NODATA
 from geoseg.errors import ContractError, InputError
 from geoseg.grid import PixelWindow, Tile, TileGrid, batches
 from geoseg.xr._deps import require
-from geoseg.xr._inputs import BAND, band_stack, geo_info
+from geoseg.xr._inputs import band_stack, geo_info
 
 __all__ = ["segment"]
 
@@ -167,6 +167,7 @@ def segment(
     """
     xr = require("xarray", "geoseg.segment")
     import dask.array as da
+
     from geoseg.allocator import configure_process
 
     configure_process()  # the process defaults run_scene sets: bounded GDAL block cache, allocator (no-op when set)

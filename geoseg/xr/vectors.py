@@ -102,7 +102,12 @@ def polygons(
     from geoseg.allocator import configure_process
 
     configure_process()  # the process defaults run_scene sets: bounded GDAL block cache, allocator (no-op when set)
-    from geoseg.vector.api import VectorizeOptions, class_layer, classes_of_raster, load_classes
+    from geoseg.vector.api import (
+        VectorizeOptions,
+        class_layer,
+        classes_of_raster,
+        load_classes,
+    )
 
     opts = VectorizeOptions(connectivity=connectivity, min_area=min_area, simplify=simplify, workers=workers,
                             block_size=block_size)
@@ -122,7 +127,14 @@ def polygons(
 def _in_memory(source, confidence, classes_from, transform, crs, layer, opts, scratch_dir):
     xr = require("xarray", "geoseg.polygons")
     from geoseg.vector.api import class_layer, load_classes
-    from geoseg.xr.cog import _class_names, _products, _stacked, _Target, geobox_of, write_blocks
+    from geoseg.xr.cog import (
+        _class_names,
+        _products,
+        _stacked,
+        _Target,
+        geobox_of,
+        write_blocks,
+    )
 
     if isinstance(source, xr.Dataset):
         if "classes" not in source.data_vars:
@@ -163,7 +175,11 @@ def _in_memory(source, confidence, classes_from, transform, crs, layer, opts, sc
         outputs = OutputSet(Path(tmp))
         rasters = [RasterProduct(Path(tmp) / f"{p.kind}.tif", geobox, outputs) for p in products]
         try:
-            write_blocks(_stacked(products), _Target(rasters, [(k, k + 1) for k in range(len(products))]))
+            target = _Target(rasters, [(k, k + 1) for k in range(len(products))])
+            try:
+                write_blocks(_stacked(products), target)
+            finally:
+                target.close()
             paths = [r.close() for r in rasters]
             conf = (str(paths[1]), 1) if len(paths) > 1 else None
             data, _ = class_layer(paths[0], names=names, colors=colors, layer=layer, confidence=conf, options=opts)
