@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from conftest import read, write_raster
 
 import geoseg
-from conftest import read, write_raster
 from geoseg.errors import ContractError, InputError, OutputError
 
 xr = pytest.importorskip("xarray")
@@ -315,7 +315,7 @@ def test_local_cluster_gives_the_same_bytes(tmp_path, synth_scene, small_unet, b
 
     scene, _ = synth_scene
     data = rioxarray.open_rasterio(scene, chunks={"x": 70, "y": 70}, lock=False)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster):
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, Client(cluster):
         ds = geoseg.segment(data, str(small_unet), tile_size=TILE)
         assert_equals_run(ds, baseline, "scene")
         written = geoseg.to_cog(ds, tmp_path / "cog" / "scene")  # blocks stream back from the workers
