@@ -40,6 +40,9 @@ _WHERE = {
     **dict.fromkeys(("TrainSettings", "load_train_config"), "geoseg.train.settings"),
     **dict.fromkeys(("BatchReport", "run_batch"), "geoseg.batch.runner"),
     "configure_process": "geoseg.allocator",
+    "segment": "geoseg.xr.inference",
+    "polygons": "geoseg.xr.vectors",
+    "to_cog": "geoseg.xr.cog",
 }
 
 __all__ = sorted(_WHERE)
