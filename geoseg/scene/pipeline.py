@@ -27,7 +27,7 @@ from geoseg._naming import output_paths
 from geoseg.errors import ContractError, InputError
 from geoseg.grid import PixelWindow, Tile, TileGrid, batches
 from geoseg.io.cog import RasterProduct, class_tags
-from geoseg.io.raster import SceneSource, dtype_range, file_sha256, open_raster, open_scene
+from geoseg.io.raster import SceneSource
 from geoseg.progress import Progress
 from geoseg.scene.manifest import build_manifest, write_manifest
 from geoseg.scene.predict import get_predictor, resolve_device
@@ -60,6 +60,11 @@ class RunOptions:
     simplify: float = 0.0  # metres: topology-preserving simplification of the polygons
     connectivity: int = 4  # 4 or 8: how pixels of a class join into polygons
     stac: bool = False  # also write <stem>.stac.json, a STAC Item describing the outputs
+    # scene sources (geoseg.io.sources): STAC Items' band -> asset overrides, the asset whose
+    # grid the bands are read on, and whether the input's scale/offset is applied
+    assets: tuple[tuple[str, str], ...] | None = None
+    grid_asset: str | None = None
+    scale_offset: str = "apply"
 
     def output_options(self) -> dict:
         """The options that shape the outputs, as requested (recorded in the manifest as
@@ -67,11 +72,13 @@ class RunOptions:
         work runs (workers, scheduler, threads) and how it is reported are left out."""
         out = {name: getattr(self, name) for name in OUTPUT_OPTIONS}
         out["bands"] = list(self.bands) if self.bands is not None else None
+        out["assets"] = dict(self.assets) if self.assets else None
         return out
 
 
 #: The :class:`RunOptions` fields that shape a run's outputs.
-OUTPUT_OPTIONS = ("tile_size", "batch_size", "device", "bands", "vectorize", "min_area", "simplify", "connectivity", "stac")
+OUTPUT_OPTIONS = ("tile_size", "batch_size", "device", "bands", "vectorize", "min_area", "simplify", "connectivity", "stac",
+                  "assets", "grid_asset", "scale_offset")
 
 
 @dataclass
@@ -91,7 +98,14 @@ def check_contract(source: SceneSource, bundle) -> None:
     if vr is None:
         return
     lo, hi = float(vr[0]), float(vr[1])
-    dlo, dhi = dtype_range(source.dtype)
+    dlo, dhi = source.scaled_range()
+    if source.apply_scale and (dhi < hi or dlo > lo):
+        pairs = ", ".join(f"{sc:g}/{off:g}" for sc, off in (source.scale_offset[b - 1] for b in source.band_indexes))
+        raise ContractError(
+            f"{source.path}: with its scale/offset applied ({pairs}, from {source.scale_source}) values span "
+            f"{dlo:g}..{dhi:g} but model '{bundle.name}' expects {lo:g}..{hi:g}: pass --scale-offset ignore "
+            "to feed the raw values, or use a model trained on scaled values"
+        )
     if dhi < hi or dlo > lo:
         raise ContractError(
             f"{source.path} is {source.dtype} (values {dlo:g}..{dhi:g}) but model '{bundle.name}' expects "
@@ -113,8 +127,7 @@ def predict_batch(
     ``checksum`` the content checksum of the bundle it must load (the predictor cache key).
     """
     predictor = get_predictor(model, checksum, resolve_device(device), torch_threads)
-    with open_raster(source.path) as ds:
-        reads = [source.read(t.read, ds) for t in tiles]
+    reads = source.read_windows([t.read for t in tiles])
     data = np.stack([r[0] for r in reads])
     valid = np.stack([r[1] for r in reads])
     # A tile whose core has no valid pixel writes only nodata: skip the model for it.
@@ -205,10 +218,6 @@ def _run_distributed(
     return info
 
 
-def _default_out_dir(path: str | os.PathLike) -> Path:
-    return Path.cwd() / f"{Path(path).stem}_geoseg"
-
-
 def run_scene(
     path: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
@@ -251,6 +260,9 @@ def run_scene(
         raise TypeError(f"run_scene() got unknown option(s) {sorted(unknown)}")
     if options.get("bands") is not None:
         options["bands"] = tuple(int(b) for b in options["bands"])
+    if options.get("assets"):
+        a = options["assets"]
+        options["assets"] = tuple(sorted(a.items() if isinstance(a, dict) else a))
     opts = RunOptions(**options)
     if opts.workers is not None and opts.workers < 1:
         raise InputError(f"--workers must be >= 1, got {opts.workers}")
@@ -260,7 +272,11 @@ def run_scene(
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
-    scene = open_scene(path)  # a bad scene is reported before a model is loaded
+    from geoseg.io.sources import open_source, source_fingerprint
+
+    # a bad scene is reported before a model is loaded (an Item: before its assets are matched)
+    scene = open_source(path, assets=dict(opts.assets) if opts.assets else None,
+                        grid_asset=opts.grid_asset, scale_offset=opts.scale_offset)
     bundle = load_model(model)
     source = scene.select(opts.bands, tuple(bundle.bands))
     check_contract(source, bundle)
@@ -274,8 +290,8 @@ def run_scene(
     batch_size = opts.batch_size or (1 if device == "cpu" else 4)
     grid = TileGrid(source.height, source.width, opts.tile_size, halo=int(bundle.halo), factor=int(bundle.downsampling))
 
-    out = prepare_out_dir(out_dir if out_dir is not None else _default_out_dir(path))
-    stem = Path(path).stem
+    stem = source.output_stem
+    out = prepare_out_dir(out_dir if out_dir is not None else Path.cwd() / f"{stem}_geoseg")
     has_masks = len(bundle.mask_heads) > 0
     finals = output_paths(out, stem, has_masks, opts.vectorize, opts.stac)
     outputs = OutputSet(out, overwrite=opts.overwrite)
@@ -283,7 +299,7 @@ def run_scene(
     timings["validate"] = time.perf_counter() - t0
 
     hasher = ThreadPoolExecutor(max_workers=1)
-    input_sha = hasher.submit(file_sha256, source.path)
+    input_sha = hasher.submit(source_fingerprint, source)
     products: list[RasterProduct] = []
     try:
         products = _create_products(finals, source.geobox, outputs, bundle)
