@@ -36,3 +36,20 @@ def source_fingerprint(source: SceneSource) -> dict:
     if source.kind == "url":
         return remote_fingerprint(source.gdal_path)
     return {"kind": "sha256", "sha256": file_sha256(source.path)}
+
+
+def current_fingerprint(source, recorded: dict | None = None) -> dict:
+    """The fingerprint ``source`` (a local path, URL, Item path/URL or Item dict) has now,
+    without reading pixels: comparable with a manifest's ``input.fingerprint``.
+
+    ``recorded`` (that manifest's fingerprint) names the asset keys of an Item to check.
+    """
+    from .remote import is_remote
+
+    keys = list((recorded or {}).get("assets") or {})
+    if isinstance(source, dict) or hasattr(source, "to_dict") or looks_like_item(source):
+        scene = ItemScene.load(source)
+        return item_fingerprint(scene.item, scene.base, keys)
+    if is_remote(source):
+        return remote_fingerprint(str(source))
+    return {"kind": "sha256", "sha256": file_sha256(source)}

@@ -281,11 +281,13 @@ def choose_target(grids: list[AssetGrid], names: list[str], grid_asset: str | No
 def item_fingerprint(item: dict, base: str, keys: tuple[str, ...] | list[str]) -> dict:
     """What identifies an Item's content without reading its pixels.
 
-    The sha256 of the Item's canonical JSON (which covers ``updated`` and any
-    ``file:checksum``) plus, for each asset in ``keys`` without a ``file:checksum``, its
+    The sha256 of the Item's canonical JSON without its links (which covers ``updated``
+    and any ``file:checksum``) plus, for each asset in ``keys`` without a ``file:checksum``, its
     ETag/size/Last-Modified (one HEAD request each) or, for a local file, its sha256.
     """
-    canon = json.dumps(item, sort_keys=True, separators=(",", ":")).encode()
+    # links are left out: an API's links name its host (and may carry tokens or paging)
+    content = {k: v for k, v in item.items() if k != "links"}
+    canon = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
     out: dict = {"kind": "stac-item", "item_sha256": hashlib.sha256(canon).hexdigest()}
     updated = (item.get("properties") or {}).get("updated")
     if updated:
