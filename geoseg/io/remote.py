@@ -41,15 +41,17 @@ REMOTE_SCHEMES = ("http://", "https://", "s3://")
 _VSI_PREFIXES = ("/vsicurl/", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsiadls/", "/vsioss/", "/vsiswift/")
 
 #: GDAL network settings for remote reads, each overridable by the same environment
-#: variable. Request merging and a small header read at open keep the request count low
-#: without a bigger block cache (benchmarks/bench_remote.py).
+#: variable. Adjacent blocks merged into one request and the COG header read in the
+#: first request keep the request count low without a bigger block cache
+#: (benchmarks/bench_remote.py). GDAL_HTTP_MULTIRANGE stays GDAL's default (parallel
+#: requests for a window's blocks): "YES" would send multipart ranges, which S3 and
+#: many servers refuse.
 REMOTE_DEFAULTS: dict[str, str] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing requests
     "GDAL_HTTP_MAX_RETRY": "4",  # per request: 5xx, 429, timeouts, connection resets
     "GDAL_HTTP_RETRY_DELAY": "0.5",  # seconds, doubled after each failure
     "GDAL_HTTP_CONNECTTIMEOUT": "10",
     "GDAL_HTTP_TIMEOUT": "60",
-    "GDAL_HTTP_MULTIRANGE": "YES",  # one request for several blocks (S3 ignores it)
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "GDAL_INGESTED_BYTES_AT_OPEN": "32768",  # the COG header in the first request
     "GDAL_HTTP_VERSION": "1.1",
