@@ -230,3 +230,80 @@ def test_cli_run_item_url(served, reference, tmp_path):
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "HTTP 404" in lines[0] and "/B03.tif" in lines[0], r.stderr
+
+
+def test_scale_offset_out_of_model_range_is_a_clear_error(tmp_path, scene):
+    """Reflectance-scaled assets (scale 1e-4, offset -0.1) for a model trained on 0..10000 DN."""
+    from geoseg import run_scene
+    from geoseg.errors import ContractError
+
+    d = tmp_path / "refl"
+    d.mkdir()
+    item_path = make_item(d, scene)
+    item = json.loads(item_path.read_text())
+    for a in item["assets"].values():
+        if "eo:bands" in a:
+            a["raster:bands"] = [{"scale": 0.0001, "offset": -0.1}]
+    item_path.write_text(json.dumps(item))
+    with pytest.raises(ContractError, match=r"scale/offset applied .*--scale-offset ignore"):
+        run_scene(item_path, tmp_path / "out", quiet=True, vectorize=False)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_geotiff_scale_offset_is_applied(tmp_path):
+    """A GeoTIFF's own scale/offset reaches the model as scaled values, and is recorded."""
+    from geoseg.io.sources import open_source
+    from geoseg.grid import PixelWindow
+
+    raw = (np.arange(4 * 32 * 40, dtype=np.uint16).reshape(4, 32, 40) % 5000)
+    path = tmp_path / "scaled.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=40, height=32, count=4, dtype="uint16",
+                       crs="EPSG:32633", transform=rasterio.transform.from_origin(500000, 5500000, 10, 10)) as ds:
+        ds.write(raw)
+        ds.scales = (2.0,) * 4
+        ds.offsets = (-1000.0,) * 4
+    src = open_source(path).select(None, ("blue", "green", "red", "nir"))
+    data, valid = src.read(PixelWindow(0, 0, 32, 40))
+    assert np.array_equal(data, raw.astype(np.float32) * 2 - 1000) and valid.all()
+    assert src.describe_scaling() == {"applied": True, "source": "geotiff", "bands": [{"scale": 2.0, "offset": -1000.0}] * 4}
+    raw_src = open_source(path, scale_offset="ignore").select(None, ("blue", "green", "red", "nir"))
+    assert np.array_equal(raw_src.read(PixelWindow(0, 0, 32, 40))[0], raw.astype(np.float32))
+
+
+def test_bands_at_different_resolutions_on_the_finest_grid(tmp_path):
+    """A 20 m nir asset is read on the 10 m grid of the other bands (nearest)."""
+    from geoseg.io.sources import open_source
+    from geoseg.grid import PixelWindow
+
+    t10 = rasterio.transform.from_origin(500000, 5500000, 10, 10)
+    t20 = rasterio.transform.from_origin(500000, 5500000, 20, 20)
+    rng = np.random.default_rng(0)
+    fine = rng.integers(0, 9000, (3, 64, 80)).astype(np.uint16)
+    coarse = rng.integers(0, 9000, (32, 40)).astype(np.uint16)
+    assets = {}
+    for i, key in enumerate(("B02", "B03", "B04")):
+        _cog(tmp_path / f"{key}.tif", fine[i], {"crs": "EPSG:32633", "transform": t10})
+        assets[key] = {"href": f"{key}.tif", "roles": ["data"], "eo:bands": [{"common_name": ("blue", "green", "red")[i]}]}
+    _cog(tmp_path / "B8A.tif", coarse, {"crs": "EPSG:32633", "transform": t20})
+    assets["B8A"] = {"href": "B8A.tif", "roles": ["data"], "eo:bands": [{"common_name": "nir"}]}
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "mixed", "geometry": None,
+            "properties": {"datetime": "2026-06-01T00:00:00Z"}, "links": [], "assets": assets}
+    (tmp_path / "mixed.json").write_text(json.dumps(item))
+    src = open_source(tmp_path / "mixed.json").select(None, ("blue", "green", "red", "nir"))
+    assert (src.height, src.width) == (64, 80) and src.geobox.transform == t10
+    data, _ = src.read(PixelWindow(0, 0, 64, 80))
+    assert np.array_equal(data[:3], fine.astype(np.float32))
+    assert np.array_equal(data[3], np.repeat(np.repeat(coarse, 2, 0), 2, 1).astype(np.float32))
+    coarse_grid = open_source(tmp_path / "mixed.json", grid_asset="B8A").select(None, ("blue", "green", "red", "nir"))
+    assert (coarse_grid.height, coarse_grid.width) == (32, 40)
+
+
+def test_url_credentials_never_recorded(served, tmp_path):
+    from geoseg import run_scene
+
+    served.reset()
+    url = f"{served.url}/scene.tif?X-Amz-Credential=AKIDSECRET&X-Amz-Signature=deadbeefsig&v=1"
+    m = run_scene(url, tmp_path, quiet=True, vectorize=False, threads=2)
+    dumped = json.dumps(m) + (tmp_path / "scene.run.json").read_text()
+    assert "AKIDSECRET" not in dumped and "deadbeefsig" not in dumped
+    assert m["input"]["path"].endswith("X-Amz-Signature=REDACTED&v=1")
