@@ -76,7 +76,7 @@ class RangeServer:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json" if file.suffix == ".json" else "image/tiff")
                 self.send_header("Accept-Ranges", "bytes")
-                self.send_header("ETag", '"%x-%x"' % (st.st_mtime_ns, size))
+                self.send_header("ETag", f'"{st.st_mtime_ns:x}-{size:x}"')
                 self.send_header("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True))
                 self.send_header("Content-Length", str(end - start + 1))
                 if status == 206:
@@ -111,7 +111,7 @@ class RangeServer:
     def gets(self, suffix: str = "") -> list:
         return [r for r in self.requests if r[0] == "GET" and r[1].endswith(suffix)]
 
-    def __enter__(self) -> RangeServer:
+    def __enter__(self) -> RangeServer:  # noqa: PYI034
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
         return self
@@ -134,7 +134,7 @@ class S3Server:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
 
-    def __enter__(self) -> S3Server:
+    def __enter__(self) -> S3Server:  # noqa: PYI034
         self.saved = {k: os.environ.get(k) for k in S3_ENV}
         self.server.start()
         host, port = self.server.get_host_and_port()
@@ -202,7 +202,7 @@ class StacApiServer:
             self.proc.wait(timeout=10)
             self.proc = None
 
-    def __enter__(self) -> StacApiServer:
+    def __enter__(self) -> StacApiServer:  # noqa: PYI034
         self.start()
         return self
 

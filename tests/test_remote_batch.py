@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from remote_servers import RangeServer, S3Server, StacApiServer
 from test_remote_sources import BANDS, make_item
 

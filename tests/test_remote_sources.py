@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-
 from remote_servers import RangeServer, S3Server
 
 BANDS = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08"}
@@ -25,8 +24,8 @@ PRODUCTS = ("classes.tif", "confidence.tif")
 
 
 def _cog(path: Path, data: np.ndarray, profile: dict, **tags) -> Path:
-    prof = dict(driver="COG", width=data.shape[-1], height=data.shape[-2], count=1, dtype=data.dtype.name,
-                crs=profile["crs"], transform=profile["transform"], compress="deflate", blocksize=128)
+    prof = {"driver": "COG", "width": data.shape[-1], "height": data.shape[-2], "count": 1, "dtype": data.dtype.name,
+            "crs": profile["crs"], "transform": profile["transform"], "compress": "deflate", "blocksize": 128}
     with rasterio.open(path, "w", **prof) as ds:
         ds.write(data, 1)
     return path
@@ -221,12 +220,12 @@ def test_cli_run_item_url(served, reference, tmp_path):
     served.reset()
     env = {**os.environ}
     r = subprocess.run([sys.executable, "-m", "geoseg", "run", f"{served.url}/item.json", "-o", str(tmp_path),
-                        "--no-vectorize", "-q"], capture_output=True, text=True, env=env, timeout=300)
+                        "--no-vectorize", "-q"], capture_output=True, text=True, env=env, timeout=300, check=False)
     assert r.returncode == 0, r.stderr
     same_products(reference, tmp_path, "scene", "scene-1")
     served.status_for["/B03.tif"] = 404
     r = subprocess.run([sys.executable, "-m", "geoseg", "run", f"{served.url}/item.json", "-o", str(tmp_path / "x"),
-                        "--no-vectorize", "-q"], capture_output=True, text=True, env=env, timeout=300)
+                        "--no-vectorize", "-q"], capture_output=True, text=True, env=env, timeout=300, check=False)
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "HTTP 404" in lines[0] and "/B03.tif" in lines[0], r.stderr
@@ -252,8 +251,8 @@ def test_scale_offset_out_of_model_range_is_a_clear_error(tmp_path, scene):
 
 def test_geotiff_scale_offset_is_applied(tmp_path):
     """A GeoTIFF's own scale/offset reaches the model as scaled values, and is recorded."""
-    from geoseg.io.sources import open_source
     from geoseg.grid import PixelWindow
+    from geoseg.io.sources import open_source
 
     raw = (np.arange(4 * 32 * 40, dtype=np.uint16).reshape(4, 32, 40) % 5000)
     path = tmp_path / "scaled.tif"
@@ -272,8 +271,8 @@ def test_geotiff_scale_offset_is_applied(tmp_path):
 
 def test_bands_at_different_resolutions_on_the_finest_grid(tmp_path):
     """A 20 m nir asset is read on the 10 m grid of the other bands (nearest)."""
-    from geoseg.io.sources import open_source
     from geoseg.grid import PixelWindow
+    from geoseg.io.sources import open_source
 
     t10 = rasterio.transform.from_origin(500000, 5500000, 10, 10)
     t20 = rasterio.transform.from_origin(500000, 5500000, 20, 20)

@@ -30,8 +30,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -74,6 +74,9 @@ class Settings(BaseModel):
     connectivity: Literal[4, 8] | None = None
     out: str | None = None
     resources: dict[str, PositiveFloat] | None = None
+    assets: dict[str, str] | None = None  # STAC Items: model band -> asset key (like --assets)
+    grid_asset: str | None = None  # STAC Items: the asset whose grid the bands are read on
+    scale_offset: Literal["apply", "ignore"] | None = None
 
     @field_validator("device")
     @classmethod
@@ -469,6 +472,10 @@ def resolve(catalog: Catalog) -> list[SceneJob]:
                 "simplify": float(_setting("simplify", entry, d, 0.0)),
                 "connectivity": _setting("connectivity", entry, d, 4),
             }
+            for name in ("assets", "grid_asset", "scale_offset"):  # scene-source options, only when set
+                value = _setting(name, entry, d, None)
+                if value is not None:
+                    options[name] = tuple(sorted(value.items())) if name == "assets" else value
             jobs.append(
                 SceneJob(
                     id=scene_id,

@@ -344,7 +344,14 @@ def open_scene(path: str | os.PathLike, *, scale_offset: str = "apply") -> Scene
     import rasterio
     from rasterio.enums import MaskFlags
 
-    from .remote import clear_cache, display_url, gdal_path, is_remote, remote_env, retrying
+    from .remote import (
+        clear_cache,
+        display_url,
+        gdal_path,
+        is_remote,
+        remote_env,
+        retrying,
+    )
 
     if scale_offset not in ("apply", "ignore"):
         raise InputError(f"scale_offset must be 'apply' or 'ignore', got {scale_offset!r}")

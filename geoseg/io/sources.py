@@ -9,7 +9,6 @@ model's bands are known. Both have ``select(bands, model_bands)`` and ``path``.
 from __future__ import annotations
 
 import json
-import os
 
 from .raster import SceneSource, file_sha256, open_scene
 from .remote import fingerprint as remote_fingerprint

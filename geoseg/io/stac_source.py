@@ -63,7 +63,7 @@ def load_item(uri: str | os.PathLike) -> tuple[dict, str]:
 
 def resolve_href(href: str, base: str) -> str:
     """An asset href as a local path or URL: absolute as given, relative against ``base``."""
-    if href.startswith(remote.REMOTE_SCHEMES) or href.startswith("/vsi"):
+    if href.startswith((*remote.REMOTE_SCHEMES, "/vsi")):
         return href
     if href.startswith("file://"):
         return urlsplit(href).path

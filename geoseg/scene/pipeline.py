@@ -73,8 +73,14 @@ class RunOptions:
         out = {name: getattr(self, name) for name in OUTPUT_OPTIONS}
         out["bands"] = list(self.bands) if self.bands is not None else None
         out["assets"] = dict(self.assets) if self.assets else None
+        for name, default in SOURCE_DEFAULTS.items():  # recorded only when set: older manifests stay valid
+            if out.get(name) == default:
+                out.pop(name, None)
         return out
 
+
+#: Scene-source options and their defaults (left out of ``output_options`` when default).
+SOURCE_DEFAULTS = {"assets": None, "grid_asset": None, "scale_offset": "apply"}
 
 #: The :class:`RunOptions` fields that shape a run's outputs.
 OUTPUT_OPTIONS = ("tile_size", "batch_size", "device", "bands", "vectorize", "min_area", "simplify", "connectivity", "stac",
