@@ -74,7 +74,9 @@ class RangeServer:
                     end = min(int(m.group(2)) if m.group(2) else size - 1, size - 1)
                     status = 206
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json" if file.suffix == ".json" else "image/tiff")
+                with open(file, "rb") as f:
+                    is_json = f.read(1) == b"{"
+                self.send_header("Content-Type", "application/geo+json" if is_json else "image/tiff")
                 self.send_header("Accept-Ranges", "bytes")
                 self.send_header("ETag", f'"{st.st_mtime_ns:x}-{size:x}"')
                 self.send_header("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True))

@@ -112,6 +112,16 @@ def test_item_over_http_matches_local(served, reference, tmp_path):
         assert a.crs == b.crs and a.transform == b.transform
 
 
+def test_item_url_without_suffix(served, reference, tmp_path):
+    """An API's Item URL (``.../items/ID``, no .json): recognised by its JSON content type."""
+    from geoseg import run_scene
+
+    served.reset()
+    (served.root / "scene-1-item").write_bytes((served.root / "item.json").read_bytes())
+    run_scene(f"{served.url}/scene-1-item", tmp_path, quiet=True, vectorize=False, threads=2)
+    same_products(reference, tmp_path, "scene", "scene-1")
+
+
 def test_url_raster_matches_local(served, reference, tmp_path):
     from geoseg import run_scene
 

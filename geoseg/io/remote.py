@@ -330,7 +330,8 @@ def read_bytes(uri: str, limit: int = 64 << 20) -> bytes:
 def http_metadata(uri: str) -> dict[str, str]:
     """ETag, size and Last-Modified of a remote file from one HEAD (or header) request.
 
-    Keys present only when the server sent them: ``etag``, ``size``, ``last_modified``.
+    Keys present only when the server sent them: ``etag``, ``size``, ``last_modified``,
+    ``content_type``.
     """
     lib = _lib()
     path = gdal_path(uri)
@@ -367,6 +368,8 @@ def http_metadata(uri: str) -> dict[str, str]:
         out["size"] = size
     if h.get("last-modified"):
         out["last_modified"] = h["last-modified"]
+    if h.get("content-type"):
+        out["content_type"] = h["content-type"]
     return out
 
 

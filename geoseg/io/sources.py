@@ -18,13 +18,32 @@ from .stac_source import ItemScene, item_fingerprint, looks_like_item
 def open_source(source, *, assets: dict[str, str] | None = None, grid_asset: str | None = None,
                 scale_offset: str = "apply") -> SceneSource | ItemScene:
     """Open ``source`` (see the module docstring); ``assets``/``grid_asset`` apply to Items only."""
-    if isinstance(source, dict) or hasattr(source, "to_dict") or looks_like_item(source):
+    if isinstance(source, dict) or hasattr(source, "to_dict") or looks_like_item(source) or _json_url(source):
         return ItemScene.load(source, assets=assets, grid_asset=grid_asset, scale_offset=scale_offset)
     if assets:
         from geoseg.errors import InputError
 
         raise InputError(f"--assets maps bands to the assets of a STAC Item; {source} is a raster: use --bands")
     return open_scene(source, scale_offset=scale_offset)
+
+
+_RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".nc", ".hdf", ".h5", ".png", ".jpg")
+
+
+def _json_url(source) -> bool:
+    """A remote URL without a raster suffix that the server says is JSON (an API's Item URL
+    such as ``.../collections/c/items/id``): one HEAD request."""
+    from urllib.parse import urlsplit
+
+    from .remote import http_metadata, is_remote
+
+    s = str(source)
+    if not is_remote(s) or urlsplit(s).path.lower().endswith(_RASTER_SUFFIXES):
+        return False
+    try:
+        return "json" in http_metadata(s).get("content_type", "")
+    except OSError:
+        return False  # reported when it is opened as a raster
 
 
 def source_fingerprint(source: SceneSource) -> dict:
@@ -46,7 +65,7 @@ def current_fingerprint(source, recorded: dict | None = None) -> dict:
     from .remote import is_remote
 
     keys = list((recorded or {}).get("assets") or {})
-    if isinstance(source, dict) or hasattr(source, "to_dict") or looks_like_item(source):
+    if isinstance(source, dict) or hasattr(source, "to_dict") or looks_like_item(source) or _json_url(source):
         scene = ItemScene.load(source)
         return item_fingerprint(scene.item, scene.base, keys)
     if is_remote(source):
