@@ -8,8 +8,11 @@ grid, band selection, nodata): Dask tasks carry it and open the file themselves.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -114,6 +117,9 @@ class SceneSource:
     asset_keys: tuple[str, ...] = ()
     #: the remote files behind the source (GDAL paths), whose cached state a retry clears
     inputs: tuple[str, ...] = ()
+    #: when the source was opened (remote): a later run of the same URL never reads
+    #: through a handle (and blocks) held from an earlier one
+    opened_at: float = 0.0
 
     @property
     def output_stem(self) -> str:
@@ -179,11 +185,18 @@ class SceneSource:
         if not self.remote:
             with self.open() as ds:
                 return [self.read(w, ds) for w in windows]
-        from .remote import retrying
+        import rasterio
+
+        from .remote import remote_env, retrying
 
         def attempt():
-            with self.open() as ds:
-                return [self.read(w, ds) for w in windows]
+            ds = _held_dataset(self)
+            try:
+                with rasterio.Env(**{**GDAL_ENV, **remote_env()}):
+                    return [self.read(w, ds) for w in windows]
+            except BaseException:
+                _drop_held()  # a retry starts from a fresh handle
+                raise
 
         return retrying(attempt, self.path, clear=self.inputs)
 
@@ -273,6 +286,41 @@ class SceneSource:
                 f"cannot read {self.path} at rows {window.row}-{window.row_end}, cols "
                 f"{window.col}-{window.col_end} ({_gdal_reason(exc)}): the file is truncated or corrupt"
             ) from exc
+
+
+#: Per thread, the open dataset of the remote source it read last. GDAL's block cache
+#: belongs to a dataset handle: a handle reopened for every tile batch fetched again the COG
+#: blocks that neighbouring tiles' halos share (1.7x the file's bytes, bench_remote.py).
+_HELD = threading.local()
+
+
+def _held_dataset(source: SceneSource):
+    """This thread's open dataset for ``source`` (opened with retries on first use)."""
+    held = getattr(_HELD, "entry", None)
+    key = (source.gdal_path, source.opened_at)
+    if held is not None and held[0] == key:
+        return held[1]
+    _drop_held()
+    import rasterio
+
+    from .remote import remote_env, retrying
+
+    with rasterio.Env(**{**GDAL_ENV, **remote_env()}):
+        def enter():
+            cm = open_raster(source.gdal_path, env=False)
+            return cm, cm.__enter__()
+
+        cm, ds = retrying(enter, source.path, clear=source.inputs)
+    _HELD.entry = (key, ds, cm)
+    return ds
+
+
+def _drop_held() -> None:
+    held = getattr(_HELD, "entry", None)
+    _HELD.entry = None
+    if held is not None:
+        with contextlib.suppress(Exception):  # closing a handle that failed
+            held[2].__exit__(None, None, None)
 
 
 def _gdal_reason(exc: BaseException) -> str:
@@ -414,6 +462,7 @@ def open_scene(path: str | os.PathLike, *, scale_offset: str = "apply") -> Scene
                     scale_source="geotiff" if scaled else None,
                     kind="url" if remote else "file",
                     inputs=(dataset,) if remote else (),
+                    opened_at=time.time() if remote else 0.0,
                 )
             finally:
                 cm.__exit__(None, None, None)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import posixpath
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -449,4 +450,5 @@ class ItemScene:
             item_base=self.base,
             asset_keys=tuple(b.key for b in matched),
             inputs=remote_inputs,
+            opened_at=time.time(),
         )
