@@ -237,7 +237,10 @@ def run_scene(
     """Segment one scene; write its COGs, GeoPackage and run manifest.
 
     Args:
-        path: input raster (any size; read window by window).
+        path: input raster (any size; read window by window): a local path, an
+            ``http(s)://`` or ``s3://`` URL (range requests only), or a STAC Item (path,
+            URL, dict or ``pystac.Item``) whose per-band assets are stacked
+            (:func:`geoseg.io.sources.open_source`).
         out_dir: output directory (default ``./<stem>_geoseg/``).
         model: a built-in model name or a bundle path.
         client: a ``distributed.Client`` to run the tile tasks on (left open; e.g. one
@@ -250,7 +253,7 @@ def run_scene(
         **options: fields of :class:`RunOptions` (``tile_size``, ``batch_size``,
             ``device``, ``bands``, ``workers``, ``scheduler``, ``threads``,
             ``overwrite``, ``quiet``, ``vectorize``, ``min_area``, ``simplify``,
-            ``connectivity``, ``stac``).
+            ``connectivity``, ``stac``, ``assets``, ``grid_asset``, ``scale_offset``).
 
     Returns:
         The run manifest (also written as ``<stem>.run.json``).
