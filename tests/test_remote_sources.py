@@ -316,3 +316,17 @@ def test_url_credentials_never_recorded(served, tmp_path):
     dumped = json.dumps(m) + (tmp_path / "scene.run.json").read_text()
     assert "AKIDSECRET" not in dumped and "deadbeefsig" not in dumped
     assert m["input"]["path"].endswith("X-Amz-Signature=REDACTED&v=1")
+
+
+def test_pystac_item_is_a_source(served):
+    """A ``pystac.Item`` (e.g. from pystac-client) is accepted; relative hrefs resolve against its self link."""
+    pystac = pytest.importorskip("pystac")
+    from geoseg.grid import PixelWindow
+    from geoseg.io.sources import open_source
+
+    item = pystac.Item.from_file(str(served.root / "item.json"))
+    src = open_source(item).select(None, ("blue", "green", "red", "nir"))
+    with rasterio.open(served.root / "scene.tif") as ds:
+        want = ds.read(window=((0, 16), (0, 24))).astype(np.float32)
+    assert np.array_equal(src.read(PixelWindow(0, 0, 16, 24))[0], want)
+    assert src.output_stem == "scene-1"
