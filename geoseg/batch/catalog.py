@@ -31,6 +31,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -47,6 +48,8 @@ from pydantic import (
 
 from geoseg._constants import DEFAULT_TILE_SIZE
 from geoseg.errors import CatalogError, InputError
+from geoseg.io.remote import display_url, is_remote
+from geoseg.io.stac_source import looks_like_item
 from geoseg.models.refs import resolve_model_ref
 
 #: Output directory template when a catalog sets none.
@@ -71,6 +74,9 @@ class Settings(BaseModel):
     connectivity: Literal[4, 8] | None = None
     out: str | None = None
     resources: dict[str, PositiveFloat] | None = None
+    assets: dict[str, str] | None = None  # STAC Items: model band -> asset key (like --assets)
+    grid_asset: str | None = None  # STAC Items: the asset whose grid the bands are read on
+    scale_offset: Literal["apply", "ignore"] | None = None
 
     @field_validator("device")
     @classmethod
@@ -90,20 +96,43 @@ class Settings(BaseModel):
         return v
 
 
+class StacSearch(BaseModel):
+    """A ``stac_search:`` source: the Items a STAC API search returns (pystac-client)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str  # the API's root, e.g. https://earth-search.aws.element84.com/v1
+    collections: list[str] | None = None
+    bbox: list[float] | None = None  # minx, miny, maxx, maxy in WGS84
+    datetime: str | None = None  # e.g. 2026-06-01/2026-06-30
+    query: dict | None = None  # STAC API query extension, e.g. {"eo:cloud_cover": {"lt": 20}}
+    filter: str | dict | None = None  # CQL2 text (e.g. "eo:cloud_cover < 20") or JSON
+    max_items: int | None = Field(default=None, ge=1)
+
+    @field_validator("bbox")
+    @classmethod
+    def _bbox(cls, v):
+        if v is not None and (len(v) != 4 or v[0] >= v[2] or v[1] >= v[3]):
+            raise ValueError(f"bbox must be [minx, miny, maxx, maxy] with min < max, got {v}")
+        return v
+
+
 class SceneEntry(Settings):
-    """One entry of ``scenes``: a ``path``, a ``glob`` or a ``stac`` source, plus overrides."""
+    """One entry of ``scenes``: a ``path`` (file, URL or STAC Item), a ``glob``, a ``stac``
+    file or a ``stac_search``, plus overrides."""
 
     path: str | None = None
     glob: str | None = None
     stac: str | None = None
+    stac_search: StacSearch | None = None
     asset: str | None = None
     id: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> SceneEntry:
-        given = [k for k in ("path", "glob", "stac") if getattr(self, k) is not None]
+        given = [k for k in ("path", "glob", "stac", "stac_search") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of path, glob or stac" + (f" (got {' and '.join(given)})" if given else ""))
+            raise ValueError("give exactly one of path, glob or stac (or stac_search)" + (f" (got {' and '.join(given)})" if given else ""))
         if self.id is not None and self.path is None:
             raise ValueError("id names a single scene: use it with path (glob and stac scenes take their ids from file stems and item ids)")
         if self.asset is not None and self.stac is None:
@@ -143,10 +172,25 @@ class SceneJob:
     line: int = 0  # line of its entry in the catalog
     source_item: dict | None = None  # STAC sources: {"path": its file, "item": file is the Item alone, "properties": times}
     label: str = field(default="", compare=False)  # "catalog.yaml:12" for messages
+    #: an input that is not a local raster file: a URL (raster or STAC Item), a local
+    #: Item file, or a STAC Item (dict) whose assets are stacked (geoseg.io.sources)
+    source: str | dict | None = field(default=None, compare=False)
 
     @property
     def stem(self) -> str:
+        if isinstance(self.source, dict):
+            return str(self.source.get("id"))
         return self.path.stem
+
+    @property
+    def input(self):
+        """What run_scene gets: ``source`` when given, else ``path``."""
+        return self.source if self.source is not None else self.path
+
+    @property
+    def local(self) -> bool:
+        """The input is a local raster file (its existence can be checked)."""
+        return self.source is None
 
 
 @dataclass(frozen=True)
@@ -293,6 +337,43 @@ def _hint(catalog: Catalog) -> str:
     return f" (make the scenes first: {catalog.spec.setup.strip()})" if catalog.spec.setup else ""
 
 
+def _one_local_asset(item: dict) -> bool:
+    """An Item whose image is its only data asset, a local file (the one-file-per-scene case)."""
+    assets = {k: a for k, a in (item.get("assets") or {}).items() if isinstance(a, dict)}
+    data = [a for a in assets.values() if "data" in (a.get("roles") or [])] or (list(assets.values()) if len(assets) == 1 else [])
+    return len(data) == 1 and not is_remote(str(data[0].get("href", "")))
+
+
+def _with_self(item: dict, where: Path | str) -> dict:
+    """The Item with a ``self`` link to where it was read (relative hrefs resolve against it)."""
+    href = where if isinstance(where, str) and is_remote(where) else str(Path(where).resolve())
+    links = [ln for ln in item.get("links") or [] if not (isinstance(ln, dict) and ln.get("rel") == "self")]
+    return {**item, "links": links + [{"rel": "self", "href": href, "type": "application/geo+json"}]}
+
+
+def search_items(search: StacSearch) -> list[dict]:
+    """The Items of a ``stac_search:`` entry, as dicts (absolute hrefs, a ``self`` link)."""
+    try:
+        from pystac_client import Client
+    except ImportError:
+        raise InputError("stac_search needs pystac-client: pip install 'geoseg[stac]'") from None
+    import warnings
+
+    kw = {k: v for k, v in {
+        "collections": search.collections, "bbox": search.bbox, "datetime": search.datetime,
+        "query": search.query, "filter": search.filter, "max_items": search.max_items,
+    }.items() if v is not None}
+    if isinstance(search.filter, str):
+        kw["filter_lang"] = "cql2-text"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pystac-client's "does not conform" warnings
+            client = Client.open(search.url)
+            return list(client.search(**kw).items_as_dicts())
+    except Exception as exc:  # noqa: BLE001 - pystac-client raises many kinds
+        raise InputError(f"STAC API search at {display_url(search.url)} failed ({' '.join(str(exc).split())[:200]}): check the url and the search fields") from None
+
+
 def resolve(catalog: Catalog) -> list[SceneJob]:
     """One :class:`SceneJob` per scene of the catalog, in catalog order.
 
@@ -310,10 +391,32 @@ def resolve(catalog: Catalog) -> list[SceneJob]:
     for i, entry in enumerate(spec.scenes):
         loc = ("scenes", i)
         line = catalog.line(loc)
-        sources: list[tuple[str, Path, dict | None, tuple]] = []  # id, path, source item, loc of the source
-        if entry.path is not None:
+        sources: list[tuple] = []  # id, path, source item, loc of the source[, input that is not a raster file]
+        if entry.path is not None and looks_like_item(entry.path):
+            # a STAC Item (file or URL): read now (one small request) for its id
+            from geoseg.io.stac_source import ItemScene
+
+            where = entry.path if is_remote(entry.path) else str((root / entry.path).expanduser())
+            try:
+                scene = ItemScene.load(where)
+            except (InputError, OSError) as exc:
+                raise catalog.error(loc + ("path",), str(exc)) from None
+            item = _with_self(scene.item, scene.base)
+            sources.append((entry.id or scene.id, Path(scene.id), None, loc + ("path",), item))
+        elif entry.path is not None and is_remote(entry.path):
+            stem = Path(urlsplit(entry.path).path).stem
+            sources.append((entry.id or stem, Path(stem), None, loc + ("path",), entry.path))
+        elif entry.path is not None:
             p = (root / entry.path).expanduser()
             sources.append((entry.id or p.stem, p, None, loc + ("path",)))
+        elif entry.stac_search is not None:
+            try:
+                for item in search_items(entry.stac_search):
+                    props = {k: v for k, v in (item.get("properties") or {}).items()
+                             if k in ("datetime", "start_datetime", "end_datetime")}
+                    sources.append((item["id"], Path(item["id"]), {"properties": props}, loc + ("stac_search",), item))
+            except (InputError, OSError) as exc:
+                raise catalog.error(loc + ("stac_search",), str(exc)) from None
         elif entry.glob is not None:
             pattern = str((root / entry.glob).expanduser())
             matches = sorted(Path(m) for m in globlib.glob(pattern, recursive=True) if os.path.isfile(m))
@@ -334,18 +437,22 @@ def resolve(catalog: Catalog) -> list[SceneJob]:
                     props = {k: v for k, v in (item.get("properties") or {}).items()
                              if k in ("datetime", "start_datetime", "end_datetime")}
                     source = {"path": str(item_file.resolve()), "item": standalone, "properties": props}
-                    sources.append((item["id"], asset_path(item, item_file, entry.asset), source, loc + ("stac",)))
+                    if entry.asset is None and not _one_local_asset(item):
+                        # one COG per band (or remote assets): the Item itself, stacked by band
+                        sources.append((item["id"], Path(item["id"]), source, loc + ("stac",), _with_self(item, item_file)))
+                    else:
+                        sources.append((item["id"], asset_path(item, item_file, entry.asset), source, loc + ("stac",)))
             except InputError as exc:
                 raise catalog.error(loc + ("stac",), str(exc)) from None
         template = _setting("out", entry, d, DEFAULT_OUT)
         out_loc = loc + ("out",) if entry.out is not None else ("defaults", "out")
-        for scene_id, path, source, src_loc in sources:
+        for scene_id, path, source, src_loc, *other in sources:
             if not scene_id or "/" in scene_id or "\\" in scene_id or scene_id.startswith("."):
                 raise catalog.error(src_loc, f"scene id {scene_id!r} cannot name files: give an id without '/' that does not start with '.'")
             if scene_id in ids:
                 raise catalog.error(src_loc, f"scene id {scene_id!r} is already used on line {ids[scene_id]}: give one of them another id")
             ids[scene_id] = line
-            path = path.resolve()
+            path = path if other else path.resolve()  # other: a URL or an Item, not a local file
             out_dir = (root / template.format(id=scene_id, stem=path.stem)).expanduser().resolve()
             key = (out_dir, path.stem)
             if key in targets:
@@ -365,6 +472,10 @@ def resolve(catalog: Catalog) -> list[SceneJob]:
                 "simplify": float(_setting("simplify", entry, d, 0.0)),
                 "connectivity": _setting("connectivity", entry, d, 4),
             }
+            for name in ("assets", "grid_asset", "scale_offset"):  # scene-source options, only when set
+                value = _setting(name, entry, d, None)
+                if value is not None:
+                    options[name] = tuple(sorted(value.items())) if name == "assets" else value
             jobs.append(
                 SceneJob(
                     id=scene_id,
@@ -376,6 +487,7 @@ def resolve(catalog: Catalog) -> list[SceneJob]:
                     line=line,
                     source_item=source,
                     label=f"{catalog.path}:{line}",
+                    source=other[0] if other else None,
                 )
             )
     return jobs
@@ -383,7 +495,7 @@ def resolve(catalog: Catalog) -> list[SceneJob]:
 
 def missing_inputs_error(catalog: Catalog, jobs: list[SceneJob]) -> CatalogError | None:
     """An error when no scene of the catalog exists (e.g. the example before `geoseg synth`)."""
-    if not jobs or any(j.path.exists() for j in jobs):
+    if not jobs or any(not j.local or j.path.exists() for j in jobs):
         return None
     first = jobs[0]
     return CatalogError(

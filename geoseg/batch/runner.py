@@ -162,13 +162,14 @@ def check_scene(job: SceneJob, model_sha: str | None, force: bool = False) -> Pl
     mp = manifest_path(job)
     if not mp.exists():
         return Plan(job, True, "no complete run yet")
-    if not job.path.exists():
+    if job.local and not job.path.exists():
         return Plan(job, True, "input missing")
     try:
         manifest = json.loads(mp.read_text())
         recorded_options = manifest.get("options")
         recorded_model = manifest["model"]["sha256"]
         recorded_input = manifest["input"]["sha256"]
+        recorded_fp = manifest["input"].get("fingerprint")
         outputs = manifest["outputs"]
     except (OSError, ValueError, KeyError, TypeError):
         return Plan(job, True, "manifest unreadable")
@@ -181,8 +182,18 @@ def check_scene(job: SceneJob, model_sha: str | None, force: bool = False) -> Pl
     for kind, entry in outputs.items():
         if _output_changed(job.out_dir, entry):
             return Plan(job, True, f"output {kind} missing or changed")
-    if file_sha256(job.path) != recorded_input:
-        return Plan(job, True, "input changed")
+    if job.local:
+        if file_sha256(job.path) != recorded_input:
+            return Plan(job, True, "input changed")
+    else:  # remote or STAC Item: ETag/size/Last-Modified and the Item's JSON, no pixel read
+        from geoseg.io.sources import current_fingerprint
+
+        try:
+            now = current_fingerprint(job.input, recorded_fp)
+        except (OSError, ValueError) as exc:
+            return Plan(job, True, f"input not checked ({exc})")
+        if now != recorded_fp:
+            return Plan(job, True, "input changed")
     return Plan(job, False, "up to date", manifest)
 
 
@@ -230,7 +241,10 @@ def _areas(manifest: dict | None) -> dict[str, float]:
 
 def _result(plan: Plan, status: str, **kw) -> SceneResult:
     job = plan.job
-    return SceneResult(id=job.id, input=str(job.path), out_dir=str(job.out_dir), status=status, reason=plan.reason, **kw)
+    inp = job.source if isinstance(job.source, str) else str(job.path)
+    if isinstance(job.source, dict):
+        inp = next((ln["href"] for ln in job.source.get("links") or [] if ln.get("rel") == "self"), str(job.path))
+    return SceneResult(id=job.id, input=inp, out_dir=str(job.out_dir), status=status, reason=plan.reason, **kw)
 
 
 def _item_fields(job: SceneJob) -> dict:
@@ -254,7 +268,7 @@ def _run_one(plan: Plan, client, where: dict, quiet: bool) -> SceneResult:
         clean_partials(job.out_dir, job.stem)
         manifest_path(job).unlink(missing_ok=True)  # not done until a new manifest says so
         manifest = run_scene(
-            job.path,
+            job.input,
             job.out_dir,
             job.model,
             client=client,

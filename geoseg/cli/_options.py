@@ -85,3 +85,32 @@ def quiet_option(help: str = "No progress bar or summary."):
 
 def json_option(help: str):
     return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def _parse_assets(ctx, param, value: str | None):
+    """``blue=B02,green=B03`` -> ``{"blue": "B02", "green": "B03"}``."""
+    if not value:
+        return None
+    out = {}
+    for part in value.replace(" ", "").split(","):
+        if not part:
+            continue
+        band, sep, key = part.partition("=")
+        if not sep or not band or not key:
+            raise click.BadParameter(f"{part!r}: give BAND=ASSET pairs separated by commas, e.g. blue=B02,green=B03")
+        out[band] = key
+    return out or None
+
+
+def source_options(f):
+    """Options of scene sources (geoseg.io.sources): STAC Item assets, their grid, scale/offset."""
+    f = click.option("--scale-offset", type=click.Choice(["apply", "ignore"]), default="apply", show_default=True,
+                     help="Apply the input's scale/offset (STAC raster:scale/raster:offset, else the GeoTIFF's "
+                          "own) before the model's normalisation, or feed the raw values.")(f)
+    f = click.option("--grid-asset", default=None, metavar="KEY",
+                     help="STAC Items: read every band on this asset's grid [default: the finest matched band's].")(f)
+    f = click.option("--assets", callback=_parse_assets, default=None, metavar="BAND=KEY,...",
+                     help="STAC Items: the asset of each model band, e.g. blue=B02,green=B03,red=B04,nir=B08 "
+                          "(KEY:N for band N of a multi-band asset). Default: matched by eo:bands/bands "
+                          "common_name or name, else by asset key.")(f)
+    return f

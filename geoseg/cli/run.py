@@ -23,6 +23,7 @@ from geoseg.cli._options import (
     quiet_option,
     scheduler_option,
     simplify_option,
+    source_options,
     threads_option,
     tile_size_option,
     workers_option,
@@ -32,13 +33,14 @@ __all__ = ["demo_cmd", "format_summary", "models_cmd", "run_cmd", "synth_cmd", "
 
 
 @click.command("run", context_settings=CONTEXT)
-@click.argument("scene", type=click.Path(path_type=Path))
+@click.argument("scene", type=str)
 @out_dir_option()
 @model_option("A built-in model name (see `geoseg models`), a model bundle, an ONNX file, a TorchScript "
               "archive, a torch.export program (.pt2) or a STAC MLM Item (path or URL); a sidecar "
               "MODEL.geoseg.json completes a contract (see `geoseg models inspect`).")
 @bands_option("1-based scene bands, in the order the model expects them (e.g. 3,2,1,4). "
               "Default: bands matched by name (band descriptions), else all bands in order.")
+@source_options
 @tile_size_option("Core tile size in pixels (rounded up to the model's downsampling factor). "
                   "Results do not depend on it; larger tiles spend less compute on the halo, "
                   "smaller ones less memory.")
@@ -70,10 +72,15 @@ __all__ = ["demo_cmd", "format_summary", "models_cmd", "run_cmd", "synth_cmd", "
 @quiet_option()
 @json_option("Print the run manifest as JSON on stdout.")
 @handle_errors
-def run_cmd(scene, out_dir, model, bands, tile_size, batch_size, device, workers, scheduler, threads,
-            no_vectorize, min_area, simplify, connectivity, tta, probabilities, precision, overwrite, resume, quiet,
-            as_json):
+def run_cmd(scene, out_dir, model, bands, assets, grid_asset, scale_offset, tile_size, batch_size, device, workers,
+            scheduler, threads, no_vectorize, min_area, simplify, connectivity, tta, probabilities, precision, overwrite,
+            resume, quiet, as_json):
     """Segment SCENE (any GDAL raster with a CRS) into georeferenced outputs.
+
+    SCENE is a local raster, an http(s):// or s3:// URL of one (read with range
+    requests, never downloaded; credentials from the usual AWS_*/GDAL_* environment),
+    or a STAC Item (path or URL) whose per-band assets are stacked in the model's
+    band order.
 
     \b
     Writes, in the output directory, with exactly the input's CRS and grid:
@@ -93,7 +100,8 @@ def run_cmd(scene, out_dir, model, bands, tile_size, batch_size, device, workers
     from geoseg.scene.pipeline import run_scene
 
     manifest = run_scene(
-        scene, out_dir, model=model, bands=bands, tile_size=tile_size, batch_size=batch_size, device=device,
+        scene, out_dir, model=model, bands=bands, assets=assets, grid_asset=grid_asset, scale_offset=scale_offset,
+        tile_size=tile_size, batch_size=batch_size, device=device,
         workers=workers, scheduler=scheduler, threads=threads, vectorize=not no_vectorize,
         min_area=min_area, simplify=simplify, connectivity=int(connectivity),
         tta=tta, probabilities=probabilities, precision=precision.lower(),

@@ -6,8 +6,12 @@
 - :mod:`~geoseg.io.labels`: label rasters on any grid and polygons, onto an image grid.
 - :mod:`~geoseg.io.stac`: STAC Items of a run's outputs; reading STAC sources of catalogs.
 
-New kinds of scene source (remote rasters, STAC Items of per-band COGs, warped views)
-are new modules here.
+- :mod:`~geoseg.io.sources`: :func:`open_source`, the entry point from what a user gives
+  (local raster, http(s)/s3 URL, STAC Item) to a scene source; :mod:`~geoseg.io.remote`
+  (URLs, GDAL network settings, retries, HTTP metadata) and :mod:`~geoseg.io.stac_source`
+  (an Item's per-band assets stacked in a VRT).
+
+New kinds of scene source (warped views, areas of interest) are new modules here.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ _WHERE = {
     "file_sha256": "geoseg.io.raster",
     "open_raster": "geoseg.io.raster",
     "open_scene": "geoseg.io.raster",
+    "open_source": "geoseg.io.sources",
     "read_band": "geoseg.io.raster",
     "COG_OPTIONS": "geoseg.io.cog",
     "RasterProduct": "geoseg.io.cog",

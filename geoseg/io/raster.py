@@ -8,8 +8,11 @@ grid, band selection, nodata): Dask tasks carry it and open the file themselves.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,6 +99,106 @@ class SceneSource:
     band_names: tuple[str, ...]  # descriptions of all bands ('' where none)
     nodata: float | None
     mask_band: bool  # validity from a per-dataset mask / alpha band instead of nodata
+    #: what GDAL opens when it is not ``path``: ``/vsicurl/URL``, ``/vsis3/...`` or a VRT
+    #: (XML) stacking a STAC Item's assets (:mod:`geoseg.io.stac_source`). ``path`` stays
+    #: the name the user gave (URLs without credentials), for messages and the manifest.
+    dataset: str | None = None
+    #: per dataset band ``(scale, offset)`` that turn raw values into the model's units
+    #: (STAC ``raster:scale``/``raster:offset``, else the GeoTIFF's own); applied in
+    #: :meth:`read` when ``apply_scale``. None: the input has none.
+    scale_offset: tuple[tuple[float, float], ...] | None = None
+    apply_scale: bool = False
+    scale_source: str | None = None  # "raster:bands" and/or "geotiff" (recorded in the manifest)
+    kind: str = "file"  # "file", "url" (a remote raster) or "stac-item"
+    stem: str | None = None  # output file stem (an Item's id) when not the path's stem
+    #: STAC Item sources: the Item (canonical JSON), where it is, its matched asset keys
+    item_json: str | None = None
+    item_base: str | None = None
+    asset_keys: tuple[str, ...] = ()
+    #: the remote files behind the source (GDAL paths), whose cached state a retry clears
+    inputs: tuple[str, ...] = ()
+    #: when the source was opened (remote): a later run of the same URL never reads
+    #: through a handle (and blocks) held from an earlier one
+    opened_at: float = 0.0
+
+    @property
+    def output_stem(self) -> str:
+        """The stem of the output files: an Item's id, else the file name's stem."""
+        return self.stem or Path(self.path.split("?", 1)[0]).stem
+
+    @property
+    def gdal_path(self) -> str:
+        """What GDAL opens (``dataset``, else ``path``)."""
+        return self.dataset or self.path
+
+    @property
+    def remote(self) -> bool:
+        return self.kind != "file"
+
+    def describe_scaling(self) -> dict | None:
+        """What the manifest records about scale/offset (None: the input has none)."""
+        if not self.scale_offset:
+            return None
+        return {
+            "applied": self.apply_scale,
+            "source": self.scale_source,
+            "bands": [{"scale": self.scale_offset[b - 1][0], "offset": self.scale_offset[b - 1][1]} for b in self.band_indexes],
+        }
+
+    def scaled_range(self) -> tuple[float, float]:
+        """The range of values the model sees: the dtype's range through scale/offset."""
+        lo, hi = dtype_range(self.dtype)
+        if not (self.apply_scale and self.scale_offset):
+            return lo, hi
+        ends = []
+        for b in self.band_indexes:
+            sc, off = self.scale_offset[b - 1]
+            ends += [lo * sc + off, hi * sc + off]
+        return min(ends), max(ends)
+
+    @contextmanager
+    def open(self) -> Iterator:
+        """The open dataset, under GDAL's settings for this source (remote: opened with
+        bounded retries, see :mod:`geoseg.io.remote`)."""
+        if not self.remote:
+            with open_raster(self.gdal_path) as ds:
+                yield ds
+            return
+        import rasterio
+
+        from .remote import remote_env, retrying
+
+        with rasterio.Env(**{**GDAL_ENV, **remote_env()}):
+            def enter():
+                cm = open_raster(self.gdal_path, env=False)
+                return cm, cm.__enter__()
+
+            cm, ds = retrying(enter, self.path, clear=self.inputs)
+            try:
+                yield ds
+            finally:
+                cm.__exit__(None, None, None)
+
+    def read_windows(self, windows: list[PixelWindow]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`read` of several windows through one open dataset. Remote sources retry a
+        transient failure (the whole group, bounded) and report a permanent one by URL."""
+        if not self.remote:
+            with self.open() as ds:
+                return [self.read(w, ds) for w in windows]
+        import rasterio
+
+        from .remote import remote_env, retrying
+
+        def attempt():
+            ds = _held_dataset(self)
+            try:
+                with rasterio.Env(**{**GDAL_ENV, **remote_env()}):
+                    return [self.read(w, ds) for w in windows]
+            except BaseException:
+                _drop_held()  # a retry starts from a fresh handle
+                raise
+
+        return retrying(attempt, self.path, clear=self.inputs)
 
     @property
     def height(self) -> int:
@@ -152,9 +255,11 @@ class SceneSource:
         """
         import rasterio
 
+        if dataset is None and self.remote:
+            return self.read_windows([window])[0]
         try:
             if dataset is None:
-                with open_raster(self.path) as ds:
+                with self.open() as ds:
                     return self.read(window, ds)
             win = window.to_rasterio()
             raw = dataset.read(list(self.band_indexes), window=win)
@@ -170,12 +275,52 @@ class SceneSource:
                 if not finite.all():
                     valid &= np.any(finite, axis=0)
                     data = np.where(finite, data, np.float32(0))
+            if self.apply_scale and self.scale_offset:
+                so = np.array([self.scale_offset[b - 1] for b in self.band_indexes], dtype=np.float32)
+                data = data * so[:, 0, None, None] + so[:, 1, None, None]
             return data, valid
         except rasterio.errors.RasterioError as exc:
+            if self.remote and isinstance(exc, rasterio.errors.RasterioIOError):
+                raise  # retried, and reported with the URL, by read_windows()
             raise RasterReadError(
                 f"cannot read {self.path} at rows {window.row}-{window.row_end}, cols "
                 f"{window.col}-{window.col_end} ({_gdal_reason(exc)}): the file is truncated or corrupt"
             ) from exc
+
+
+#: Per thread, the open dataset of the remote source it read last. GDAL's block cache
+#: belongs to a dataset handle: a handle reopened for every tile batch fetched again the COG
+#: blocks that neighbouring tiles' halos share (1.7x the file's bytes, bench_remote.py).
+_HELD = threading.local()
+
+
+def _held_dataset(source: SceneSource):
+    """This thread's open dataset for ``source`` (opened with retries on first use)."""
+    held = getattr(_HELD, "entry", None)
+    key = (source.gdal_path, source.opened_at)
+    if held is not None and held[0] == key:
+        return held[1]
+    _drop_held()
+    import rasterio
+
+    from .remote import remote_env, retrying
+
+    with rasterio.Env(**{**GDAL_ENV, **remote_env()}):
+        def enter():
+            cm = open_raster(source.gdal_path, env=False)
+            return cm, cm.__enter__()
+
+        cm, ds = retrying(enter, source.path, clear=source.inputs)
+    _HELD.entry = (key, ds, cm)
+    return ds
+
+
+def _drop_held() -> None:
+    held = getattr(_HELD, "entry", None)
+    _HELD.entry = None
+    if held is not None:
+        with contextlib.suppress(Exception):  # closing a handle that failed
+            held[2].__exit__(None, None, None)
 
 
 def _gdal_reason(exc: BaseException) -> str:
@@ -228,58 +373,102 @@ def _probe_blocks(ds, path: Path) -> None:
             ) from exc
 
 
-def open_scene(path: str | os.PathLike) -> SceneSource:
+def open_scene(path: str | os.PathLike, *, scale_offset: str = "apply") -> SceneSource:
     """Open and validate a scene (all bands selected; see :meth:`SceneSource.select`).
 
     Args:
-        path: a raster GDAL can read, with a CRS and a geotransform.
+        path: a raster GDAL can read, with a CRS and a geotransform: a local path, or an
+            ``http(s)://`` or ``s3://`` URL read with range requests only (``/vsicurl/``,
+            ``/vsis3/``; credentials from the standard AWS/GDAL environment). STAC Items:
+            :func:`geoseg.io.sources.open_source`.
+        scale_offset: ``"apply"`` the raster's own per-band scale/offset (when not 1/0)
+            before the model's normalisation, or ``"ignore"`` them.
 
     Raises:
-        RasterReadError: missing, a directory, not a raster, truncated.
+        RasterReadError: missing, a directory, not a raster, truncated; remote: 404/403,
+            unknown host, or still failing after bounded retries (one line, with the URL).
         InputError: no CRS or transform, mixed or complex data types.
     """
     import rasterio
     from rasterio.enums import MaskFlags
 
-    p = check_path(path)
+    from .remote import (
+        clear_cache,
+        display_url,
+        gdal_path,
+        is_remote,
+        remote_env,
+        retrying,
+    )
+
+    if scale_offset not in ("apply", "ignore"):
+        raise InputError(f"scale_offset must be 'apply' or 'ignore', got {scale_offset!r}")
+    remote = is_remote(path)
+    if remote:
+        name, dataset = display_url(path), gdal_path(path)
+        label = name.split("?", 1)[0].rsplit("/", 1)[-1]
+    else:
+        p = check_path(path)
+        name, dataset, label = str(p.resolve()), None, p.name
+
+    def enter():
+        cm = open_raster(dataset or name, env=False, quiet=True)
+        return cm, cm.__enter__()
+
     try:
-        with open_raster(p, quiet=True) as ds:
-            if ds.count < 1:
-                raise RasterReadError(f"{p} has no raster bands: give an image with at least one band")
-            _probe_blocks(ds, p)
-            if ds.crs is None:
-                raise InputError(
-                    f"{p} has no CRS: assign one (e.g. gdal_edit.py -a_srs EPSG:32633 {p.name}) and retry"
+        with rasterio.Env(**{**GDAL_ENV, **(remote_env() if remote else {})}):
+            if remote:
+                clear_cache(dataset)  # what GDAL remembers of an earlier open (a failure too)
+            cm, ds = retrying(enter, dataset, what="cannot open") if remote else enter()
+            try:
+                if ds.count < 1:
+                    raise RasterReadError(f"{name} has no raster bands: give an image with at least one band")
+                if not remote:
+                    _probe_blocks(ds, p)
+                if ds.crs is None:
+                    raise InputError(
+                        f"{name} has no CRS: assign one (e.g. gdal_edit.py -a_srs EPSG:32633 {label}) and retry"
+                    )
+                if ds.transform.is_identity and not ds.gcps[0]:
+                    raise InputError(
+                        f"{name} has no geotransform: georeference it (e.g. gdal_edit.py -a_ullr ...) and retry"
+                    )
+                if ds.transform.b != 0 or ds.transform.d != 0:
+                    raise InputError(f"{name} has a rotated geotransform: warp it to a north-up grid first (gdalwarp)")
+                dtypes = set(ds.dtypes)
+                if len(dtypes) > 1:
+                    raise InputError(f"{name} mixes band data types {sorted(dtypes)}: convert to one type first")
+                dtype = ds.dtypes[0]
+                if np.dtype(dtype).kind == "c":
+                    raise InputError(f"{name} has complex-valued bands ({dtype}): geoseg needs real-valued imagery")
+                names = tuple(d or "" for d in ds.descriptions)
+                flags = ds.mask_flag_enums[0]
+                mask_band = ds.nodata is None and (MaskFlags.per_dataset in flags or MaskFlags.alpha in flags)
+                geobox = GeoBox(ds.height, ds.width, ds.transform, ds.crs.to_wkt())
+                so = tuple((float(a), float(b)) for a, b in zip(ds.scales, ds.offsets))
+                scaled = any(pair != (1.0, 0.0) for pair in so)
+                return SceneSource(
+                    path=name,
+                    geobox=geobox,
+                    count=ds.count,
+                    dtype=dtype,
+                    band_indexes=tuple(range(1, ds.count + 1)),
+                    band_names=names,
+                    nodata=None if ds.nodata is None else float(ds.nodata),
+                    mask_band=mask_band,
+                    dataset=dataset,
+                    scale_offset=so if scaled else None,
+                    apply_scale=scaled and scale_offset == "apply",
+                    scale_source="geotiff" if scaled else None,
+                    kind="url" if remote else "file",
+                    inputs=(dataset,) if remote else (),
+                    opened_at=time.time() if remote else 0.0,
                 )
-            if ds.transform.is_identity and not ds.gcps[0]:
-                raise InputError(
-                    f"{p} has no geotransform: georeference it (e.g. gdal_edit.py -a_ullr ...) and retry"
-                )
-            if ds.transform.b != 0 or ds.transform.d != 0:
-                raise InputError(f"{p} has a rotated geotransform: warp it to a north-up grid first (gdalwarp)")
-            dtypes = set(ds.dtypes)
-            if len(dtypes) > 1:
-                raise InputError(f"{p} mixes band data types {sorted(dtypes)}: convert to one type first")
-            dtype = ds.dtypes[0]
-            if np.dtype(dtype).kind == "c":
-                raise InputError(f"{p} has complex-valued bands ({dtype}): geoseg needs real-valued imagery")
-            names = tuple(d or "" for d in ds.descriptions)
-            flags = ds.mask_flag_enums[0]
-            mask_band = ds.nodata is None and (MaskFlags.per_dataset in flags or MaskFlags.alpha in flags)
-            geobox = GeoBox(ds.height, ds.width, ds.transform, ds.crs.to_wkt())
-            return SceneSource(
-                path=str(p.resolve()),
-                geobox=geobox,
-                count=ds.count,
-                dtype=dtype,
-                band_indexes=tuple(range(1, ds.count + 1)),
-                band_names=names,
-                nodata=None if ds.nodata is None else float(ds.nodata),
-                mask_band=mask_band,
-            )
+            finally:
+                cm.__exit__(None, None, None)
     except rasterio.errors.RasterioIOError as exc:
         raise RasterReadError(
-            f"{p} is not a raster GDAL can read ({str(exc).splitlines()[0]}): give a GeoTIFF or another GDAL raster"
+            f"{name} is not a raster GDAL can read ({str(exc).splitlines()[0]}): give a GeoTIFF or another GDAL raster"
         ) from exc
 
 

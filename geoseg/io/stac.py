@@ -205,7 +205,8 @@ def scene_item(
         "created": manifest["created"],
         **proj,
         "geoseg:model": {"name": model["name"], "sha256": model["sha256"]},
-        "geoseg:input_sha256": inp["sha256"],
+        # remote inputs are not read in full: no sha256 (the manifest has their fingerprint)
+        **({"geoseg:input_sha256": inp["sha256"]} if inp.get("sha256") else {}),
         **(properties or {}),
     }
     return {

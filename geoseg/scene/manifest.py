@@ -45,7 +45,7 @@ def pixel_area_m2(geobox) -> float:
 def build_manifest(
     *,
     source,
-    input_sha256: str,
+    input_sha256: str | dict,
     bundle,
     model_ref: str,
     grid,
@@ -81,7 +81,7 @@ def build_manifest(
         )
     outputs = {}
     for final, tmp in staged.items():
-        kind = final.name[len(Path(source.path).stem) + 1 :]
+        kind = final.name[len(source.output_stem) + 1 :]
         outputs[kind] = output_entry(final, tmp)
     mpx = gb.width * gb.height / 1e6
     return {
@@ -97,7 +97,14 @@ def build_manifest(
             "transform": list(gb.transform)[:6],
             "nodata": source.nodata,
             "bands_used": list(source.band_indexes),
-            "sha256": input_sha256,
+            # local inputs: their content's sha256; remote ones are not read in full (None)
+            "sha256": input_sha256.get("sha256") if isinstance(input_sha256, dict) else input_sha256,
+            # what `geoseg batch` compares to skip a finished scene: content (local), or
+            # ETag/size/Last-Modified (remote), or the Item's JSON and its assets' (STAC Item)
+            "kind": source.kind,
+            "fingerprint": input_sha256 if isinstance(input_sha256, dict) else {"kind": "sha256", "sha256": input_sha256},
+            "scale_offset": source.describe_scaling(),
+            **({"assets": list(source.asset_keys)} if source.asset_keys else {}),
         },
         "model": {
             "ref": str(model_ref),

@@ -29,7 +29,7 @@ from geoseg.grid import PixelWindow, Tile, TileGrid, batches
 from geoseg.io.cog import RasterProduct, class_tags, stage_legend
 from geoseg.io.faults import writing
 from geoseg.io.legend import BandLegend, Category, mask_legends
-from geoseg.io.raster import SceneSource, dtype_range, file_sha256, open_raster, open_scene
+from geoseg.io.raster import SceneSource
 from geoseg.progress import Progress
 from geoseg.scene.journal import TileJournal, input_identity, journal_key
 from geoseg.scene.manifest import build_manifest
@@ -68,6 +68,11 @@ class RunOptions:
     tta: bool = False  # average the probabilities of the 8 flips/rotations of every window
     probabilities: bool = False  # also write <stem>.probabilities.tif (uint8 p x 254 per class)
     precision: str = "fp32"  # fp32, or fp16/bf16 autocast on CUDA
+    # scene sources (geoseg.io.sources): STAC Items' band -> asset overrides, the asset whose
+    # grid the bands are read on, and whether the input's scale/offset is applied
+    assets: tuple[tuple[str, str], ...] | None = None
+    grid_asset: str | None = None
+    scale_offset: str = "apply"
 
     def output_options(self) -> dict:
         """The options that shape the outputs, as requested (recorded in the manifest as
@@ -75,12 +80,19 @@ class RunOptions:
         work runs (workers, scheduler, threads) and how it is reported are left out."""
         out = {name: getattr(self, name) for name in OUTPUT_OPTIONS}
         out["bands"] = list(self.bands) if self.bands is not None else None
+        out["assets"] = dict(self.assets) if self.assets else None
+        for name, default in SOURCE_DEFAULTS.items():  # recorded only when set: older manifests stay valid
+            if out.get(name) == default:
+                out.pop(name, None)
         return out
 
 
+#: Scene-source options and their defaults (left out of ``output_options`` when default).
+SOURCE_DEFAULTS = {"assets": None, "grid_asset": None, "scale_offset": "apply"}
+
 #: The :class:`RunOptions` fields that shape a run's outputs.
 OUTPUT_OPTIONS = ("tile_size", "batch_size", "device", "bands", "vectorize", "min_area", "simplify", "connectivity", "stac",
-                  "tta", "probabilities", "precision")
+                  "tta", "probabilities", "precision", "assets", "grid_asset", "scale_offset")
 
 
 @dataclass
@@ -101,7 +113,14 @@ def check_contract(source: SceneSource, bundle) -> None:
     if vr is None:
         return
     lo, hi = float(vr[0]), float(vr[1])
-    dlo, dhi = dtype_range(source.dtype)
+    dlo, dhi = source.scaled_range()
+    if source.apply_scale and (dhi < hi or dlo > lo):
+        pairs = ", ".join(f"{sc:g}/{off:g}" for sc, off in (source.scale_offset[b - 1] for b in source.band_indexes))
+        raise ContractError(
+            f"{source.path}: with its scale/offset applied ({pairs}, from {source.scale_source}) values span "
+            f"{dlo:g}..{dhi:g} but model '{bundle.name}' expects {lo:g}..{hi:g}: pass --scale-offset ignore "
+            "to feed the raw values, or use a model trained on scaled values"
+        )
     if dhi < hi or dlo > lo:
         raise ContractError(
             f"{source.path} is {source.dtype} (values {dlo:g}..{dhi:g}) but model '{bundle.name}' expects "
@@ -127,8 +146,7 @@ def predict_batch(
     """
     predictor = get_predictor(model, checksum, resolve_device(device), torch_threads, precision)
     options = {"tta": tta, "probabilities": probabilities}
-    with open_raster(source.path) as ds:
-        reads = [source.read(t.read, ds) for t in tiles]
+    reads = source.read_windows([t.read for t in tiles])
     data = np.stack([r[0] for r in reads])
     valid = np.stack([r[1] for r in reads])
     # A tile whose core has no valid pixel writes only nodata: skip the model for it.
@@ -261,10 +279,6 @@ def _run_distributed(
     return info
 
 
-def _default_out_dir(path: str | os.PathLike) -> Path:
-    return Path.cwd() / f"{Path(path).stem}_geoseg"
-
-
 def run_scene(
     path: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
@@ -278,7 +292,10 @@ def run_scene(
     """Segment one scene; write its COGs, GeoPackage and run manifest.
 
     Args:
-        path: input raster (any size; read window by window).
+        path: input raster (any size; read window by window): a local path, an
+            ``http(s)://`` or ``s3://`` URL (range requests only), or a STAC Item (path,
+            URL, dict or ``pystac.Item``) whose per-band assets are stacked
+            (:func:`geoseg.io.sources.open_source`).
         out_dir: output directory (default ``./<stem>_geoseg/``).
         model: a built-in model name, a bundle path, or an ONNX / TorchScript / ``.pt2``
             file or STAC MLM Item (path or URL; see :mod:`geoseg.models.external`).
@@ -292,7 +309,7 @@ def run_scene(
         **options: fields of :class:`RunOptions` (``tile_size``, ``batch_size``,
             ``device``, ``bands``, ``workers``, ``scheduler``, ``threads``,
             ``overwrite``, ``quiet``, ``vectorize``, ``min_area``, ``simplify``,
-            ``connectivity``, ``stac``).
+            ``connectivity``, ``stac``, ``assets``, ``grid_asset``, ``scale_offset``).
 
     Returns:
         The run manifest (also written as ``<stem>.run.json``).
@@ -308,6 +325,9 @@ def run_scene(
         raise TypeError(f"run_scene() got unknown option(s) {sorted(unknown)}")
     if options.get("bands") is not None:
         options["bands"] = tuple(int(b) for b in options["bands"])
+    if options.get("assets"):
+        a = options["assets"]
+        options["assets"] = tuple(sorted(a.items() if isinstance(a, dict) else a))
     opts = RunOptions(**options)
     if opts.workers is not None and opts.workers < 1:
         raise InputError(f"--workers must be >= 1, got {opts.workers}")
@@ -317,7 +337,11 @@ def run_scene(
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
-    scene = open_scene(path)  # a bad scene is reported before a model is loaded
+    from geoseg.io.sources import open_source, source_fingerprint
+
+    # a bad scene is reported before a model is loaded (an Item: before its assets are matched)
+    scene = open_source(path, assets=dict(opts.assets) if opts.assets else None,
+                        grid_asset=opts.grid_asset, scale_offset=opts.scale_offset)
     bundle = load_model(model)
     source = scene.select(opts.bands, tuple(bundle.bands))
     check_contract(source, bundle)
@@ -338,8 +362,8 @@ def run_scene(
             "tta and probabilities are available for exact-seam models only; run without them"
         )
 
-    out = prepare_out_dir(out_dir if out_dir is not None else _default_out_dir(path))
-    stem = Path(path).stem
+    stem = source.output_stem
+    out = prepare_out_dir(out_dir if out_dir is not None else Path.cwd() / f"{stem}_geoseg")
     has_masks = len(bundle.mask_heads) > 0
     finals = output_paths(out, stem, has_masks, opts.vectorize, opts.stac)
     if opts.probabilities:  # before the manifest, which comes last
@@ -351,7 +375,7 @@ def run_scene(
     timings["validate"] = time.perf_counter() - t0
 
     hasher = ThreadPoolExecutor(max_workers=1)
-    input_sha = hasher.submit(file_sha256, source.path)
+    input_sha = hasher.submit(source_fingerprint, source)
     products: list[RasterProduct] = []
     # the resume journal: finished tiles of the hidden stripes files (geoseg.scene.journal)
     journal = TileJournal(out, stem, _journal_key(source, bundle, opts, grid), [f for k, f in finals.items() if k in PRODUCTS])
@@ -476,6 +500,13 @@ def run_scene(
 PRODUCTS = ("classes", "confidence", "mask", "probabilities")
 
 
+def _remote_identity(source: SceneSource) -> dict:
+    """A remote input's identity for the journal: its fingerprint (HEAD requests, no pixels)."""
+    from geoseg.io.sources import source_fingerprint
+
+    return {"path": source.path, "fingerprint": source_fingerprint(source)}
+
+
 def _journal_key(source: SceneSource, bundle, opts: RunOptions, grid: TileGrid) -> str:
     """What makes a killed run's tiles reusable: same input file, bands, model, options, grid, geoseg."""
     from importlib.metadata import PackageNotFoundError, version
@@ -486,7 +517,7 @@ def _journal_key(source: SceneSource, bundle, opts: RunOptions, grid: TileGrid) 
         geoseg_version = "unknown"
     return journal_key(
         {
-            "input": input_identity(source.path),
+            "input": input_identity(source.path) if source.kind == "file" else _remote_identity(source),
             "bands": list(source.band_indexes),
             "model": bundle.checksum,
             "options": opts.output_options(),
