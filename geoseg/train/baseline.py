@@ -108,7 +108,7 @@ class ForestBaseline:
     """
 
     n_estimators: int = 100
-    max_samples: int = 200_000
+    max_samples: int = 50_000
     min_samples_leaf: int = 1
     scales: tuple[int, ...] = SCALES
     seed: int = 0
