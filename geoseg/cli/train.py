@@ -132,8 +132,8 @@ def _mask_heads(specs: tuple[str, ...]) -> list[dict[str, Any]] | None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Chips per step [default: 16 of 128 px, 32 of 64 px].")
 @click.option("--sampling", type=click.Choice(["balanced", "random", "grid"]), default=None,
-              help="balanced: chips centred on labelled pixels, classes drawn in proportion to the square "
-                   "root of their pixel counts; random: chips anywhere; grid: every chip of a regular grid "
+              help="balanced: chips centred on labelled pixels of a class drawn uniformly (class-balanced); "
+                   "random: chips anywhere; grid: every chip of a regular grid "
                    "once per epoch [default: balanced].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Peak learning rate [default: 0.003].")
 @click.option("--schedule", type=click.Choice(["onecycle", "cosine", "constant"]), default=None,
@@ -153,7 +153,7 @@ def _mask_heads(specs: tuple[str, ...]) -> list[dict[str, Any]] | None:
                    "share (blocks), or the bottom strip (strip); training chips never see validation pixels "
                    "[default: blocks].")
 @click.option("--class-weights", default=None, metavar="auto|none|W,...",
-              help="Cross-entropy class weights [default: auto = inverse square root of class frequency].")
+              help="Cross-entropy class weights [default: auto = none with balanced sampling, else inverse square root of class frequency].")
 @click.option("--loss-weights", default=None, metavar="KEY=W,...",
               help="Loss terms: ce (class head), bce and dice (mask heads), mask (scales bce+dice), mae "
                    "(L1 on probabilities) [default: ce=1,bce=1,dice=1,mask=1,mae=0].")

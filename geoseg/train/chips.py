@@ -115,9 +115,9 @@ class ChipSampler:
 
     def _anchors(self) -> tuple[np.ndarray, list[list[np.ndarray]]]:
         """Per class, the labelled training pixels (at most ``MAX_ANCHORS`` per class and
-        scene, a seeded subset) chips are centred on; and the probability of each class:
-        proportional to the square root of its labelled pixels (rare classes drawn far more
-        often than their share, common ones still most often)."""
+        scene, a seeded subset) chips are centred on; every class present is drawn equally
+        often (class-balanced; the chips still hold their neighbourhood, mostly of the
+        common classes)."""
         counts = np.zeros(IGNORE, np.int64)
         per_scene: list[np.ndarray] = []
         for s in self.scenes:
@@ -136,9 +136,8 @@ class ChipSampler:
                     idx = np.sort(self.rng.choice(idx, MAX_ANCHORS, replace=False))
                 row.append(idx)
             table.append(row)
-        p = np.sqrt(counts[classes].astype(np.float64))
         self.anchor_classes = classes
-        self.anchor_p = p / p.sum()
+        self.anchor_p = np.full(classes.size, 1.0 / classes.size)
         return classes, table
 
     def balanced_chip(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -26,8 +26,8 @@ class TrainConfig:
         chip_size: Side of the square chips (a multiple of the model's downsampling).
         batch_size: Chips per optimiser step.
         sampling: ``"balanced"``: chips centred (at a random offset) on labelled pixels of
-            a class drawn in proportion to the square root of its pixel count, so sparse
-            labels and rare classes are seen; ``"random"`` chips anywhere in the training
+            a class drawn uniformly (class-balanced), so sparse labels and rare classes
+            are seen; ``"random"`` chips anywhere in the training
             area; or ``"grid"``: each epoch visits every chip of a regular grid (stride
             ``chip_size``) once, in a random order.
         lr: Peak learning rate.
