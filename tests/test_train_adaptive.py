@@ -10,14 +10,18 @@ import numpy as np
 import pytest
 import shapely
 from click.testing import CliRunner
+from conftest import UTM33_10M, write_polygons, write_raster
 from scipy import ndimage
 
 from geoseg._constants import IGNORE
 from geoseg.train.data import LabeledScene
-from geoseg.train.sizing import DataStats, epochs_for_budget, plan_training, steps_for_budget
+from geoseg.train.sizing import (
+    DataStats,
+    epochs_for_budget,
+    plan_training,
+    steps_for_budget,
+)
 from geoseg.train.split import block_split
-
-from conftest import UTM33_10M, write_polygons, write_raster
 
 # --------------------------------------------------------------------------- sizing rules
 

@@ -34,7 +34,7 @@ import numpy as np
 from geoseg._constants import IGNORE
 from geoseg.train.data import LabeledScene
 
-__all__ = ["SplitResult", "block_split", "block_size_for"]
+__all__ = ["SplitResult", "block_size_for", "block_split"]
 
 
 def block_size_for(shape: tuple[int, int], factor: int = 8) -> int:
