@@ -388,6 +388,9 @@ def _train(
             bar.update(1)
             if (epoch - 1) * steps + i >= history.schedule_steps:
                 break  # a budget that does not allow one whole epoch
+            if cfg.time_budget is not None and loop.seconds + time.perf_counter() - t_start > cfg.time_budget:
+                history.stopped = "time_budget"  # slower steps than timed (a loaded machine): stop here
+                break
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", val_miou=f"{last_val:.4f}")
         bar.close()
         module.eval()
@@ -415,7 +418,8 @@ def _train(
         if cfg.time_budget is not None and epoch < history.planned_epochs:
             this_run = time.perf_counter() - t_start - history.setup_seconds
             per_epoch = this_run / max(1, epoch - history.resumed_at)
-            if epochs_for_budget(history.planned_epochs, epoch, per_epoch, cfg.time_budget - elapsed) <= epoch:
+            if history.stopped == "time_budget" or epochs_for_budget(
+                    history.planned_epochs, epoch, per_epoch, cfg.time_budget - elapsed) <= epoch:
                 history.stopped = "time_budget"
         if history.stopped == "time_budget":
             pass
