@@ -125,7 +125,7 @@ def _mask_heads(specs: tuple[str, ...]) -> list[dict[str, Any]] | None:
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Epochs [default: for the data: 400 + 8 sqrt(labelled pixels) steps, at most 4000].")
 @click.option("--chips-per-epoch", type=click.IntRange(min=1), default=None,
-              help="Chips per epoch [default: about two passes over the labelled pixels, 8-32 batches].")
+              help="Chips per epoch [default: for the data: a 25th of the steps, 8-64 batches].")
 @click.option("--chip-size", type=click.IntRange(min=8), default=None,
               help="Chip side in pixels, a multiple of 2**depth [default: 128 for dense labels on large "
                    "scenes, else 64].")
@@ -140,11 +140,11 @@ def _mask_heads(specs: tuple[str, ...]) -> list[dict[str, Any]] | None:
               help="Learning-rate schedule of AdamW [default: onecycle].")
 @click.option("--seed", type=int, default=None, help="Seed of weights, chips and augmentation: same seed, same model [default: 0].")
 @click.option("--patience", type=click.IntRange(min=0), default=None,
-              help="Stop when validation mIoU has not improved for N epochs; 0: never [default: a fifth of "
-                   "the epochs, at least 6].")
+              help="Stop when validation mIoU has not improved for N epochs; 0: never [default: a quarter of "
+                   "the epochs, at least 5].")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-              help="Without validation data in the config: the bottom fraction of each image held out for "
-                   "validation, after a gap of --val-gap rows [default: 0.2].")
+              help="Without validation data in the config: the share of each image's labelled pixels held "
+                   "out for validation (--val-split) [default: 0.2].")
 @click.option("--val-gap", type=click.IntRange(min=0), default=None,
               help="Pixels between training labels and validation pixels; never less than the model's halo "
                    "with --val-split blocks [default: 64].")
@@ -157,14 +157,14 @@ def _mask_heads(specs: tuple[str, ...]) -> list[dict[str, Any]] | None:
 @click.option("--loss-weights", default=None, metavar="KEY=W,...",
               help="Loss terms: ce (class head), bce and dice (mask heads), mask (scales bce+dice), mae "
                    "(L1 on probabilities) [default: ce=1,bce=1,dice=1,mask=1,mae=0].")
-@click.option("--no-augment", is_flag=True, default=None, help="No flips, rotations or brightness/contrast changes.")
+@click.option("--no-augment", is_flag=True, default=None, help="No flips, rotations, per-band gain/offset jitter or noise.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: auto].")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision [default: on CUDA only].")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch threads [default: torch's choice].")
 @click.option("--time-limit", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="Stop after the epoch during which this much time has passed (--resume continues).")
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MINUTES",
-              help="Train as well as possible within this many minutes: the first epoch is timed and the "
+              help="Train as well as possible within this many minutes: the first steps are timed and the "
                    "number of epochs (and the learning-rate schedule) fitted to the budget. The number "
                    "chosen is recorded; pass it as --epochs to reproduce the run exactly.")
 @click.option("--pseudo-labels", type=click.FloatRange(min=0), default=None, metavar="WEIGHT",
