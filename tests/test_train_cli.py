@@ -108,7 +108,7 @@ def building_model(buildings_scene, tmp_path_factory) -> tuple[Path, dict]:
     result = invoke(
         train_command, "--image", buildings_scene["image"], "--labels", buildings_scene["vector"], "--out", out,
         "--classes", "ground,building", "--epochs", 3, "--chips-per-epoch", 64, *TINY,
-        "--val-fraction", 0.25, "--val-gap", 16, "--json",
+        "--val-fraction", 0.25, "--val-gap", 16, "--val-split", "strip", "--json",
     )
     return out, json.loads(ok(result).stdout)
 
