@@ -104,7 +104,7 @@ def test_input_bundle_not_modified(scenes) -> None:
 
 def test_split_validation_and_time_limit(scenes) -> None:
     _, history = train(_tiny(), scenes[0], None, epochs=3, chips_per_epoch=8, time_limit=0.0,
-                       schedule="cosine", **FAST)
+                       schedule="cosine", val_split="strip", **FAST)
     assert history.stopped == "time_limit" and len(history.epochs) == 1
     assert history.epochs[0].val is not None and history.epochs[0].val.pixels == 64 * 320
 
@@ -176,12 +176,16 @@ def test_augmentation_keeps_image_and_labels_aligned() -> None:
 def test_brightness_contrast_augmentation_changes_values() -> None:
     labels = np.zeros((32, 32), np.uint8)
     scene = LabeledScene(np.ones((2, 32, 32)), labels)
-    cfg = TrainConfig(chip_size=16, brightness=0.2, contrast=0.2)
+    cfg = TrainConfig(chip_size=16, brightness=0.2, contrast=0.2, noise=0.0)
     sampler = ChipSampler([scene], cfg, {"mean": [0.0, 0.0], "std": [1.0, 1.0]}, [], np.random.default_rng(0))
     x, _, m = sampler.chip()
     assert m is None
     assert not np.allclose(x, 1.0) and np.all(np.abs(x - 1.0) <= 0.2 * 1.0 + 0.2 + 1e-6)
     assert np.ptp(x[0]) < 1e-6  # one gain and shift per band and chip
+    noisy = ChipSampler([scene], TrainConfig(chip_size=16, brightness=0.0, contrast=0.0, noise=0.05),
+                        {"mean": [0.0, 0.0], "std": [1.0, 1.0]}, [], np.random.default_rng(0))
+    x, _, _ = noisy.chip()
+    assert 0.03 < float(np.std(x - 1.0)) < 0.07  # Gaussian noise of std 0.05 per pixel
 
 
 def test_chips_avoid_unlabelled_areas() -> None:

@@ -73,9 +73,10 @@ def test_learns_a_synthetic_scene_and_run_uses_the_bundle(landcover_scene, tmp_p
     names = [c.name for c in LANDCOVER_CLASSES]
     assert summary["classes"] == names  # from the label raster's tags
     assert summary["epochs_run"] == 5 and len(summary["val_miou"]) == 5
-    # well above chance (~0.1: all cropland) after a few epochs, and improving
+    # well above chance (~0.1: all cropland) after a few epochs, and improving (class-balanced
+    # chips reach ~0.54 after the first epoch already)
     assert summary["val"]["miou"] > 0.45
-    assert max(summary["val_miou"]) > summary["val_miou"][0] + 0.1
+    assert max(summary["val_miou"]) > summary["val_miou"][0]
 
     bundle = read_bundle(out)
     assert bundle.bands == ("blue", "green", "red", "nir") and bundle.mask_heads == ("built_up",)
@@ -108,7 +109,7 @@ def building_model(buildings_scene, tmp_path_factory) -> tuple[Path, dict]:
     result = invoke(
         train_command, "--image", buildings_scene["image"], "--labels", buildings_scene["vector"], "--out", out,
         "--classes", "ground,building", "--epochs", 3, "--chips-per-epoch", 64, *TINY,
-        "--val-fraction", 0.25, "--val-gap", 16, "--json",
+        "--val-fraction", 0.25, "--val-gap", 16, "--val-split", "strip", "--json",
     )
     return out, json.loads(ok(result).stdout)
 

@@ -118,36 +118,62 @@ def _mask_heads(specs: tuple[str, ...]) -> list[dict[str, Any]] | None:
                    "tags, else class0, class1, ...].")
 @click.option("--mask-head", "mask_heads", multiple=True, metavar="NAME=CLASS[,CLASS...]",
               help="A binary output head, positive on these classes (names or ids); repeatable.")
-@click.option("--width", type=click.IntRange(1, 256), default=None, help="U-Net base width [default: 16].")
-@click.option("--depth", type=click.IntRange(1, 6), default=None, help="U-Net depth; downsampling 2**depth [default: 3].")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs [default: 10].")
-@click.option("--chips-per-epoch", type=click.IntRange(min=1), default=None, help="Random chips per epoch [default: 512].")
+@click.option("--width", type=click.IntRange(1, 256), default=None,
+              help="U-Net base width [default: for the data: 16 with >= 100k labelled pixels, else 12].")
+@click.option("--depth", type=click.IntRange(1, 6), default=None,
+              help="U-Net depth; downsampling 2**depth [default: for the data: 3, or 2 for scenes under 192 px].")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs [default: for the data: 400 + 8 sqrt(labelled pixels) steps, at most 4000].")
+@click.option("--chips-per-epoch", type=click.IntRange(min=1), default=None,
+              help="Chips per epoch [default: for the data: a 25th of the steps, 8-64 batches].")
 @click.option("--chip-size", type=click.IntRange(min=8), default=None,
-              help="Chip side in pixels, a multiple of 2**depth [default: 128].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Chips per step [default: 16].")
-@click.option("--sampling", type=click.Choice(["random", "grid"]), default=None,
-              help="Random chips, or every chip of a regular grid once per epoch [default: random].")
+              help="Chip side in pixels, a multiple of 2**depth [default: 128 for dense labels on large "
+                   "scenes, else 64].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Chips per step [default: 16 of 128 px, 32 of 64 px].")
+@click.option("--sampling", type=click.Choice(["balanced", "random", "grid"]), default=None,
+              help="balanced: chips centred on labelled pixels of a class drawn uniformly (class-balanced); "
+                   "random: chips anywhere; grid: every chip of a regular grid "
+                   "once per epoch [default: balanced].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Peak learning rate [default: 0.003].")
 @click.option("--schedule", type=click.Choice(["onecycle", "cosine", "constant"]), default=None,
               help="Learning-rate schedule of AdamW [default: onecycle].")
 @click.option("--seed", type=int, default=None, help="Seed of weights, chips and augmentation: same seed, same model [default: 0].")
-@click.option("--patience", type=click.IntRange(min=1), default=None,
-              help="Stop when validation mIoU has not improved for N epochs [default: off].")
+@click.option("--patience", type=click.IntRange(min=0), default=None,
+              help="Stop when validation mIoU has not improved for N epochs; 0: never [default: a quarter of "
+                   "the epochs, at least 5].")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-              help="Without validation data in the config: the bottom fraction of each image held out for "
-                   "validation, after a gap of --val-gap rows [default: 0.2].")
-@click.option("--val-gap", type=click.IntRange(min=0), default=None, help="Rows between training and validation [default: 64].")
+              help="Without validation data in the config: the share of each image's labelled pixels held "
+                   "out for validation (--val-split) [default: 0.2].")
+@click.option("--val-gap", type=click.IntRange(min=0), default=None,
+              help="Pixels between training labels and validation pixels; never less than the model's halo "
+                   "with --val-split blocks [default: 64].")
+@click.option("--val-split", type=click.Choice(["blocks", "strip"]), default=None,
+              help="Without validation data: hold out whole blocks of each image, chosen to keep every class's "
+                   "share (blocks), or the bottom strip (strip); training chips never see validation pixels "
+                   "[default: blocks].")
 @click.option("--class-weights", default=None, metavar="auto|none|W,...",
-              help="Cross-entropy class weights [default: auto = inverse square root of class frequency].")
+              help="Cross-entropy class weights [default: auto = none with balanced sampling, else inverse square root of class frequency].")
 @click.option("--loss-weights", default=None, metavar="KEY=W,...",
               help="Loss terms: ce (class head), bce and dice (mask heads), mask (scales bce+dice), mae "
                    "(L1 on probabilities) [default: ce=1,bce=1,dice=1,mask=1,mae=0].")
-@click.option("--no-augment", is_flag=True, default=None, help="No flips, rotations or brightness/contrast changes.")
+@click.option("--no-augment", is_flag=True, default=None, help="No flips, rotations, per-band gain/offset jitter or noise.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: auto].")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision [default: on CUDA only].")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch threads [default: torch's choice].")
 @click.option("--time-limit", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="Stop after the epoch during which this much time has passed (--resume continues).")
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MINUTES",
+              help="Train as well as possible within this many minutes: the first steps are timed and the "
+                   "number of epochs (and the learning-rate schedule) fitted to the budget. The number "
+                   "chosen is recorded; pass it as --epochs to reproduce the run exactly.")
+@click.option("--pseudo-labels", type=click.FloatRange(min=0), default=None, metavar="WEIGHT",
+              help="Semi-supervised: unlabelled pixels where the model is at least --pseudo-threshold sure "
+                   "become targets of a jittered view, weighted by WEIGHT (e.g. 0.5) [default: 0, off].")
+@click.option("--pseudo-threshold", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Confidence a pseudo-label needs [default: 0.9].")
+@click.option("--no-baseline", is_flag=True, default=None,
+              help="Do not compare with a random forest at the end (done when scikit-learn is installed).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run whose checkpoint is OUT.ckpt.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model and checkpoint.")
 @quiet_option("No progress bars or per-epoch lines.")
@@ -155,8 +181,9 @@ def _mask_heads(specs: tuple[str, ...]) -> list[dict[str, Any]] | None:
 @handle_errors
 def train_command(config, out, images, labels, label_field, label_layer, background, label_nodata, all_touched,
                   classes, mask_heads, width, depth, epochs, chips_per_epoch, chip_size, batch_size, sampling, lr,
-                  schedule, seed, patience, val_fraction, val_gap, class_weights, loss_weights, no_augment, device,
-                  amp, threads, time_limit, resume, overwrite, quiet, as_json):
+                  schedule, seed, patience, val_fraction, val_gap, val_split, class_weights, loss_weights, no_augment,
+                  device, amp, threads, time_limit, time_budget, pseudo_labels, pseudo_threshold, no_baseline, resume,
+                  overwrite, quiet, as_json):
     """Train a segmentation model (a U-Net) and write a bundle for `geoseg run --model OUT`.
 
     \b
@@ -179,6 +206,8 @@ def train_command(config, out, images, labels, label_field, label_layer, backgro
         "batch_size": batch_size, "sampling": sampling, "lr": lr, "schedule": schedule, "seed": seed,
         "patience": patience, "val_fraction": val_fraction, "val_gap": val_gap, "device": device, "amp": amp,
         "threads": threads, "time_limit": time_limit, "class_weights": _class_weights(class_weights),
+        "val_split": val_split, "time_budget": time_budget, "pseudo_labels": pseudo_labels,
+        "pseudo_threshold": pseudo_threshold, "baseline": False if no_baseline else None,
         "loss_weights": _key_values(loss_weights, "--loss-weights", ("ce", "bce", "dice", "mask", "mae")),
         "labels": _label_updates(label_field, label_layer, background, label_nodata, all_touched),
         "model": {"width": width, "depth": depth},
@@ -205,6 +234,14 @@ def train_command(config, out, images, labels, label_field, label_layer, backgro
             f"{best.get('miou', float('nan')):.4f}; {summary['seconds']:.1f} s; checkpoint {result.checkpoint}",
             err=True,
         )
+    if as_json:
+        return
+    if result.baseline is not None:
+        from geoseg.train.baseline import comparison_text
+
+        click.echo(comparison_text(result.baseline, "the validation blocks"), err=True)
+    elif result.baseline_skipped and result.baseline_skipped != "not asked for":
+        click.echo(f"no comparison with the random-forest baseline: {result.baseline_skipped}", err=True)
 
 
 def _summary(result: Any) -> dict[str, Any]:
@@ -221,6 +258,9 @@ def _summary(result: Any) -> dict[str, Any]:
         "val_miou": s["val_miou"],
         "loss": s["loss"],
         "seconds": s["seconds"],
+        "epochs_planned": s["epochs_planned"],
+        "plan": None if result.plan is None else result.plan.as_dict(),
+        "baseline": result.baseline,
     }
 
 
@@ -234,11 +274,21 @@ def _summary(result: Any) -> dict[str, Any]:
 @tile_size_option("Core tile size of the pipeline.", default=None)
 @device_option()
 @threads_option("Threads of the local scheduler.")
+@click.option("--baseline", type=click.Choice(["rf"]), default=None,
+              help="Also train a random forest (per-pixel bands plus neighbourhood means at two scales) on the "
+                   "model's training pixels and score it on the same pixels (needs scikit-learn: pip install "
+                   "'geoseg[baseline]').")
+@click.option("--train-image", "train_images", multiple=True, type=click.Path(path_type=Path),
+              help="With --baseline: a training image for the forest instead of the model's recorded training "
+                   "data; repeat with one --train-labels each.")
+@click.option("--train-labels", "train_labels", multiple=True, type=click.Path(path_type=Path),
+              help="With --baseline: the labels of the --train-image at the same position.")
 @quiet_option("No progress bar.")
-@json_option("Print JSON: miou, overall_accuracy, per_class (name, iou, precision, recall, f1), confusion.")
+@json_option("Print JSON: miou, overall_accuracy, per_class (name, iou, precision, recall, f1), confusion "
+             "(and baseline: the forest's scores beside the model's).")
 @handle_errors
 def evaluate_command(model, image, labels, label_field, label_layer, background, label_nodata, all_touched,
-                     bands, tile_size, device, threads, quiet, as_json):
+                     bands, tile_size, device, threads, baseline, train_images, train_labels, quiet, as_json):
     """Segment IMAGE with the full tiled pipeline and score it against LABELS.
 
     Reports the confusion matrix (rows: truth), per-class IoU, precision, recall and F1,
@@ -250,9 +300,30 @@ def evaluate_command(model, image, labels, label_field, label_layer, background,
 
     opts = _label_updates(label_field, label_layer, background, label_nodata, all_touched)
     options = LabelOptions(**{k: v for k, v in opts.items() if v is not None})
+    if len(train_images) != len(train_labels):
+        raise InputError(f"give one --train-labels for each --train-image (got {len(train_images)} and "
+                         f"{len(train_labels)})")
+    if train_images and not baseline:
+        raise InputError("--train-image and --train-labels are for the baseline: add --baseline rf")
+    if baseline:
+        from geoseg.train.baseline import available
+
+        if not available():
+            raise InputError("--baseline rf needs scikit-learn: pip install 'geoseg[baseline]'")
     ev = evaluate_model(model, image, labels, label_options=options, bands=bands, tile_size=tile_size,
                         device=device, threads=threads, quiet=quiet or as_json)
+    report = ev.report()
+    text = ev.table()
+    if baseline:
+        from geoseg.models import load_model
+        from geoseg.train.baseline import comparison, comparison_text, evaluate_baseline
+
+        bundle = load_model(str(model))
+        rf, _ = evaluate_baseline(bundle.training or {}, ev.class_names, image, labels, label_options=options,
+                                  bands=bands, train=[(str(i), str(lb)) for i, lb in zip(train_images, train_labels)])
+        report["baseline"] = comparison(ev.metrics, rf, ev.class_names)
+        text += "\n" + comparison_text(report["baseline"], Path(image).name)
     if as_json:
-        click.echo(json.dumps(ev.report(), indent=2))
+        click.echo(json.dumps(report, indent=2))
     else:
-        click.echo(ev.table())
+        click.echo(text)

@@ -9,6 +9,10 @@
   (:func:`train_model`): what ``geoseg train`` runs.
 - :mod:`~geoseg.train.scoring`: :func:`evaluate_model`, a model through the full pipeline
   on a labelled scene (``geoseg evaluate``).
+- :mod:`~geoseg.train.sizing` (defaults sized to the data, time budgets),
+  :mod:`~geoseg.train.split` (spatial block validation with a buffer),
+  :mod:`~geoseg.train.pseudo` (pseudo-labels) and :mod:`~geoseg.train.baseline` (the
+  random-forest baseline, with the ``baseline`` extra).
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ _WHERE = {
     "evaluate_model": "geoseg.train.scoring",
     "score_class_map": "geoseg.train.scoring",
     "IGNORE": "geoseg._constants",
+    "TrainPlan": "geoseg.train.sizing",
+    "plan_training": "geoseg.train.sizing",
+    "block_split": "geoseg.train.split",
+    "ForestBaseline": "geoseg.train.baseline",
 }
 
 __all__ = sorted(_WHERE)

@@ -54,6 +54,8 @@ class LabeledScene:
         nodata: Image nodata value: pixels where every band equals it are invalid
             (excluded from statistics, labels treated as 255).
         name: For messages.
+        hidden: Optional ``(H, W)`` bool: pixels training must not see (validation
+            blocks of a :func:`geoseg.train.split.block_split`): invalid like nodata.
     """
 
     image: np.ndarray
@@ -61,6 +63,7 @@ class LabeledScene:
     masks: np.ndarray | None = None
     nodata: float | None = None
     name: str = ""
+    hidden: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3:
@@ -72,6 +75,13 @@ class LabeledScene:
             )
         if self.masks is not None and (self.masks.ndim != 3 or self.masks.shape[1:] != self.labels.shape):
             raise InputError(f"scene {self.name!r}: masks must be (M, H, W) on the labels' grid")
+        if self.hidden is not None and self.hidden.shape != self.labels.shape:
+            raise InputError(f"scene {self.name!r}: hidden must be (H, W) on the labels' grid")
+
+    @property
+    def has_invalid(self) -> bool:
+        """Whether some pixels may be invalid (an image nodata value or hidden pixels)."""
+        return self.nodata is not None or self.hidden is not None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -79,15 +89,20 @@ class LabeledScene:
         return self.labels.shape  # type: ignore[return-value]
 
     def valid(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
-        """Boolean ``(h, w)``: not nodata (all bands) in the window."""
+        """Boolean ``(h, w)``: not nodata (all bands) and not hidden, in the window."""
         if self.nodata is None:
-            return np.ones(self.labels[rows, cols].shape, bool)
-        return ~np.all(self.image[:, rows, cols] == self.nodata, axis=0)
+            valid = np.ones(self.labels[rows, cols].shape, bool)
+        else:
+            valid = ~np.all(self.image[:, rows, cols] == self.nodata, axis=0)
+        if self.hidden is not None:
+            valid &= ~self.hidden[rows, cols]
+        return valid
 
     def window(self, rows: slice, cols: slice) -> LabeledScene:
         """A view of a window of the scene."""
         masks = None if self.masks is None else self.masks[:, rows, cols]
-        return LabeledScene(self.image[:, rows, cols], self.labels[rows, cols], masks, self.nodata, self.name)
+        hidden = None if self.hidden is None else self.hidden[rows, cols]
+        return LabeledScene(self.image[:, rows, cols], self.labels[rows, cols], masks, self.nodata, self.name, hidden)
 
 
 def load_scene(
@@ -188,7 +203,8 @@ def class_frequencies(scenes: Iterable[LabeledScene], num_classes: int) -> np.nd
     """Fraction of labelled pixels in each class."""
     counts = np.zeros(num_classes, np.int64)
     for s in scenes:
-        counts += np.bincount(s.labels.ravel(), minlength=256)[:num_classes]
+        labels = np.where(s.valid(), s.labels, IGNORE) if s.has_invalid else s.labels
+        counts += np.bincount(labels.ravel(), minlength=256)[:num_classes]
     return counts / max(counts.sum(), 1)
 
 
@@ -199,7 +215,7 @@ def window_targets(scene: LabeledScene, rows: slice, cols: slice, heads: Sequenc
                    mask_classes: Mapping[str, Sequence[int]]) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels (255 on nodata) and mask targets (255 = ignore) of a window."""
     labels = scene.labels[rows, cols].copy()
-    if scene.nodata is not None:
+    if scene.has_invalid:
         labels[~scene.valid(rows, cols)] = IGNORE
     if not heads:
         return labels, None

@@ -57,6 +57,9 @@ class TrainResult:
     bundle: Any
     history: Any
     checkpoint: Path
+    plan: Any = None
+    baseline: dict[str, Any] | None = None
+    baseline_skipped: str = ""
 
 
 def _check_outputs(out: Path, ckpt: Path, resume: bool, overwrite: bool) -> None:
@@ -251,26 +254,49 @@ def train_model(
     colors = {c.name: c.color for c in settings.classes or [] if c.color} or label_class_colors(infos)
     specs = class_specs([(n, colors.get(n)) for n in names])
     m = settings.model
+    from geoseg.train.sizing import data_stats, plan_training
+
+    plan = plan_training(data_stats(scenes, len(names)), {
+        "width": m.width, "depth": m.depth, "chip_size": settings.chip_size, "batch_size": settings.batch_size,
+        "chips_per_epoch": settings.chips_per_epoch, "epochs": settings.epochs, "patience": settings.patience})
     bundle = build_unet(
-        bands, specs, [h.name for h in settings.mask_heads], base_width=m.width, depth=m.depth,
+        bands, specs, [h.name for h in settings.mask_heads], base_width=plan.width, depth=plan.depth,
         value_range=_value_range(scenes), name=m.name or out.stem.split(".")[0], seed=settings.seed,
-        description=m.description or f"U-Net (width {m.width}, depth {m.depth}) trained by geoseg train on "
+        description=m.description or f"U-Net (width {plan.width}, depth {plan.depth}) trained by geoseg train on "
         f"{len(scenes)} scene(s): {', '.join(names)}",
     )
+    if plan.chip_size % bundle.downsampling:
+        raise InputError(f"--chip-size {plan.chip_size} must be a multiple of the model's downsampling "
+                         f"{bundle.downsampling} (2**depth)")
     lw = settings.loss_weights
     cfg = TrainConfig(
-        epochs=settings.epochs, chips_per_epoch=settings.chips_per_epoch, chip_size=settings.chip_size,
-        batch_size=settings.batch_size, sampling=settings.sampling, lr=settings.lr,
+        epochs=plan.epochs, chips_per_epoch=plan.chips_per_epoch, chip_size=plan.chip_size,
+        batch_size=plan.batch_size, sampling=settings.sampling, lr=settings.lr,
         weight_decay=settings.weight_decay, schedule=settings.schedule,
         class_weights=None if settings.class_weights == "none" else settings.class_weights,
         mask_classes=mask_classes or None, mask_loss_weight=lw.mask, ce_weight=lw.ce, bce_weight=lw.bce,
         dice_weight=lw.dice, mae_weight=lw.mae, augment=settings.augment, val_fraction=settings.val_fraction,
-        val_gap=settings.val_gap, early_stopping=settings.patience, time_limit=settings.time_limit,
+        val_gap=settings.val_gap, val_split=settings.val_split, early_stopping=plan.patience or None,
+        time_limit=settings.time_limit,
+        time_budget=None if settings.time_budget is None else settings.time_budget * 60,
+        pseudo_weight=settings.pseudo_labels, pseudo_threshold=settings.pseudo_threshold,
         seed=settings.seed, num_threads=settings.threads, device=settings.device, amp=settings.amp,
         checkpoint=ckpt, resume=resume, progress=progress,
     )
     module, history = train(bundle, scenes, vals, cfg, on_epoch=on_epoch)
     summary = history.summary()
+    baseline = None
+    from geoseg.train.baseline import available, compare_on_split
+
+    skipped = ""
+    if not settings.baseline:
+        skipped = "not asked for"
+    elif not available():
+        skipped = "scikit-learn is not installed (pip install 'geoseg[baseline]')"
+    elif not history.val_scenes:
+        skipped = "no validation pixels"
+    else:
+        baseline = compare_on_split(history, len(names), seed=settings.seed)
     training = {
         **summary,
         "data": [{"image": str(p.image), "labels": str(p.labels), **({"masks": {k: str(v) for k, v in p.masks.items()}}
@@ -281,8 +307,11 @@ def train_model(
         "mask_classes": {k: list(v) for k, v in mask_classes.items()},
         "gsd_m": _gsd_m(settings.data[0].image),  # read by `geoseg export` (ONNX `resolution`) and MLM Items
         "command": shlex.join(command) if command else shlex.join(sys.argv),
+        "plan": plan.as_dict(),
+        "split": settings.val_split if not history.split_note else f"none: {history.split_note}",
+        "baseline": baseline,
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
     trained = bundle.replace(module=module, normalization=history.normalization, training=training)
     trained.save(out)
-    return TrainResult(out, trained, history, ckpt)
+    return TrainResult(out, trained, history, ckpt, plan, baseline, skipped)

@@ -65,6 +65,7 @@ from geoseg.train.data import (
 )
 from geoseg.train.losses import total_loss
 from geoseg.train.metrics import Metrics
+from geoseg.train.sizing import epochs_for_budget, steps_for_budget
 from geoseg.train.validation import evaluate
 
 __all__ = ["EpochStats", "TrainHistory", "train"]
@@ -119,6 +120,13 @@ class TrainHistory:
     seconds: float = 0.0
     stopped: str = "epochs"
     class_names: list[str] = field(default_factory=list)
+    train_scenes: list[LabeledScene] = field(default_factory=list, repr=False)
+    val_scenes: list[LabeledScene] = field(default_factory=list, repr=False)
+    split_note: str = ""
+    planned_epochs: int = 0
+    schedule_steps: int = 0
+    setup_seconds: float = 0.0
+    resumed_at: int = 0
 
     @property
     def best(self) -> EpochStats | None:
@@ -135,6 +143,7 @@ class TrainHistory:
             cfg["mask_classes"] = {k: list(v) for k, v in cfg["mask_classes"].items()}
         return {
             "epochs_run": len(self.epochs),
+            "epochs_planned": self.planned_epochs,
             "best_epoch": self.best_epoch,
             "stopped": self.stopped,
             "seconds": round(self.seconds, 1),
@@ -170,6 +179,15 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total: int) -> torc
         def factor(step: int) -> float:
             return 1.0
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _refit_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, total: int, old: Any) -> Any:
+    """A schedule over ``total`` steps, advanced to where ``old`` was."""
+    done = int(old.last_epoch)
+    sched = _scheduler(opt, cfg, total)
+    for _ in range(min(done, total - 1)):
+        sched.step()
+    return sched
 
 
 def _amp_dtype(amp: bool | str, device: torch.device) -> torch.dtype | None:
@@ -232,12 +250,13 @@ class _Loop:
     best_score: float = -1.0
     best_state: dict[str, torch.Tensor] | None = None
     stale: int = 0
+    refits: int = 0
     seconds: float = 0.0  # wall time of earlier runs (before a resume)
 
 
 #: Options that may change between an interrupted run and its resume.
-_RESUMABLE = {"early_stopping", "restore_best", "time_limit", "num_threads", "device", "amp", "checkpoint",
-              "resume", "progress", "val_tile"}
+_RESUMABLE = {"early_stopping", "restore_best", "time_limit", "time_budget", "num_threads", "device", "amp",
+              "checkpoint", "resume", "progress", "val_tile"}
 
 
 def _fingerprint(bundle: ModelBundle, cfg: TrainConfig, norm: Mapping[str, Any], weights: Any,
@@ -266,7 +285,16 @@ def _train(
 
     t_start = time.perf_counter()
     scenes = [train_data] if isinstance(train_data, LabeledScene) else list(train_data)
-    if val_data is None:
+    split_note = ""
+    if val_data is None and cfg.val_split == "blocks":
+        from geoseg.train.split import block_split
+
+        split = block_split(scenes, cfg.val_fraction, max(cfg.val_gap, bundle.halo), num_classes=bundle.num_classes,
+                            seed=cfg.seed, factor=bundle.downsampling)
+        scenes, vals, split_note = split.train, split.val, split.note
+        if split_note and cfg.progress:
+            tqdm.write(f"validation: {split_note}; training without validation", file=sys.stderr)
+    elif val_data is None:
         pairs = [split_scene(s, cfg.val_fraction, cfg.val_gap) for s in scenes]
         scenes, vals = [p[0] for p in pairs], [p[1] for p in pairs]
     else:
@@ -290,29 +318,40 @@ def _train(
     steps = sampler.steps
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = _scheduler(opt, cfg, steps * cfg.epochs)
+    pseudo = cfg.pseudo_weight > 0
+    sampler.with_valid = pseudo
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ce_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
 
     history = TrainHistory(
-        normalization=norm, class_weights=weights, config=cfg, class_names=list(bundle.class_names)
+        normalization=norm, class_weights=weights, config=cfg, class_names=list(bundle.class_names),
+        train_scenes=scenes, val_scenes=vals, split_note=split_note,
     )
+    history.planned_epochs = cfg.epochs
+    history.schedule_steps = steps * cfg.epochs
     loop = _Loop()
+    history.setup_seconds = time.perf_counter() - t_start
     fingerprint = _fingerprint(bundle, cfg, norm, weights, scenes)
     if cfg.resume:
         _restore(cfg.checkpoint, fingerprint, module, opt, sched, scaler, rng, history, loop)
         if history.stopped != "early_stopping":
             history.stopped = "epochs"
+        if history.schedule_steps != steps * cfg.epochs:  # a time budget shrank the run: same schedule
+            sched = _refit_schedule(opt, cfg, history.schedule_steps, sched)
     val_device = str(device)
-    for epoch in range(len(history.epochs) + 1, cfg.epochs + 1):
+    epoch = len(history.epochs)
+    while epoch < history.planned_epochs:
+        epoch += 1
         if history.stopped == "early_stopping":
             break
         t0 = time.perf_counter()
         module.train()
         losses: list[float] = []
-        bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False,
+        bar = tqdm(total=steps, desc=f"epoch {epoch}/{history.planned_epochs}", disable=not cfg.progress, leave=False,
                    file=sys.stderr)
         last_val = history.epochs[-1].val_miou if history.epochs else float("nan")
-        for x, y, m in sampler.epoch():
+        t_first = 0.0
+        for i, (x, y, m, *v) in enumerate(sampler.epoch(), start=1):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             m = None if m is None else m.to(device, non_blocking=True)
             if cfg.channels_last:
@@ -320,13 +359,38 @@ def _train(
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits, mask_logits = _outputs(module(x))
             loss = total_loss(cfg, logits.float(), None if mask_logits is None else mask_logits.float(), y, m, ce_weight)
+            if pseudo and epoch > cfg.pseudo_start * history.planned_epochs:
+                from geoseg.train.pseudo import pseudo_label_loss
+
+                extra, _ = pseudo_label_loss(module, x, y, v[0].to(device), weight=cfg.pseudo_weight,
+                                             threshold=cfg.pseudo_threshold, rng=rng)
+                loss = loss + extra
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             sched.step()
             losses.append(loss.item())
+            if cfg.time_budget is not None and loop.refits == 0:
+                if i == 1:
+                    t_first = time.perf_counter()
+                elif i == 4 or i == steps:
+                    # time three steps, then fit the epochs and the schedule to the budget (once)
+                    per_step = (time.perf_counter() - t_first) / (i - 1)
+                    done = (epoch - 1) * steps + i
+                    left = cfg.time_budget - (loop.seconds + time.perf_counter() - t_start)
+                    total = steps_for_budget(steps * history.planned_epochs, done, per_step, left)
+                    loop.refits += 1
+                    if total < steps * history.planned_epochs:
+                        history.planned_epochs = max(epoch, math.ceil(total / steps))
+                        history.schedule_steps = max(done + 1, min(total, steps * history.planned_epochs))
+                        sched = _refit_schedule(opt, cfg, history.schedule_steps, sched)
             bar.update(1)
+            if (epoch - 1) * steps + i >= history.schedule_steps:
+                break  # a budget that does not allow one whole epoch
+            if cfg.time_budget is not None and loop.seconds + time.perf_counter() - t_start > cfg.time_budget:
+                history.stopped = "time_budget"  # slower steps than timed (a loaded machine): stop here
+                break
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", val_miou=f"{last_val:.4f}")
         bar.close()
         module.eval()
@@ -340,7 +404,7 @@ def _train(
         if cfg.progress:
             masks = "" if val is None else " ".join(f"{k} IoU {v:.4f}" for k, v in val.mask_iou.items())
             tqdm.write(
-                f"epoch {epoch}/{cfg.epochs}: loss {stats.train_loss:.4f}, val mIoU {stats.val_miou:.4f} "
+                f"epoch {epoch}/{history.planned_epochs}: loss {stats.train_loss:.4f}, val mIoU {stats.val_miou:.4f} "
                 f"{masks} ({stats.seconds:.0f} s)", file=sys.stderr,
             )
         score = stats.val_miou if val is not None else -stats.train_loss
@@ -350,7 +414,16 @@ def _train(
                 loop.best_state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
         else:
             loop.stale += 1
-        if cfg.early_stopping is not None and loop.stale >= cfg.early_stopping:
+        elapsed = loop.seconds + time.perf_counter() - t_start
+        if cfg.time_budget is not None and epoch < history.planned_epochs:
+            this_run = time.perf_counter() - t_start - history.setup_seconds
+            per_epoch = this_run / max(1, epoch - history.resumed_at)
+            if history.stopped == "time_budget" or epochs_for_budget(
+                    history.planned_epochs, epoch, per_epoch, cfg.time_budget - elapsed) <= epoch:
+                history.stopped = "time_budget"
+        if history.stopped == "time_budget":
+            pass
+        elif cfg.early_stopping is not None and loop.stale >= cfg.early_stopping:
             history.stopped = "early_stopping"
         elif cfg.time_limit is not None and time.perf_counter() - t_start > cfg.time_limit:
             history.stopped = "time_limit"
@@ -361,6 +434,8 @@ def _train(
             on_epoch(stats)
         if history.stopped != "epochs":
             break
+    if history.stopped == "epochs" and history.planned_epochs < cfg.epochs:
+        history.stopped = "time_budget"  # the epochs the budget allowed are done
     module = module.cpu()
     if cfg.restore_best and loop.best_state is not None:
         module.load_state_dict(loop.best_state)
@@ -370,6 +445,8 @@ def _train(
 
 
 def _class_weights(cfg: TrainConfig, scenes: Sequence[LabeledScene], num_classes: int) -> list[float] | None:
+    if cfg.class_weights == "auto" and cfg.sampling == "balanced":
+        return None  # the chips are balanced already: weighting the loss too would over-correct
     if cfg.class_weights == "auto":
         freq = class_frequencies(scenes, num_classes)
         raw = np.where(freq > 0, 1.0 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
@@ -395,6 +472,9 @@ def _save(path: str | os.PathLike[str], fingerprint: Mapping[str, str], module: 
         "best_score": loop.best_score,
         "stale": loop.stale,
         "seconds": history.seconds,
+        "planned_epochs": history.planned_epochs,
+        "schedule_steps": history.schedule_steps,
+        "refits": loop.refits,
     }
     save_checkpoint(path, {
         "fingerprint": dict(fingerprint),
@@ -442,6 +522,10 @@ def _restore(path: str | os.PathLike[str] | None, fingerprint: Mapping[str, str]
     loop.best_score, loop.stale = float(meta["best_score"]), int(meta["stale"])
     loop.best_state = state["best"]
     loop.seconds = float(meta["seconds"])
+    history.planned_epochs = int(meta.get("planned_epochs", history.planned_epochs))
+    history.schedule_steps = int(meta.get("schedule_steps", history.schedule_steps))
+    history.resumed_at = len(history.epochs)
+    loop.refits = int(meta.get("refits", 0))
 
 
 def _check_data(bundle: ModelBundle, scenes: Sequence[LabeledScene], heads: Sequence[str], cfg: TrainConfig) -> None:

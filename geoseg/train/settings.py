@@ -149,11 +149,12 @@ class LossWeights(_Strict):
 
 
 class ModelSettings(_Strict):
-    """The U-Net to train: base width, depth (downsampling 2**depth), band names."""
+    """The U-Net to train: base width, depth (downsampling 2**depth), band names; width
+    and depth left unset (None) are chosen for the data (:mod:`geoseg.train.sizing`)."""
 
     name: str | None = None
-    width: int = Field(16, ge=1, le=256)
-    depth: int = Field(3, ge=1, le=6)
+    width: int | None = Field(None, ge=1, le=256)
+    depth: int | None = Field(None, ge=1, le=6)
     bands: list[str] | None = None
     description: str = ""
 
@@ -172,18 +173,19 @@ class TrainSettings(_Strict):
     mask_heads: list[MaskHead] = Field(default_factory=list)
     labels: LabelSettings = Field(default_factory=LabelSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
-    epochs: int = Field(10, ge=1)
-    chips_per_epoch: int = Field(512, ge=1)
-    chip_size: int = Field(128, ge=8)
-    batch_size: int = Field(16, ge=1)
-    sampling: Literal["random", "grid"] = "random"
+    epochs: int | None = Field(None, ge=1)
+    chips_per_epoch: int | None = Field(None, ge=1)
+    chip_size: int | None = Field(None, ge=8)
+    batch_size: int | None = Field(None, ge=1)
+    sampling: Literal["balanced", "random", "grid"] = "balanced"
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     seed: int = 0
-    patience: int | None = Field(None, ge=1)
+    patience: int | None = Field(None, ge=0)
     val_fraction: float = Field(0.2, gt=0, lt=1)
     val_gap: int = Field(64, ge=0)
+    val_split: Literal["blocks", "strip"] = "blocks"
     class_weights: Literal["auto", "none"] | list[float] = "auto"
     loss_weights: LossWeights = Field(default_factory=LossWeights)
     augment: bool = True
@@ -191,6 +193,10 @@ class TrainSettings(_Strict):
     amp: bool | Literal["auto"] = "auto"
     threads: int | None = Field(None, ge=1)
     time_limit: float | None = Field(None, ge=0)
+    time_budget: float | None = Field(None, gt=0)
+    pseudo_labels: float = Field(0.0, ge=0)
+    pseudo_threshold: float = Field(0.9, gt=0, le=1)
+    baseline: bool = True
 
     @field_validator("out")
     @classmethod
@@ -277,7 +283,7 @@ def _validate(data: Mapping[str, Any], source: str, base: Path | None = None) ->
         parts = [f"field '{loc}': {' or '.join(msgs)}" for loc, msgs in found.items()]
         raise InputError(f"{source}: invalid training config: {'; '.join(parts)}") from None
 
-_FLAG_NAMES = {"labels.background": "--background", "labels.all_touched": "--all-touched", "classes": "--classes",
+_FLAG_NAMES = {"pseudo_labels": "--pseudo-labels", "baseline": "--no-baseline", "labels.background": "--background", "labels.all_touched": "--all-touched", "classes": "--classes",
                "mask_heads": "--mask-head", "loss_weights": "--loss-weights", "data": "--image/--labels",
                "augment": "--no-augment"}
 
