@@ -71,6 +71,10 @@ class Settings(BaseModel):
     connectivity: Literal[4, 8] | None = None
     out: str | None = None
     resources: dict[str, PositiveFloat] | None = None
+    aoi: str | None = None  # FILE[:LAYER] of a vector layer (relative to the catalog)
+    bbox: str | list[float | str] | None = None  # MINX,MINY,MAXX,MAXY[,CRS]
+    aoi_crop: bool | None = None
+    output_grid: Literal["input", "model"] | None = None
 
     @field_validator("device")
     @classmethod
@@ -364,6 +368,10 @@ def resolve(catalog: Catalog) -> list[SceneJob]:
                 "min_area": float(_setting("min_area", entry, d, 0.0)),
                 "simplify": float(_setting("simplify", entry, d, 0.0)),
                 "connectivity": _setting("connectivity", entry, d, 4),
+                "aoi": _aoi_path(_setting("aoi", entry, d, None), root),
+                "bbox": _bbox_text(_setting("bbox", entry, d, None)),
+                "aoi_crop": _setting("aoi_crop", entry, d, True),
+                "output_grid": _setting("output_grid", entry, d, "input"),
             }
             jobs.append(
                 SceneJob(
@@ -379,6 +387,23 @@ def resolve(catalog: Catalog) -> list[SceneJob]:
                 )
             )
     return jobs
+
+
+def _aoi_path(aoi: str | None, root: Path) -> str | None:
+    """A catalog's ``aoi:`` (``FILE[:LAYER]``), its file resolved against the catalog's directory."""
+    if aoi is None:
+        return None
+    from geoseg.io.aoi import split_layer
+
+    path, layer = split_layer(str(root / aoi))
+    return str(Path(path).resolve()) + (f":{layer}" if layer else "")
+
+
+def _bbox_text(bbox) -> str | None:
+    """A catalog's ``bbox:`` (text or a YAML list) as ``MINX,MINY,MAXX,MAXY[,CRS]``."""
+    if bbox is None or isinstance(bbox, str):
+        return bbox
+    return ",".join(str(v) for v in bbox)
 
 
 def missing_inputs_error(catalog: Catalog, jobs: list[SceneJob]) -> CatalogError | None:

@@ -51,12 +51,27 @@ __all__ = ["demo_cmd", "format_summary", "models_cmd", "run_cmd", "synth_cmd", "
 @min_area_option("Drop polygons smaller than this many square metres from the GeoPackage.")
 @simplify_option("Simplify the polygons with this tolerance, keeping shared boundaries shared.")
 @connectivity_option("Pixels of a class join into one polygon across edges (4) or also corners (8).")
+@click.option("--aoi", default=None, metavar="FILE[:LAYER]",
+              help="Segment only this area: the polygons of a vector layer (any OGR format and CRS; LAYER picks "
+                   "a layer of a multi-layer file). Only tiles that touch it are read and predicted; pixels "
+                   "outside it are nodata.")
+@click.option("--bbox", default=None, metavar="MINX,MINY,MAXX,MAXY[,CRS]",
+              help="Segment only this box, in longitude/latitude (EPSG:4326) unless a CRS follows, e.g. "
+                   "--bbox=12.1,45.2,12.3,45.4 or --bbox 500000,5490000,510000,5500000,EPSG:32633.")
+@click.option("--aoi-crop/--no-aoi-crop", default=True, show_default=True,
+              help="With --aoi/--bbox: outputs cover the area's bounding window (on the output grid) or the "
+                   "whole scene.")
+@click.option("--output-grid", type=click.Choice(["input", "model"]), default="input", show_default=True,
+              help="A scene whose ground sample distance differs from the model's (the bundle's gsd, e.g. 10 m "
+                   "for `default`) by more than 5% is read resampled to the model's (area average, tile by "
+                   "tile); `input` writes the products back onto the scene's own grid (nearest neighbour for "
+                   "classes, masks and confidence), `model` leaves them on the model's grid.")
 @overwrite_option()
 @quiet_option()
 @json_option("Print the run manifest as JSON on stdout.")
 @handle_errors
 def run_cmd(scene, out_dir, model, bands, tile_size, batch_size, device, workers, scheduler, threads,
-            no_vectorize, min_area, simplify, connectivity, overwrite, quiet, as_json):
+            no_vectorize, min_area, simplify, connectivity, aoi, bbox, aoi_crop, output_grid, overwrite, quiet, as_json):
     """Segment SCENE (any GDAL raster with a CRS) into georeferenced outputs.
 
     \b
@@ -74,6 +89,7 @@ def run_cmd(scene, out_dir, model, bands, tile_size, batch_size, device, workers
         scene, out_dir, model=model, bands=bands, tile_size=tile_size, batch_size=batch_size, device=device,
         workers=workers, scheduler=scheduler, threads=threads, vectorize=not no_vectorize,
         min_area=min_area, simplify=simplify, connectivity=int(connectivity),
+        aoi=aoi, bbox=bbox, aoi_crop=aoi_crop, output_grid=output_grid,
         overwrite=overwrite, quiet=quiet or as_json,
     )
     if as_json:

@@ -31,6 +31,7 @@ from geoseg.io.raster import SceneSource, dtype_range, file_sha256, open_raster,
 from geoseg.progress import Progress
 from geoseg.scene.manifest import build_manifest, write_manifest
 from geoseg.scene.predict import get_predictor, resolve_device
+from geoseg.scene.view import SceneView, plan_view
 from geoseg.vector.api import VectorizeOptions
 
 #: Torch threads per forward on CPU. Every forward runs on one core and tiles run in
@@ -60,6 +61,11 @@ class RunOptions:
     simplify: float = 0.0  # metres: topology-preserving simplification of the polygons
     connectivity: int = 4  # 4 or 8: how pixels of a class join into polygons
     stac: bool = False  # also write <stem>.stac.json, a STAC Item describing the outputs
+    # resolution and area of interest (geoseg.scene.view)
+    output_grid: str = "input"  # "model": products on the model's grid when the scene is resampled to it
+    aoi: str | None = None  # FILE[:LAYER] of an OGR vector layer: segment only this area
+    bbox: str | None = None  # "MINX,MINY,MAXX,MAXY[,CRS]" (default CRS EPSG:4326): segment only this box
+    aoi_crop: bool = True  # outputs cover the area's bounding window (False: the whole scene)
 
     def output_options(self) -> dict:
         """The options that shape the outputs, as requested (recorded in the manifest as
@@ -67,11 +73,14 @@ class RunOptions:
         work runs (workers, scheduler, threads) and how it is reported are left out."""
         out = {name: getattr(self, name) for name in OUTPUT_OPTIONS}
         out["bands"] = list(self.bands) if self.bands is not None else None
+        out["aoi"] = None if self.aoi is None else str(self.aoi)
+        out["bbox"] = self.bbox if self.bbox is None or isinstance(self.bbox, str) else list(self.bbox)
         return out
 
 
 #: The :class:`RunOptions` fields that shape a run's outputs.
-OUTPUT_OPTIONS = ("tile_size", "batch_size", "device", "bands", "vectorize", "min_area", "simplify", "connectivity", "stac")
+OUTPUT_OPTIONS = ("tile_size", "batch_size", "device", "bands", "vectorize", "min_area", "simplify", "connectivity", "stac",
+                  "output_grid", "aoi", "bbox", "aoi_crop")
 
 
 @dataclass
@@ -106,6 +115,7 @@ def predict_batch(
     device: str,
     torch_threads: int | None = None,
     checksum: str | None = None,
+    view: SceneView | None = None,
 ) -> list[TileResult]:
     """Dask task: read the tiles (with halo), run the model, keep the cores.
 
@@ -114,7 +124,7 @@ def predict_batch(
     """
     predictor = get_predictor(model, checksum, resolve_device(device), torch_threads)
     with open_raster(source.path) as ds:
-        reads = [source.read(t.read, ds) for t in tiles]
+        reads = [source.read(t.read, ds) if view is None else view.read(source, t.read, ds) for t in tiles]
     data = np.stack([r[0] for r in reads])
     valid = np.stack([r[1] for r in reads])
     # A tile whose core has no valid pixel writes only nodata: skip the model for it.
@@ -132,10 +142,12 @@ def predict_batch(
                 sub.confidence,
                 sub.masks,
             )
-    return [
+    results = [
         TileResult(tile.core, pred.classes[k], pred.confidence[k], pred.masks[k], skipped=not bool(has_valid[k]))
         for k, tile in enumerate(tiles)
     ]
+    # with a view: tiles of the model grid -> the output grid, masked to the area of interest
+    return results if view is None else view.finish(tiles, results, reads)
 
 
 class TileSink:
@@ -264,6 +276,8 @@ def run_scene(
     bundle = load_model(model)
     source = scene.select(opts.bands, tuple(bundle.bands))
     check_contract(source, bundle)
+    view = plan_view(source.geobox, bundle.gsd, output_grid=opts.output_grid, aoi=opts.aoi, bbox=opts.bbox,
+                     aoi_crop=opts.aoi_crop, name=source.path)  # model grid, area of interest
     distributed = bool(opts.workers or opts.scheduler or client is not None)
     resources = dict(resources) if resources and distributed else None
     # tasks that target worker resources (GPUs) resolve the device where they run
@@ -272,7 +286,8 @@ def run_scene(
         # best effort for API users; most effective before torch starts (geoseg.allocator)
         tune_cpu_allocator()
     batch_size = opts.batch_size or (1 if device == "cpu" else 4)
-    grid = TileGrid(source.height, source.width, opts.tile_size, halo=int(bundle.halo), factor=int(bundle.downsampling))
+    tile_box = view.tile_geobox  # the model grid when the scene is resampled
+    grid = TileGrid(tile_box.height, tile_box.width, opts.tile_size, halo=int(bundle.halo), factor=int(bundle.downsampling))
 
     out = prepare_out_dir(out_dir if out_dir is not None else _default_out_dir(path))
     stem = Path(path).stem
@@ -286,15 +301,16 @@ def run_scene(
     input_sha = hasher.submit(file_sha256, source.path)
     products: list[RasterProduct] = []
     try:
-        products = _create_products(finals, source.geobox, outputs, bundle)
+        products = _create_products(finals, view.output, outputs, bundle)
         classes, confidence = products[0], products[1]
         masks = products[2] if has_masks else None
 
-        tiles = list(grid)
+        tiles = view.select(list(grid))  # with an area of interest: the tiles that touch it
         plan = batches(tiles, batch_size)
         torch_threads = CPU_TORCH_THREADS if distributed else None  # threaded: set by _run_threaded
         model_ref = resolve_model_ref(model)
-        tasks = [(source, b, model_ref, device, torch_threads, bundle.checksum) for b in plan]
+        tile_view = None if view.trivial else view
+        tasks = [(source, b, model_ref, device, torch_threads, bundle.checksum, tile_view) for b in plan]
         t1 = time.perf_counter()
         with Progress(total=len(tiles), desc=f"{stem}: tiles", disable=opts.quiet) as progress:
             sink = TileSink(classes, confidence, masks, progress)
@@ -340,7 +356,10 @@ def run_scene(
             n_tiles=len(tiles),
             vector_stats=vector_stats,
             staged=outputs.staged,
+            pixel_geobox=view.output,
         )
+        if not view.trivial:
+            manifest.update(view.describe())  # output_grid, gsd, aoi
         if opts.stac:
             _stage_stac_item(outputs, finals["stac"], manifest, stac_item)
         outputs.commit()
