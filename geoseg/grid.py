@@ -47,6 +47,28 @@ class PixelWindow:
             raise ValueError(f"{self} does not lie inside {outer}")
         return slice(r0, r0 + self.height), slice(c0, c0 + self.width)
 
+    def intersection(self, other: PixelWindow) -> PixelWindow | None:
+        """The pixels both windows cover, or None."""
+        r0, c0 = max(self.row, other.row), max(self.col, other.col)
+        r1, c1 = min(self.row_end, other.row_end), min(self.col_end, other.col_end)
+        if r1 <= r0 or c1 <= c0:
+            return None
+        return PixelWindow(r0, c0, r1 - r0, c1 - c0)
+
+    def union(self, other: PixelWindow) -> PixelWindow:
+        """The smallest window holding both (an empty window adds nothing)."""
+        if other.height <= 0 or other.width <= 0:
+            return self
+        if self.height <= 0 or self.width <= 0:
+            return other
+        r0, c0 = min(self.row, other.row), min(self.col, other.col)
+        r1, c1 = max(self.row_end, other.row_end), max(self.col_end, other.col_end)
+        return PixelWindow(r0, c0, r1 - r0, c1 - c0)
+
+    def shift(self, rows: int, cols: int) -> PixelWindow:
+        """The same window, moved by ``rows``/``cols`` (e.g. into a cropped grid)."""
+        return PixelWindow(self.row + rows, self.col + cols, self.height, self.width)
+
     def to_rasterio(self):  # -> rasterio.windows.Window, imported lazily
         from rasterio.windows import Window
 
@@ -73,6 +95,18 @@ class GeoBox:
     def window_transform(self, window: PixelWindow) -> Affine:
         """The affine transform of ``window``'s top-left pixel."""
         return self.transform * Affine.translation(window.col, window.row)
+
+    def crop(self, window: PixelWindow) -> GeoBox:
+        """The grid of ``window`` (same CRS and pixel size)."""
+        return GeoBox(window.height, window.width, self.window_transform(window), self.crs)
+
+    def bounds(self, window: PixelWindow | None = None) -> tuple[float, float, float, float]:
+        """``(minx, miny, maxx, maxy)`` of the grid (or of ``window``) in its CRS."""
+        w = window or self.window
+        t = self.transform
+        xs = (t.c + t.a * w.col, t.c + t.a * w.col_end)
+        ys = (t.f + t.e * w.row, t.f + t.e * w.row_end)
+        return min(xs), min(ys), max(xs), max(ys)
 
 
 @dataclass(frozen=True)
@@ -155,6 +189,16 @@ class TileGrid:
     def __iter__(self) -> Iterator[Tile]:
         for i in range(self.rows):
             for j in range(self.cols):
+                yield self.tile(i, j)
+
+    def tiles_in(self, window: PixelWindow) -> Iterator[Tile]:
+        """The tiles whose cores overlap ``window``, in order (only their grid rows and
+        columns are visited: a small area of a huge raster costs a few tiles)."""
+        t = self.tile_size
+        i0, i1 = max(0, window.row // t), min(self.rows, -(-window.row_end // t))
+        j0, j1 = max(0, window.col // t), min(self.cols, -(-window.col_end // t))
+        for i in range(i0, i1):
+            for j in range(j0, j1):
                 yield self.tile(i, j)
 
     def padded_shape(self, window: PixelWindow) -> tuple[int, int]:

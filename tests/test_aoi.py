@@ -179,3 +179,26 @@ def test_catalog_scenes_take_aoi_and_bbox(tmp_path, scene, small_unet) -> None:
         assert ds.shape == (100, 100)
     again = geoseg.run_batch(tmp_path / "catalog.yaml", quiet=True)
     assert [s.status for s in again.scenes] == ["skipped", "skipped"], again
+
+
+def test_grid_tiles_in_a_window_and_window_arithmetic() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from geoseg.grid import PixelWindow, TileGrid
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(1, 300), st.integers(1, 300), st.integers(1, 90), st.integers(0, 300), st.integers(0, 300),
+           st.integers(1, 120), st.integers(1, 120))
+    def check(h, w, t, r, c, wh, ww):
+        grid = TileGrid(h, w, t, halo=8, factor=8)
+        win = PixelWindow(r, c, wh, ww)
+        expected = [tile for tile in grid if tile.core.intersection(win) is not None]
+        assert list(grid.tiles_in(win)) == expected
+
+    check()
+    a, b = PixelWindow(2, 3, 10, 10), PixelWindow(8, 1, 10, 3)
+    assert a.intersection(b) == PixelWindow(8, 3, 4, 1)
+    assert a.union(b) == PixelWindow(2, 1, 16, 12)
+    assert a.intersection(PixelWindow(12, 0, 5, 5)) is None
+    assert a.shift(-2, -3) == PixelWindow(0, 0, 10, 10)

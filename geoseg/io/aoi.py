@@ -51,15 +51,7 @@ class Area:
         """Whether the area overlaps ``window`` of ``geobox`` (its bounds as a rectangle)."""
         from shapely.geometry import box
 
-        return bool(self.geometry.intersects(box(*window_bounds(geobox, window))))
-
-
-def window_bounds(geobox: GeoBox, window: PixelWindow) -> tuple[float, float, float, float]:
-    """``(minx, miny, maxx, maxy)`` of ``window`` of ``geobox``."""
-    t = geobox.transform
-    xs = [t.c + t.a * window.col, t.c + t.a * window.col_end]
-    ys = [t.f + t.e * window.row, t.f + t.e * window.row_end]
-    return min(xs), min(ys), max(xs), max(ys)
+        return bool(self.geometry.intersects(box(*geobox.bounds(window))))
 
 
 def split_layer(spec: str) -> tuple[str, str | None]:
@@ -187,7 +179,7 @@ def area_window(area: Area, geobox: GeoBox, what: str = "the scene") -> PixelWin
     from shapely.geometry import box
 
     t = geobox.transform
-    full = box(*window_bounds(geobox, geobox.window))
+    full = box(*geobox.bounds())
     if not area.geometry.intersects(full):
         minx, miny, maxx, maxy = area.geometry.bounds
         sx0, sy0, sx1, sy1 = full.bounds
@@ -213,7 +205,7 @@ def area_mask(area: Area, geobox: GeoBox, window: PixelWindow) -> np.ndarray:
     from rasterio.features import geometry_mask
     from shapely.geometry import box
 
-    clip = area.geometry.intersection(box(*window_bounds(geobox, window)).buffer(max(abs(geobox.transform.a), abs(geobox.transform.e))))
+    clip = area.geometry.intersection(box(*geobox.bounds(window)).buffer(max(abs(geobox.transform.a), abs(geobox.transform.e))))
     if clip.is_empty:
         return np.zeros((window.height, window.width), dtype=bool)
     return geometry_mask([clip], out_shape=(window.height, window.width), transform=geobox.window_transform(window), invert=True)

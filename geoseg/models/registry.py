@@ -23,13 +23,9 @@ import torch
 
 from geoseg.errors import ModelError
 from geoseg.models.bundle import ModelBundle, ModelSpec, build_module, bundle_from_bytes, class_specs
-from geoseg.models.refs import BUILTINS, DEFAULT_WEIGHTS, resolve_model_ref
+from geoseg.models.refs import BUILTIN_GSD, BUILTINS, DEFAULT_WEIGHTS, resolve_model_ref
 
 __all__ = ["DEFAULT_WEIGHTS", "list_models", "load_model", "build_unet", "build_spectral", "clear_cache"]
-
-#: The ground sample distance each built-in is for, in metres (None: scale-free). The
-#: default model is for 10 m Sentinel-2-like data (its shipped file predates the field).
-BUILTIN_GSD: dict[str, float | None] = {"default": 10.0, "spectral": None}
 
 _CACHE_SIZE = 8
 _cache: OrderedDict[str, ModelBundle] = OrderedDict()

@@ -305,7 +305,7 @@ def run_scene(
         classes, confidence = products[0], products[1]
         masks = products[2] if has_masks else None
 
-        tiles = view.select(list(grid))  # with an area of interest: the tiles that touch it
+        tiles = view.select(grid)  # with an area of interest: the tiles that touch it
         plan = batches(tiles, batch_size)
         torch_threads = CPU_TORCH_THREADS if distributed else None  # threaded: set by _run_threaded
         model_ref = resolve_model_ref(model)

@@ -20,7 +20,7 @@ import numpy as np
 
 from geoseg._constants import NODATA
 from geoseg.errors import InputError
-from geoseg.grid import GeoBox, PixelWindow, Tile
+from geoseg.grid import GeoBox, PixelWindow, Tile, TileGrid
 from geoseg.io.aoi import Area, area_mask, area_window, read_area
 from geoseg.io.warp import GSD_TOLERANCE, WarpPlan, output_window, plan_warp, resample, source_window, to_output
 
@@ -62,9 +62,7 @@ class SceneView:
     @property
     def output(self) -> GeoBox:
         """The grid of the products written."""
-        full = self.full_output
-        w = self.window or full.window
-        return GeoBox(w.height, w.width, full.window_transform(w), full.crs)
+        return self.full_output.crop(self.window or self.full_output.window)
 
     @property
     def trivial(self) -> bool:
@@ -80,16 +78,18 @@ class SceneView:
         """Where ``tile``'s core lands on the full output grid."""
         return output_window(self.warp, tile.core) if self._back() else tile.core
 
-    def select(self, tiles: list[Tile]) -> list[Tile]:
-        """The tiles whose products reach the output window and touch the area (a model-grid
-        core can own no scene pixel: a last column narrower than half a scene pixel)."""
+    def select(self, grid: TileGrid) -> list[Tile]:
+        """The tiles of ``grid`` (on :attr:`tile_geobox`) whose products reach the output
+        window and that touch the area (a model-grid core can also own no scene pixel: a
+        last column narrower than half a scene pixel)."""
         if self.trivial:
-            return tiles
+            return list(grid)
+        candidates = grid if self.area is None else grid.tiles_in(area_window(self.area, self.tile_geobox))
         out = []
         win = self.window or self.full_output.window
-        for t in tiles:
+        for t in candidates:
             ow = self.tile_output_window(t)
-            if ow.height == 0 or ow.width == 0 or _intersect(ow, win) is None:
+            if ow.height == 0 or ow.width == 0 or ow.intersection(win) is None:
                 continue
             if self.area is None or self.area.touches(self.tile_geobox, t.core):
                 out.append(t)
@@ -103,7 +103,7 @@ class SceneView:
             return data, valid, None
         src = source_window(self.warp, window)
         if self._back():  # also the scene pixels the core's products go to (their validity)
-            src = _hull(src, output_window(self.warp, window))
+            src = src.union(output_window(self.warp, window))
         data, valid = source.read(src, dataset)
         out, ok = resample(data, valid, src, self.warp, window)
         return out, ok, ((src, valid) if self._back() else None)
@@ -127,12 +127,12 @@ class SceneView:
                         a[..., outside] = NODATA
             win = self.window
             if win is not None:
-                cut = _intersect(core, win)
+                cut = core.intersection(win)
                 if cut is None:
                     continue
                 sl = cut.relative_to(core)
                 arrays = [np.ascontiguousarray(a[(..., *sl)]) for a in arrays]
-                core = PixelWindow(cut.row - win.row, cut.col - win.col, cut.height, cut.width)
+                core = cut.shift(-win.row, -win.col)
             out.append(dataclasses.replace(r, core=core, classes=arrays[0], confidence=arrays[1], masks=arrays[2]))
         return out
 
@@ -159,22 +159,6 @@ class SceneView:
             info["aoi"] = {**self.area.describe(), "crop": w is not None,
                            "window": [w.row, w.col, w.height, w.width] if w is not None else None}
         return info
-
-
-def _hull(a: PixelWindow, b: PixelWindow) -> PixelWindow:
-    if b.height == 0 or b.width == 0:
-        return a
-    r0, c0 = min(a.row, b.row), min(a.col, b.col)
-    r1, c1 = max(a.row_end, b.row_end), max(a.col_end, b.col_end)
-    return PixelWindow(r0, c0, r1 - r0, c1 - c0)
-
-
-def _intersect(a: PixelWindow, b: PixelWindow) -> PixelWindow | None:
-    r0, c0 = max(a.row, b.row), max(a.col, b.col)
-    r1, c1 = min(a.row_end, b.row_end), min(a.col_end, b.col_end)
-    if r1 <= r0 or c1 <= c0:
-        return None
-    return PixelWindow(r0, c0, r1 - r0, c1 - c0)
 
 
 def plan_view(
