@@ -195,8 +195,12 @@ class TileGrid:
         """The tiles whose cores overlap ``window``, in order (only their grid rows and
         columns are visited: a small area of a huge raster costs a few tiles)."""
         t = self.tile_size
-        i0, i1 = max(0, window.row // t), min(self.rows, -(-window.row_end // t))
-        j0, j1 = max(0, window.col // t), min(self.cols, -(-window.col_end // t))
+        r0, r1 = max(0, window.row), min(self.height, window.row_end)
+        c0, c1 = max(0, window.col), min(self.width, window.col_end)
+        if r1 <= r0 or c1 <= c0:
+            return
+        i0, i1 = r0 // t, -(-r1 // t)
+        j0, j1 = c0 // t, -(-c1 // t)
         for i in range(i0, i1):
             for j in range(j0, j1):
                 yield self.tile(i, j)
