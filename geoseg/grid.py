@@ -191,19 +191,33 @@ class TileGrid:
             for j in range(self.cols):
                 yield self.tile(i, j)
 
-    def tiles_in(self, window: PixelWindow) -> Iterator[Tile]:
-        """The tiles whose cores overlap ``window``, in order (only their grid rows and
-        columns are visited: a small area of a huge raster costs a few tiles)."""
-        t = self.tile_size
-        r0, r1 = max(0, window.row), min(self.height, window.row_end)
-        c0, c1 = max(0, window.col), min(self.width, window.col_end)
-        if r1 <= r0 or c1 <= c0:
-            return
-        i0, i1 = r0 // t, -(-r1 // t)
-        j0, j1 = c0 // t, -(-c1 // t)
-        for i in range(i0, i1):
-            for j in range(j0, j1):
-                yield self.tile(i, j)
+    def _tile(self, index: int, r0: int, c0: int, r1: int, c1: int) -> Tile:
+        """The tile with core rows ``r0:r1``, cols ``c0:c1`` and its halo, clamped to the raster."""
+        h = self.halo
+        core = PixelWindow(r0, c0, r1 - r0, c1 - c0)
+        rr0, cc0 = max(0, r0 - h), max(0, c0 - h)
+        rr1, cc1 = min(self.height, r1 + h), min(self.width, c1 + h)
+        inner = (rr0 > 0, rr1 < self.height, cc0 > 0, cc1 < self.width)
+        return Tile(index, core, PixelWindow(rr0, cc0, rr1 - rr0, cc1 - cc0), inner)
+
+    def tiles_within(self, window: PixelWindow) -> list[Tile]:
+        """Tiles whose cores cover ``window`` (clipped to the raster) and little more.
+
+        The cores start at the window's origin rounded down to the factor grid and end at
+        its end rounded up to it (or the raster's end); their read windows take the halo
+        from the raster around them, clamped to the raster only. Every core therefore
+        equals whole-image inference, like the cores of the full grid, while only the
+        window and its halo are read: a small area of a huge raster costs a few tiles.
+        """
+        f, t = self.factor, self.tile_size
+        r0, c0 = max(0, window.row) // f * f, max(0, window.col) // f * f
+        r1 = min(self.height, _round_up(min(self.height, window.row_end), f))
+        c1 = min(self.width, _round_up(min(self.width, window.col_end), f))
+        out: list[Tile] = []
+        for r in range(r0, r1, t):
+            for c in range(c0, c1, t):
+                out.append(self._tile(len(out), r, c, min(r + t, r1), min(c + t, c1)))
+        return out
 
     def padded_shape(self, window: PixelWindow) -> tuple[int, int]:
         """The shape a read window is padded to (bottom/right) for the model."""

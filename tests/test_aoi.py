@@ -181,20 +181,29 @@ def test_catalog_scenes_take_aoi_and_bbox(tmp_path, scene, small_unet) -> None:
     assert [s.status for s in again.scenes] == ["skipped", "skipped"], again
 
 
-def test_grid_tiles_in_a_window_and_window_arithmetic() -> None:
+def test_grid_tiles_within_a_window_and_window_arithmetic() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
     from geoseg.grid import PixelWindow, TileGrid
 
     @settings(max_examples=200, deadline=None)
-    @given(st.integers(1, 300), st.integers(1, 300), st.integers(1, 90), st.integers(0, 300), st.integers(0, 300),
+    @given(st.integers(1, 300), st.integers(1, 300), st.integers(1, 90), st.integers(0, 299), st.integers(0, 299),
            st.integers(1, 120), st.integers(1, 120))
     def check(h, w, t, r, c, wh, ww):
         grid = TileGrid(h, w, t, halo=8, factor=8)
-        win = PixelWindow(r, c, wh, ww)
-        expected = [tile for tile in grid if tile.core.intersection(win) is not None]
-        assert list(grid.tiles_in(win)) == expected
+        win = PixelWindow(min(r, h - 1), min(c, w - 1), wh, ww)
+        tiles = grid.tiles_within(win)
+        cover = np.zeros((h, w), int)
+        for tile in tiles:
+            cover[tile.core.slices] += 1
+            assert tile.core.row % 8 == 0 and tile.core.col % 8 == 0 and tile.read.row % 8 == 0 and tile.read.col % 8 == 0
+            assert tile.core.height <= grid.tile_size and tile.core.width <= grid.tile_size
+            assert tile.read == grid._tile(0, tile.core.row, tile.core.col, tile.core.row_end, tile.core.col_end).read
+        assert (cover <= 1).all() and (cover[win.slices] == 1).all()  # the window, each pixel once
+        rows, cols = np.nonzero(cover)
+        assert rows.min() > win.row - 8 and cols.min() > win.col - 8
+        assert rows.max() < win.row_end + 8 and cols.max() < win.col_end + 8  # and little more
 
     check()
     a, b = PixelWindow(2, 3, 10, 10), PixelWindow(8, 1, 10, 3)

@@ -84,7 +84,7 @@ class SceneView:
         last column narrower than half a scene pixel)."""
         if self.trivial:
             return list(grid)
-        candidates = grid if self.area is None else grid.tiles_in(area_window(self.area, self.tile_geobox))
+        candidates = grid if self.area is None else grid.tiles_within(area_window(self.area, self.tile_geobox))
         out = []
         win = self.window or self.full_output.window
         for t in candidates:
