@@ -368,11 +368,14 @@ def resolve(catalog: Catalog) -> list[SceneJob]:
                 "min_area": float(_setting("min_area", entry, d, 0.0)),
                 "simplify": float(_setting("simplify", entry, d, 0.0)),
                 "connectivity": _setting("connectivity", entry, d, 4),
+            }
+            area = {  # resolution and area of interest, only where given (RunOptions has the defaults)
                 "aoi": _aoi_path(_setting("aoi", entry, d, None), root),
                 "bbox": _bbox_text(_setting("bbox", entry, d, None)),
-                "aoi_crop": _setting("aoi_crop", entry, d, True),
-                "output_grid": _setting("output_grid", entry, d, "input"),
+                "aoi_crop": _setting("aoi_crop", entry, d, None),
+                "output_grid": _setting("output_grid", entry, d, None),
             }
+            options.update({k: v for k, v in area.items() if v is not None})
             jobs.append(
                 SceneJob(
                     id=scene_id,
