@@ -211,11 +211,13 @@ def _apply(x: np.ndarray, idx: np.ndarray, w: np.ndarray, axis: int, offset: int
             part = x[tuple(sl)]
         else:
             part = np.take(x, pos, axis=axis)
-        if not np.all(wj == 1):
+        weighted = not np.all(wj == 1)
+        if weighted:
             part = part * wj.reshape(wshape)
-        if out is None:
-            out = np.zeros(part.shape, dtype=np.float32)
-        out += part
+        if out is None:  # (0 + part would differ from part only in the sign of zeros)
+            out = part if weighted else np.array(part, dtype=np.float32, copy=True)
+        else:
+            out += part
     if out is None:
         shape = list(x.shape)
         shape[axis] = n
@@ -234,14 +236,23 @@ def resample(
     """
     iy, wy = axis_taps(window.row, window.row_end, plan.ratio[1], plan.scene.height)
     ix, wx = axis_taps(window.col, window.col_end, plan.ratio[0], plan.scene.width)
-    v = valid.astype(np.float32)
-    stack = np.concatenate([data if valid.all() else data * v, v[None]], axis=0)
-    rows = _apply(stack, iy, wy, axis=1, offset=src.row)
-    both = _apply(rows, ix, wx, axis=2, offset=src.col)
-    den = both[-1]
+    if valid.all():
+        # the common case: the weights' sums need no pass over a validity band (the same
+        # floats as that pass: the same sums, in the same order, of weights times 1)
+        num = _apply(_apply(data, iy, wy, axis=1, offset=src.row), ix, wx, axis=2, offset=src.col)
+        den_rows = _apply(np.ones((1, src.height, 1), np.float32), iy, wy, axis=1, offset=src.row)
+        den_rows = np.broadcast_to(den_rows, (1, den_rows.shape[1], src.width))
+        den = _apply(den_rows, ix, wx, axis=2, offset=src.col)[0]
+    else:
+        v = valid.astype(np.float32)
+        stack = np.concatenate([data * v, v[None]], axis=0)
+        both = _apply(_apply(stack, iy, wy, axis=1, offset=src.row), ix, wx, axis=2, offset=src.col)
+        num, den = both[:-1], both[-1]
     ok = den > 0
-    out = np.divide(both[:-1], den, out=np.zeros_like(both[:-1]), where=ok[None])
-    return out, ok
+    if ok.all():
+        num /= den
+        return num, ok
+    return np.divide(num, den, out=np.zeros_like(num), where=ok[None]), ok
 
 
 def _back_axis(start: int, stop: int, ratio: float, n_out: int) -> tuple[int, int, np.ndarray]:
