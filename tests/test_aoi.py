@@ -211,3 +211,22 @@ def test_grid_tiles_within_a_window_and_window_arithmetic() -> None:
     assert a.union(b) == PixelWindow(2, 1, 16, 12)
     assert a.intersection(PixelWindow(12, 0, 5, 5)) is None
     assert a.shift(-2, -3) == PixelWindow(0, 0, 10, 10)
+
+
+def test_scene_view_pickles_for_cluster_workers(tmp_path) -> None:
+    """Tiles on a Dask cluster carry the view: it pickles with its area and model grid."""
+    import pickle
+
+    from affine import Affine
+    from pyproj import CRS
+
+    from geoseg.grid import GeoBox, TileGrid
+    from geoseg.scene.view import plan_view
+
+    scene = GeoBox(300, 280, Affine(5, 0, 500000, 0, -5, 5500000), CRS.from_epsg(32633).to_wkt())
+    view = plan_view(scene, 10.0, bbox="500200,5499000,500900,5499700,EPSG:32633")
+    again = pickle.loads(pickle.dumps(view))
+    assert again.warp == view.warp and again.window == view.window and again.area.geometry.equals(view.area.geometry)
+    grid = TileGrid(view.tile_geobox.height, view.tile_geobox.width, 32, halo=8, factor=8)
+    assert [t.core for t in again.select(grid)] == [t.core for t in view.select(grid)]
+    assert view.output.shape == (140, 140) and view.describe()["aoi"]["window"] == [60, 40, 140, 140]

@@ -240,3 +240,15 @@ def test_bundles_record_gsd(tmp_path, synth_scene) -> None:
     assert m["gsd"]["ratio"] == [0.5, 0.5] and m["gsd"]["input_resampling"] == "bilinear"
     with rasterio.open(tmp_path / "five" / "scene.classes.tif") as out, rasterio.open(scene) as src:
         assert out.transform == src.transform and out.shape == src.shape
+
+
+def test_training_gsd_from_the_images(tmp_path) -> None:
+    from geoseg.io.warp import training_gsd
+    from geoseg.synthetic import synthesize
+
+    a = synthesize(tmp_path / "a.tif", 32, seed=1, pixel_size=5.0).path
+    b = synthesize(tmp_path / "b.tif", 32, seed=1, crs="EPSG:4326", pixel_size=1e-4, origin=(12.0, 45.0)).path
+    assert training_gsd([a]) == 5.0  # 5.002 m of ground, rounded to 3 digits
+    assert training_gsd([b]) == pytest.approx((7.88 * 11.11) ** 0.5, rel=0.01)
+    plain = write_raster(tmp_path / "plain.tif", np.zeros((1, 8, 8), np.uint8), crs=None, transform=None)
+    assert training_gsd([a, plain]) is None
