@@ -17,8 +17,8 @@ Measured in one run of this script (so the ratios compare like with like):
 
 Usage::
 
-    python benchmarks/bench_gsd.py                    # N=4096 (5 m), M=4096, 3 repeats
-    python benchmarks/bench_gsd.py --size 2048 --aoi-size 2048 --repeat 1 --no-write
+    python benchmarks/bench_gsd.py --aoi-size 8192      # N=4096 (5 m), M=8192, 3 repeats
+    python benchmarks/bench_gsd.py --only gsd --size 2048 --repeat 1 --no-write
 
 Results go into BENCHMARKS.md between the markers of this benchmark.
 """
@@ -156,7 +156,8 @@ def aoi_bytes(work: Path, size: int, seed: int, fraction: float) -> dict:
         x0, y0 = 500000 + 10 * c0, 5500000 - 10 * (r0 + side)
         bbox = f"{x0},{y0},{x0 + 10 * side},{y0 + 10 * side},EPSG:32633"
         out = {}
-        for name, extra in (("aoi", ("--bbox", bbox)), ("whole", ())):
+        runs = (("aoi", ("--bbox", bbox)), ("aoi_t2048", ("--bbox", bbox, "--tile-size", "2048")), ("whole", ()))
+        for name, extra in runs:
             CountingHandler.counter = {}
             t = time.perf_counter()
             m = geoseg_run(vrt, work / f"out_{name}", *extra)
@@ -177,55 +178,68 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "geoseg_bench_gsd")
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    ap.add_argument("--only", choices=("gsd", "aoi"), default=None, help="run one of the two parts")
     args = ap.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
 
-    s5, s10 = scenes_5m_10m(work, args.size, args.seed)
-    runs: dict[str, list[dict]] = {"5m": [], "10m": []}
-    for _ in range(args.repeat):
-        for name, scene in (("10m", s10), ("5m", s5)):
-            m = geoseg_run(scene, work / f"out_{name}")
-            runs[name].append(m["timings_s"])
-    med = {k: {s: statistics.median(r[s] for r in v) for s in ("inference", "write_cogs", "total")} for k, v in runs.items()}
-    ratio = med["5m"]["inference"] / med["10m"]["inference"]
-    aoi = aoi_bytes(work, args.aoi_size, args.seed, 0.05)
-
-    cmd = "python benchmarks/bench_gsd.py" + ("" if args.size == 4096 else f" --size {args.size}") + (
-        "" if args.aoi_size == 4096 else f" --aoi-size {args.aoi_size}") + ("" if args.repeat == 3 else f" --repeat {args.repeat}")
-    n, h = args.size, args.size // 2
-    lines = [
-        "## Resolution and areas of interest",
-        "",
-        f"`{cmd}` ({platform.machine()}, {os.cpu_count()} cores, shared with other jobs while measured; "
-        f"medians of {args.repeat} alternating runs in fresh processes, `--no-vectorize`):",
-        "",
-        "| scene | pixels read | model grid | inference (s) | write COGs (s) | total (s) |",
-        "|---|---|---|---|---|---|",
-        f"| {h}^2 at 10 m (the 5 m scene averaged 2x2) | {h}^2 | {h}^2 | {med['10m']['inference']:.2f} | "
-        f"{med['10m']['write_cogs']:.2f} | {med['10m']['total']:.2f} |",
-        f"| {n}^2 at 5 m through the 10 m model | {n}^2 | {h}^2 | {med['5m']['inference']:.2f} | "
-        f"{med['5m']['write_cogs']:.2f} | {med['5m']['total']:.2f} |",
-        "",
-        f"Inference stage (reads, area average onto the model grid, forwards, nearest write-back) of the 5 m "
-        f"scene: **{ratio:.2f}x** the native 10 m run (target <= 1.3x). The COG stage writes 4x the pixels.",
-        "",
-        f"AOI: `geoseg run --bbox` over {100 * aoi['fraction']:.1f}% of a {aoi['size']}^2 scene "
-        f"({aoi['file_bytes'] / 2**20:.1f} MiB GeoTIFF, 256-px blocks) read over loopback HTTP (`/vsicurl/` through a "
-        f"local VRT; the server counts the bytes it sends):",
-        "",
-        "| run | tiles | bytes sent | of the file | requests | inference (s) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name in ("aoi", "whole"):
-        r = aoi[name]
-        lines.append(f"| {'5% bbox' if name == 'aoi' else 'whole scene'} | {r['tiles']} | {r['bytes'] / 2**20:.1f} MiB | "
-                     f"{100 * r['bytes'] / aoi['file_bytes']:.1f}% | {r['requests']} | {r['inference_s']:.2f} |")
-    body = "\n".join(lines)
-    print(body)
-    print(json.dumps({"runs": runs, "aoi": aoi}, indent=1), file=sys.stderr)
-    if not args.no_write:
-        write_section("bench_gsd", body)
+    base = "python benchmarks/bench_gsd.py"
+    where = f"({platform.machine()}, {os.cpu_count()} cores, shared with other jobs while measured)"
+    if args.only != "aoi":
+        s5, s10 = scenes_5m_10m(work, args.size, args.seed)
+        runs: dict[str, list[dict]] = {"5m": [], "10m": []}
+        for _ in range(args.repeat):
+            for name, scene in (("10m", s10), ("5m", s5)):
+                m = geoseg_run(scene, work / f"out_{name}")
+                runs[name].append(m["timings_s"])
+        med = {k: {s: statistics.median(r[s] for r in v) for s in ("inference", "write_cogs", "total")} for k, v in runs.items()}
+        ratio = med["5m"]["inference"] / med["10m"]["inference"]
+        cmd = base + " --only gsd" + ("" if args.size == 4096 else f" --size {args.size}") + (
+            "" if args.repeat == 3 else f" --repeat {args.repeat}")
+        n, h = args.size, args.size // 2
+        body = "\n".join([
+            "## Resolution: a 5 m scene through the 10 m model",
+            "",
+            f"`{cmd}` {where}; medians of {args.repeat} alternating runs in fresh processes, `--no-vectorize`:",
+            "",
+            "| scene | pixels read | model grid | inference (s) | write COGs (s) | total (s) |",
+            "|---|---|---|---|---|---|",
+            f"| {h}^2 at 10 m (the 5 m scene averaged 2x2) | {h}^2 | {h}^2 | {med['10m']['inference']:.2f} | "
+            f"{med['10m']['write_cogs']:.2f} | {med['10m']['total']:.2f} |",
+            f"| {n}^2 at 5 m through the 10 m model | {n}^2 | {h}^2 | {med['5m']['inference']:.2f} | "
+            f"{med['5m']['write_cogs']:.2f} | {med['5m']['total']:.2f} |",
+            "",
+            f"Inference stage (reads of 4x the pixels, area average onto the model grid, forwards, nearest "
+            f"write-back) of the 5 m scene: **{ratio:.2f}x** the native 10 m run (target <= 1.3x). The COG stage "
+            "writes 4x the pixels and costs what 4x the pixels cost.",
+        ])
+        print(body)
+        print(json.dumps(runs, indent=1), file=sys.stderr)
+        if not args.no_write:
+            write_section("bench_gsd", body)
+    if args.only != "gsd":
+        aoi = aoi_bytes(work, args.aoi_size, args.seed, 0.05)
+        cmd = base + " --only aoi" + ("" if args.aoi_size == 4096 else f" --aoi-size {args.aoi_size}")
+        lines = [
+            "## Areas of interest: bytes read",
+            "",
+            f"`{cmd}` {where}: `geoseg run --bbox` over {100 * aoi['fraction']:.1f}% of a {aoi['size']}^2 scene "
+            f"({aoi['file_bytes'] / 2**20:.1f} MiB GeoTIFF, 256-px blocks, ZSTD) read over loopback HTTP (`/vsicurl/` "
+            "through a local VRT; the server, started by the benchmark, counts the bytes it sends):",
+            "",
+            "| run | tiles | bytes sent | of the file | requests | inference (s) |",
+            "|---|---|---|---|---|---|",
+        ]
+        names = {"aoi": "5% bbox", "aoi_t2048": "5% bbox, `--tile-size 2048`", "whole": "whole scene"}
+        for name, label in names.items():
+            r = aoi[name]
+            lines.append(f"| {label} | {r['tiles']} | {r['bytes'] / 2**20:.1f} MiB | "
+                         f"{100 * r['bytes'] / aoi['file_bytes']:.1f}% | {r['requests']} | {r['inference_s']:.2f} |")
+        body = "\n".join(lines)
+        print(body)
+        print(json.dumps(aoi, indent=1), file=sys.stderr)
+        if not args.no_write:
+            write_section("bench_aoi", body)
 
 
 if __name__ == "__main__":
