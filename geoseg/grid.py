@@ -47,6 +47,28 @@ class PixelWindow:
             raise ValueError(f"{self} does not lie inside {outer}")
         return slice(r0, r0 + self.height), slice(c0, c0 + self.width)
 
+    def intersection(self, other: PixelWindow) -> PixelWindow | None:
+        """The pixels both windows cover, or None."""
+        r0, c0 = max(self.row, other.row), max(self.col, other.col)
+        r1, c1 = min(self.row_end, other.row_end), min(self.col_end, other.col_end)
+        if r1 <= r0 or c1 <= c0:
+            return None
+        return PixelWindow(r0, c0, r1 - r0, c1 - c0)
+
+    def union(self, other: PixelWindow) -> PixelWindow:
+        """The smallest window holding both (an empty window adds nothing)."""
+        if other.height <= 0 or other.width <= 0:
+            return self
+        if self.height <= 0 or self.width <= 0:
+            return other
+        r0, c0 = min(self.row, other.row), min(self.col, other.col)
+        r1, c1 = max(self.row_end, other.row_end), max(self.col_end, other.col_end)
+        return PixelWindow(r0, c0, r1 - r0, c1 - c0)
+
+    def shift(self, rows: int, cols: int) -> PixelWindow:
+        """The same window, moved by ``rows``/``cols`` (e.g. into a cropped grid)."""
+        return PixelWindow(self.row + rows, self.col + cols, self.height, self.width)
+
     def to_rasterio(self):  # -> rasterio.windows.Window, imported lazily
         from rasterio.windows import Window
 
@@ -73,6 +95,18 @@ class GeoBox:
     def window_transform(self, window: PixelWindow) -> Affine:
         """The affine transform of ``window``'s top-left pixel."""
         return self.transform * Affine.translation(window.col, window.row)
+
+    def crop(self, window: PixelWindow) -> GeoBox:
+        """The grid of ``window`` (same CRS and pixel size)."""
+        return GeoBox(window.height, window.width, self.window_transform(window), self.crs)
+
+    def bounds(self, window: PixelWindow | None = None) -> tuple[float, float, float, float]:
+        """``(minx, miny, maxx, maxy)`` of the grid (or of ``window``) in its CRS."""
+        w = window or self.window
+        t = self.transform
+        xs = (t.c + t.a * w.col, t.c + t.a * w.col_end)
+        ys = (t.f + t.e * w.row, t.f + t.e * w.row_end)
+        return min(xs), min(ys), max(xs), max(ys)
 
 
 @dataclass(frozen=True)
@@ -156,6 +190,34 @@ class TileGrid:
         for i in range(self.rows):
             for j in range(self.cols):
                 yield self.tile(i, j)
+
+    def _tile(self, index: int, r0: int, c0: int, r1: int, c1: int) -> Tile:
+        """The tile with core rows ``r0:r1``, cols ``c0:c1`` and its halo, clamped to the raster."""
+        h = self.halo
+        core = PixelWindow(r0, c0, r1 - r0, c1 - c0)
+        rr0, cc0 = max(0, r0 - h), max(0, c0 - h)
+        rr1, cc1 = min(self.height, r1 + h), min(self.width, c1 + h)
+        inner = (rr0 > 0, rr1 < self.height, cc0 > 0, cc1 < self.width)
+        return Tile(index, core, PixelWindow(rr0, cc0, rr1 - rr0, cc1 - cc0), inner)
+
+    def tiles_within(self, window: PixelWindow) -> list[Tile]:
+        """Tiles whose cores cover ``window`` (clipped to the raster) and little more.
+
+        The cores start at the window's origin rounded down to the factor grid and end at
+        its end rounded up to it (or the raster's end); their read windows take the halo
+        from the raster around them, clamped to the raster only. Every core therefore
+        equals whole-image inference, like the cores of the full grid, while only the
+        window and its halo are read: a small area of a huge raster costs a few tiles.
+        """
+        f, t = self.factor, self.tile_size
+        r0, c0 = max(0, window.row) // f * f, max(0, window.col) // f * f
+        r1 = min(self.height, _round_up(min(self.height, window.row_end), f))
+        c1 = min(self.width, _round_up(min(self.width, window.col_end), f))
+        out: list[Tile] = []
+        for r in range(r0, r1, t):
+            for c in range(c0, c1, t):
+                out.append(self._tile(len(out), r, c, min(r + t, r1), min(c + t, c1)))
+        return out
 
     def padded_shape(self, window: PixelWindow) -> tuple[int, int]:
         """The shape a read window is padded to (bottom/right) for the model."""

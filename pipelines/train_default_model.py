@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
         bundle = build_unet(
             BANDS, LANDCOVER_CLASSES, ["built_up"], base_width=args.base_width, depth=args.depth,
-            value_range=(0, 10000), name="default", seed=args.seed,
+            value_range=(0, 10000), name="default", seed=args.seed, gsd=10.0,  # Sentinel-2-like 10 m
             description=_description(args),
         )
         config = TrainConfig(

@@ -129,6 +129,7 @@ def test_vector_labels_in_another_crs_and_nodata(building_model, buildings_scene
     assert bundle.normalization.mean[0] > train_rows.mean() + 10  # nodata would pull it down
     # the contract's value range: that of the valid pixels of the training images
     assert bundle.value_range == (float(image[image != 0].min()), float(image[image != 0].max()))
+    assert bundle.gsd == 0.5  # the training image's ground sample distance (0.5 m UTM pixels)
 
 
 def test_evaluate_ignores_nodata_and_unlabelled_pixels(building_model, buildings_scene) -> None:

@@ -77,6 +77,10 @@ class Settings(BaseModel):
     assets: dict[str, str] | None = None  # STAC Items: model band -> asset key (like --assets)
     grid_asset: str | None = None  # STAC Items: the asset whose grid the bands are read on
     scale_offset: Literal["apply", "ignore"] | None = None
+    aoi: str | None = None  # FILE[:LAYER] of a vector layer (relative to the catalog)
+    bbox: str | list[float | str] | None = None  # MINX,MINY,MAXX,MAXY[,CRS]
+    aoi_crop: bool | None = None
+    output_grid: Literal["input", "model"] | None = None
 
     @field_validator("device")
     @classmethod
@@ -476,6 +480,13 @@ def resolve(catalog: Catalog) -> list[SceneJob]:
                 value = _setting(name, entry, d, None)
                 if value is not None:
                     options[name] = tuple(sorted(value.items())) if name == "assets" else value
+            area = {  # resolution and area of interest, only where given (RunOptions has the defaults)
+                "aoi": _aoi_path(_setting("aoi", entry, d, None), root),
+                "bbox": _bbox_text(_setting("bbox", entry, d, None)),
+                "aoi_crop": _setting("aoi_crop", entry, d, None),
+                "output_grid": _setting("output_grid", entry, d, None),
+            }
+            options.update({k: v for k, v in area.items() if v is not None})
             jobs.append(
                 SceneJob(
                     id=scene_id,
@@ -491,6 +502,23 @@ def resolve(catalog: Catalog) -> list[SceneJob]:
                 )
             )
     return jobs
+
+
+def _aoi_path(aoi: str | None, root: Path) -> str | None:
+    """A catalog's ``aoi:`` (``FILE[:LAYER]``), its file resolved against the catalog's directory."""
+    if aoi is None:
+        return None
+    from geoseg.io.aoi import split_layer
+
+    path, layer = split_layer(str(root / aoi))
+    return str(Path(path).resolve()) + (f":{layer}" if layer else "")
+
+
+def _bbox_text(bbox) -> str | None:
+    """A catalog's ``bbox:`` (text or a YAML list) as ``MINX,MINY,MAXX,MAXY[,CRS]``."""
+    if bbox is None or isinstance(bbox, str):
+        return bbox
+    return ",".join(str(v) for v in bbox)
 
 
 def missing_inputs_error(catalog: Catalog, jobs: list[SceneJob]) -> CatalogError | None:

@@ -63,6 +63,21 @@ __all__ = ["demo_cmd", "format_summary", "models_cmd", "run_cmd", "synth_cmd", "
                    "255 = nodata, to re-threshold without rerunning the model.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"], case_sensitive=False), default="fp32",
               show_default=True, help="Precision of the forward pass: fp16/bf16 (autocast) need CUDA.")
+@click.option("--aoi", default=None, metavar="FILE[:LAYER]",
+              help="Segment only this area: the polygons of a vector layer (any OGR format and CRS; LAYER picks "
+                   "a layer of a multi-layer file). Only tiles that touch it are read and predicted; pixels "
+                   "outside it are nodata.")
+@click.option("--bbox", default=None, metavar="MINX,MINY,MAXX,MAXY[,CRS]",
+              help="Segment only this box, in longitude/latitude (EPSG:4326) unless a CRS follows, e.g. "
+                   "--bbox=12.1,45.2,12.3,45.4 or --bbox 500000,5490000,510000,5500000,EPSG:32633.")
+@click.option("--aoi-crop/--no-aoi-crop", default=True, show_default=True,
+              help="With --aoi/--bbox: outputs cover the area's bounding window (on the output grid) or the "
+                   "whole scene.")
+@click.option("--output-grid", type=click.Choice(["input", "model"]), default="input", show_default=True,
+              help="A scene whose ground sample distance differs from the model's (the bundle's gsd, e.g. 10 m "
+                   "for `default`) by more than 5% is read resampled to the model's (area average, tile by "
+                   "tile); `input` writes the products back onto the scene's own grid (nearest neighbour for "
+                   "classes, masks and confidence), `model` leaves them on the model's grid.")
 @overwrite_option()
 @click.option("--resume", is_flag=True,
               help="Continue a run that was killed, stopped or failed from the tiles it finished (kept in a "
@@ -73,8 +88,8 @@ __all__ = ["demo_cmd", "format_summary", "models_cmd", "run_cmd", "synth_cmd", "
 @json_option("Print the run manifest as JSON on stdout.")
 @handle_errors
 def run_cmd(scene, out_dir, model, bands, assets, grid_asset, scale_offset, tile_size, batch_size, device, workers,
-            scheduler, threads, no_vectorize, min_area, simplify, connectivity, tta, probabilities, precision, overwrite,
-            resume, quiet, as_json):
+            scheduler, threads, no_vectorize, min_area, simplify, connectivity, aoi, bbox, aoi_crop, output_grid, tta,
+            probabilities, precision, overwrite, resume, quiet, as_json):
     """Segment SCENE (any GDAL raster with a CRS) into georeferenced outputs.
 
     SCENE is a local raster, an http(s):// or s3:// URL of one (read with range
@@ -104,6 +119,7 @@ def run_cmd(scene, out_dir, model, bands, assets, grid_asset, scale_offset, tile
         tile_size=tile_size, batch_size=batch_size, device=device,
         workers=workers, scheduler=scheduler, threads=threads, vectorize=not no_vectorize,
         min_area=min_area, simplify=simplify, connectivity=int(connectivity),
+        aoi=aoi, bbox=bbox, aoi_crop=aoi_crop, output_grid=output_grid,
         tta=tta, probabilities=probabilities, precision=precision.lower(),
         overwrite=overwrite, quiet=quiet or as_json, resume=resume,
     )

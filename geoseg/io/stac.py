@@ -100,7 +100,8 @@ def scene_item(
 
     inp, outputs = manifest["input"], manifest["outputs"]
     stem = Path(inp["path"]).stem
-    width, height, transform = inp["width"], inp["height"], list(inp["transform"])[:6]
+    grid = manifest.get("output_grid") or inp  # the products' grid (model grid, AOI window) when not the input's
+    width, height, transform = grid["width"], grid["height"], list(grid["transform"])[:6]
     bbox, geometry = footprint_wgs84(inp["crs"], transform, width, height)
     epsg = CRS.from_wkt(inp["crs"]).to_epsg()
     a, _, c, _, e, f = transform

@@ -116,6 +116,9 @@ class ModelSpec(BaseModel):
         halo: Context in full-resolution pixels that tiles need on each side for
             results identical to whole-image inference.
         downsampling: Tile origins and sizes should be multiples of this.
+        gsd: Ground sample distance the model was trained at, in metres (e.g. 10 for
+            Sentinel-2-like data); a scene at another GSD is read resampled to it. None:
+            scale-free (scenes are read as they are).
         description: One line for ``geoseg models``.
         training: Free-form provenance (data, seeds, command, metrics).
     """
@@ -134,6 +137,7 @@ class ModelSpec(BaseModel):
     mask_heads: list[str] = Field(default_factory=list)
     halo: int = Field(ge=0)
     downsampling: int = Field(ge=1)
+    gsd: float | None = Field(default=None, gt=0)
     description: str = ""
     training: dict[str, Any] = Field(default_factory=dict)
 
@@ -329,6 +333,11 @@ class ModelBundle:
     @property
     def downsampling(self) -> int:
         return self.spec.downsampling
+
+    @property
+    def gsd(self) -> float | None:
+        """Training ground sample distance in metres (None: scale-free)."""
+        return self.spec.gsd
 
     @property
     def normalization(self) -> Normalization:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from geoseg.errors import ModelError
 
-__all__ = ["BUILTINS", "DEFAULT_WEIGHTS", "is_builtin", "is_url", "resolve_model_ref"]
+__all__ = ["BUILTINS", "BUILTIN_GSD", "DEFAULT_WEIGHTS", "is_builtin", "is_url", "resolve_model_ref"]
 
 #: Where the shipped weights of the ``default`` model live.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.safetensors"
@@ -30,6 +30,10 @@ BUILTINS: dict[str, str] = {
     "unet": "untrained U-Net architecture family (any bands, classes, mask heads): "
     "geoseg.models.build_unet(...)",
 }
+
+#: The ground sample distance each built-in is for, in metres (None: scale-free): the default
+#: model is for 10 m Sentinel-2-like data (its shipped file predates the bundle's ``gsd`` field).
+BUILTIN_GSD: dict[str, float | None] = {"default": 10.0, "spectral": None}
 
 
 def is_builtin(ref: object) -> bool:

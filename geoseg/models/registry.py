@@ -23,13 +23,26 @@ import torch
 
 from geoseg.errors import ModelError
 from geoseg.models.bundle import ModelBundle, ModelSpec, build_module, bundle_from_bytes, class_specs
-from geoseg.models.refs import BUILTINS, DEFAULT_WEIGHTS, is_url, resolve_model_ref
+from geoseg.models.refs import BUILTIN_GSD, BUILTINS, DEFAULT_WEIGHTS, is_url, resolve_model_ref
 
 __all__ = ["DEFAULT_WEIGHTS", "list_models", "load_model", "build_unet", "build_spectral", "clear_cache"]
 
 _CACHE_SIZE = 8
 _cache: OrderedDict[str, ModelBundle] = OrderedDict()
 _cache_lock = threading.Lock()
+
+
+def _declare_gsd(bundle: ModelBundle, gsd: float | None) -> ModelBundle:
+    """``bundle`` with ``gsd`` declared when its file records none (same weights and
+    checksum: the checksum stays the file's)."""
+    if bundle.spec.gsd is not None or gsd is None:
+        return bundle
+
+    def make() -> ModelBundle:
+        spec = bundle.spec.model_copy(update={"gsd": float(gsd)})
+        return ModelBundle(module=bundle.module, spec=spec, checksum=bundle.checksum, source=bundle.source)
+
+    return _cached(f"gsd:{bundle.checksum}", make)
 
 
 def list_models() -> list[tuple[str, str]]:
@@ -108,7 +121,7 @@ def load_model(name_or_path: str | os.PathLike[str] | ModelBundle) -> ModelBundl
                 f"the default model's weights are missing ({DEFAULT_WEIGHTS}); "
                 "run `python pipelines/train_default_model.py` to train them"
             )
-        return _load_file(DEFAULT_WEIGHTS)
+        return _declare_gsd(_load_file(DEFAULT_WEIGHTS), BUILTIN_GSD["default"])
     if ref == "spectral":
         return _cached("builtin:spectral", build_spectral)
     if ref == "unet":
@@ -138,6 +151,7 @@ def build_unet(
     name: str = "unet",
     description: str = "",
     seed: int | None = None,
+    gsd: float | None = None,
 ) -> ModelBundle:
     """Build a randomly initialised U-Net bundle.
 
@@ -154,6 +168,7 @@ def build_unet(
         name: Model name.
         description: One-line description.
         seed: Seed for the initial weights (default: torch's global RNG).
+        gsd: Ground sample distance of the training data in metres (None: scale-free).
 
     Returns:
         A bundle whose halo is the architecture's measured receptive-field radius rounded
@@ -180,6 +195,7 @@ def build_unet(
         mask_heads=list(mask_heads),
         halo=unet_halo(depth, upsample)[1],  # type: ignore[arg-type]
         downsampling=2**depth,
+        gsd=gsd,
         description=description or f"U-Net (width {base_width}, depth {depth})",
     )
     if seed is None:

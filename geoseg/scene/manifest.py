@@ -59,10 +59,12 @@ def build_manifest(
     n_tiles: int,
     vector_stats,
     staged: dict[Path, Path],
+    pixel_geobox=None,
 ) -> dict:
-    """Assemble the manifest of a finished run (outputs still under temporary names)."""
+    """Assemble the manifest of a finished run (outputs still under temporary names).
+    ``pixel_geobox``: the products' grid when it is not the input's (model grid, AOI crop)."""
     gb = source.geobox
-    px_area = pixel_area_m2(gb)
+    px_area = pixel_area_m2(pixel_geobox or gb)
     poly_area = {}
     n_polys = {}
     if vector_stats:
@@ -116,6 +118,7 @@ def build_manifest(
             "mask_heads": list(bundle.mask_heads),
             "halo": int(bundle.halo),
             "downsampling": int(bundle.downsampling),
+            "gsd": bundle.gsd,
         },
         "options": options.output_options(),
         "parameters": {

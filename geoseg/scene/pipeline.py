@@ -35,6 +35,7 @@ from geoseg.scene.journal import TileJournal, input_identity, journal_key
 from geoseg.scene.manifest import build_manifest
 from geoseg.scene.predict import PROBABILITY_SCALE, check_precision, get_predictor, resolve_device
 from geoseg.scene.tiling import blend_batch, plan_tiles
+from geoseg.scene.view import SceneView, plan_view
 from geoseg.vector.api import VectorizeOptions
 
 #: Torch threads per forward on CPU. Every forward runs on one core and tiles run in
@@ -73,6 +74,11 @@ class RunOptions:
     assets: tuple[tuple[str, str], ...] | None = None
     grid_asset: str | None = None
     scale_offset: str = "apply"
+    # resolution and area of interest (geoseg.scene.view)
+    output_grid: str = "input"  # "model": products on the model's grid when the scene is resampled to it
+    aoi: str | None = None  # FILE[:LAYER] of an OGR vector layer: segment only this area
+    bbox: str | None = None  # "MINX,MINY,MAXX,MAXY[,CRS]" (default CRS EPSG:4326): segment only this box
+    aoi_crop: bool = True  # outputs cover the area's bounding window (False: the whole scene)
 
     def output_options(self) -> dict:
         """The options that shape the outputs, as requested (recorded in the manifest as
@@ -81,6 +87,8 @@ class RunOptions:
         out = {name: getattr(self, name) for name in OUTPUT_OPTIONS}
         out["bands"] = list(self.bands) if self.bands is not None else None
         out["assets"] = dict(self.assets) if self.assets else None
+        out["aoi"] = None if self.aoi is None else str(self.aoi)
+        out["bbox"] = self.bbox if self.bbox is None or isinstance(self.bbox, str) else list(self.bbox)
         for name, default in SOURCE_DEFAULTS.items():  # recorded only when set: older manifests stay valid
             if out.get(name) == default:
                 out.pop(name, None)
@@ -92,7 +100,8 @@ SOURCE_DEFAULTS = {"assets": None, "grid_asset": None, "scale_offset": "apply"}
 
 #: The :class:`RunOptions` fields that shape a run's outputs.
 OUTPUT_OPTIONS = ("tile_size", "batch_size", "device", "bands", "vectorize", "min_area", "simplify", "connectivity", "stac",
-                  "tta", "probabilities", "precision", "assets", "grid_asset", "scale_offset")
+                  "tta", "probabilities", "precision", "assets", "grid_asset", "scale_offset",
+                  "output_grid", "aoi", "bbox", "aoi_crop")
 
 
 @dataclass
@@ -138,6 +147,7 @@ def predict_batch(
     tta: bool = False,
     probabilities: bool = False,
     precision: str = "fp32",
+    view: SceneView | None = None,
 ) -> list[TileResult]:
     """Dask task: read the tiles (with halo), run the model, keep the cores.
 
@@ -146,7 +156,11 @@ def predict_batch(
     """
     predictor = get_predictor(model, checksum, resolve_device(device), torch_threads, precision)
     options = {"tta": tta, "probabilities": probabilities}
-    reads = source.read_windows([t.read for t in tiles])
+    if view is None:
+        reads = source.read_windows([t.read for t in tiles])
+    else:  # a resampled scene or an area of interest: the view reads (and later maps back) each tile
+        with source.open() as ds:
+            reads = [view.read(source, t.read, ds) for t in tiles]
     data = np.stack([r[0] for r in reads])
     valid = np.stack([r[1] for r in reads])
     # A tile whose core has no valid pixel writes only nodata: skip the model for it.
@@ -167,11 +181,13 @@ def predict_batch(
                 sub.confidence,
                 sub.masks,
             )
-    return [
+    results = [
         TileResult(tile.core, pred.classes[k], pred.confidence[k], pred.masks[k], skipped=not bool(has_valid[k]),
                    probabilities=None if pred.probabilities is None else pred.probabilities[k])
         for k, tile in enumerate(tiles)
     ]
+    # with a view: tiles of the model grid -> the output grid, masked to the area of interest
+    return results if view is None else view.finish(tiles, results, reads)
 
 
 class TileSink:
@@ -345,6 +361,8 @@ def run_scene(
     bundle = load_model(model)
     source = scene.select(opts.bands, tuple(bundle.bands))
     check_contract(source, bundle)
+    view = plan_view(source.geobox, bundle.gsd, output_grid=opts.output_grid, aoi=opts.aoi, bbox=opts.bbox,
+                     aoi_crop=opts.aoi_crop, name=source.path)  # model grid, area of interest
     distributed = bool(opts.workers or opts.scheduler or client is not None)
     resources = dict(resources) if resources and distributed else None
     # tasks that target worker resources (GPUs) resolve the device where they run
@@ -354,12 +372,19 @@ def run_scene(
         tune_cpu_allocator()
     batch_size = opts.batch_size or (1 if device == "cpu" else 4)
     precision = opts.precision if resources else check_precision(opts.precision, device)
-    tiling = plan_tiles(bundle, source.height, source.width, opts.tile_size)  # exact, fixed-size or blended seams
+    tile_box = view.tile_geobox  # the model grid when the scene is resampled
+    tiling = plan_tiles(bundle, tile_box.height, tile_box.width, opts.tile_size)  # exact, fixed-size or blended seams
     grid = tiling.grid
     if tiling.layout is not None and (opts.tta or opts.probabilities):
         raise InputError(
             f"model '{bundle.name}' runs with blended seams (its receptive field exceeds the exact-halo limit): "
             "tta and probabilities are available for exact-seam models only; run without them"
+        )
+    if not view.trivial and (tiling.layout is not None or tiling.input_size is not None or opts.probabilities):
+        raise InputError(
+            "an area of interest or a scene resampled to the model's GSD needs an exact-seam model with free input "
+            "sizes and no probabilities output: drop aoi/bbox (or resample the scene to the model's GSD first), "
+            "or run without probabilities"
         )
 
     stem = source.output_stem
@@ -380,22 +405,25 @@ def run_scene(
     # the resume journal: finished tiles of the hidden stripes files (geoseg.scene.journal)
     journal = TileJournal(out, stem, _journal_key(source, bundle, opts, grid), [f for k, f in finals.items() if k in PRODUCTS])
     try:
-        state = journal.open(opts.resume)
+        # a resampled scene or an area of interest writes tiles mapped onto the output grid: its
+        # journal cannot be checked tile by tile against the grid, so such runs start afresh
+        state = journal.open(opts.resume and view.trivial)
         try:
-            products = _create_products(finals, source.geobox, outputs, bundle, journal.stripes, reopen=state is not None)
+            products = _create_products(finals, view.output, outputs, bundle, journal.stripes, reopen=state is not None)
         except OutputError:
             if state is None:
                 raise
             state = journal.open(False)  # stripes a crash left unreadable: start over
-            products = _create_products(finals, source.geobox, outputs, bundle, journal.stripes)
+            products = _create_products(finals, view.output, outputs, bundle, journal.stripes)
         journal.products = products
         classes, confidence = products[0], products[1]
         masks = products[2] if has_masks else None
         probs = products[-1] if opts.probabilities else None
 
-        tiles = tiling.tiles
+        tiles = tiling.tiles if view.trivial else view.select(grid)  # with an area of interest: the tiles that touch it
         torch_threads = CPU_TORCH_THREADS if distributed else None  # threaded: set by _run_threaded
         model_ref = resolve_model_ref(model)
+        tile_view = None if view.trivial else view
         t1 = time.perf_counter()
         with Progress(total=len(tiles), desc=f"{stem}: tiles", disable=opts.quiet) as progress:
             sink = TileSink(classes, confidence, masks, progress, journal, probs)
@@ -408,7 +436,7 @@ def run_scene(
                 plan = [b for b in plan if any((t.core.row, t.core.col) not in done for t in b)]
                 task = predict_batch
                 tasks = [(source, b, model_ref, device, torch_threads, bundle.checksum, opts.tta, opts.probabilities,
-                          precision) for b in plan]
+                          precision, tile_view) for b in plan]
             else:  # blended seams: probabilities of overlapping windows
                 task = blend_batch
                 tasks = [(source, b, model_ref, device, torch_threads, bundle.checksum, tiling.layout) for b in plan]
@@ -457,10 +485,13 @@ def run_scene(
             n_tiles=len(tiles),
             vector_stats=vector_stats,
             staged=outputs.staged,
+            pixel_geobox=view.output,
         )
         manifest["parameters"].update(tiling.manifest_fields())  # seams: exact | blended
         manifest["execution"]["tiles_resumed"] = len(done)
         manifest["execution"]["tiles_computed"] = sum(len(b) for b in plan) - (len(done) if tiling.layout is not None else 0)
+        if not view.trivial:
+            manifest.update(view.describe())  # output_grid, gsd, aoi
         if opts.stac:
             with writing(f"the STAC Item {finals['stac'].name}", out):
                 _stage_stac_item(outputs, finals["stac"], manifest, stac_item)

@@ -312,6 +312,9 @@ def train_model(
         "baseline": baseline,
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
-    trained = bundle.replace(module=module, normalization=history.normalization, training=training)
+    from geoseg.io.warp import training_gsd
+
+    gsd = training_gsd([p.image for p in settings.data])  # what `geoseg run` resamples other scenes to
+    trained = bundle.replace(module=module, normalization=history.normalization, training=training, gsd=gsd)
     trained.save(out)
     return TrainResult(out, trained, history, ckpt, plan, baseline, skipped)
