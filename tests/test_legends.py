@@ -23,7 +23,7 @@ CLASSES = [("low", "#1f78b4"), ("mid", "#33a02c"), ("high", "#e31a1c")]
 def _gdal():
     """rasterio's GDAL library, with the few C functions that read categories and RATs."""
 
-    from geoseg.vector._gdal import _gdal_library_path
+    from geoseg.io._libgdal import gdal_library_path as _gdal_library_path
 
     lib = ctypes.CDLL(_gdal_library_path())
     vp, ci, cs = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p

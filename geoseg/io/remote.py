@@ -23,7 +23,6 @@ already loaded.
 from __future__ import annotations
 
 import ctypes
-import glob
 import os
 import re
 import time
@@ -260,20 +259,12 @@ class _VsiError(OSError):
 
 @lru_cache(maxsize=1)
 def _lib():
-    import rasterio._base  # loads libgdal
+    from ._libgdal import gdal_library_path
 
-    here = Path(rasterio._base.__file__).resolve().parent.parent
-    loaded: list[str] = []
-    try:
-        with open("/proc/self/maps") as maps:
-            loaded = sorted({ln.split()[-1] for ln in maps if "libgdal" in ln and "/" in ln})
-    except OSError:
-        pass
-    candidates = [p for p in loaded if p.startswith(str(here))] or loaded
-    candidates = candidates or glob.glob(str(here / "rasterio.libs" / "libgdal*"))
-    if not candidates:
+    path = gdal_library_path()
+    if path is None:
         return None
-    lib = ctypes.CDLL(candidates[0])
+    lib = ctypes.CDLL(path)
     vp, cs, pp = ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p)
     lib.VSIGetFileMetadata.restype, lib.VSIGetFileMetadata.argtypes = pp, [cs, cs, vp]
     lib.CSLDestroy.restype, lib.CSLDestroy.argtypes = None, [pp]

@@ -13,37 +13,20 @@ when that library cannot be found (or with ``GEOSEG_GDAL_CTYPES=0`` in the envir
 from __future__ import annotations
 
 import ctypes
-import glob
 import os
 import threading
 import warnings
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
 from geoseg.errors import GeosegError
+from geoseg.io._libgdal import gdal_library_path
 
 _GDT_BYTE, _GDT_INT32 = 1, 5
 _GF_READ, _GF_WRITE = 0, 1
 _WKB_POLYGON, _WKB_NDR = 3, 1
 _OFT_INTEGER = 0
-
-
-def _gdal_library_path() -> str | None:
-    """The path of the GDAL shared library rasterio's extension modules are linked to."""
-    import rasterio._base
-
-    try:
-        with open("/proc/self/maps") as maps:
-            loaded = {line.split()[-1] for line in maps if "libgdal" in line and "/" in line}
-    except OSError:
-        loaded = set()
-    here = Path(rasterio._base.__file__).resolve().parent.parent
-    candidates = sorted(loaded, key=lambda p: (not p.startswith(str(here)), "rasterio" not in p))
-    if not candidates:
-        candidates = glob.glob(str(here / "rasterio.libs" / "libgdal*"))
-    return candidates[0] if candidates else None
 
 
 class _Gdal:
@@ -88,7 +71,7 @@ class _Gdal:
 
 @lru_cache(maxsize=1)
 def _gdal() -> _Gdal | None:
-    path = _gdal_library_path()
+    path = gdal_library_path()
     if path is None or os.environ.get("GEOSEG_GDAL_CTYPES", "1") == "0":
         return None
     try:
