@@ -1,18 +1,22 @@
-"""Exact, block-parallel polygonization of a raster band.
+"""Exact, block-parallel, streaming polygonization of a raster band.
 
-A whole-map ``gdal_polygonize.py`` is correct but single-threaded and reads the map in
-one pass; cutting the map into blocks is what makes it parallel, and what cuts polygons
-at block edges in other tools. Here each block is a Dask task (:func:`polygonize_window`)
-that returns its regions (GDAL polygons) plus the region labels along its four edges; the
-labels of equal-valued pixels facing each other across an edge (and, with
-8-connectivity, across the diagonals and block corners) join the regions into
-connected components of the whole map (:func:`_join_across_edges`), and the pieces of
-each component are unioned into one geometry. Coordinates stay whole-raster pixel
-coordinates (exact integers) until the very end, so shared edges match bit for bit.
+A whole-map ``gdal_polygonize.py`` is correct but single-threaded; cutting the map into
+blocks is what makes it parallel, and what cuts polygons at block edges in other tools.
+Here each block is a task (:func:`polygonize_window`) that returns its regions (GDAL
+polygons), their pixel counts, weighted sums (confidence) and ground areas, and the
+region labels along its four edges. Regions touching no other block are final at once.
+The others are joined in raster order by :class:`_Joiner`: the labels of equal-valued
+pixels facing each other across an edge (and, with 8-connectivity, across the diagonals
+and block corners) join them into connected components of the whole map, whose pieces
+are unioned once no block still to come can touch them. Coordinates stay whole-raster
+pixel coordinates (exact integers) until the writer, so shared edges match bit for bit.
 
-The result equals a whole-map polygonize: one feature per connected region of equal
-value, with the same area, whatever the block size (``tests/test_vectorize.py``).
-Memory holds one block per worker plus the polygons themselves.
+:func:`polygonize_stream` hands each batch of finished regions on as it is complete, so
+memory holds the blocks in flight and the pieces waiting on the open boundary (the bottom
+edges of the latest block row and the right edge of the latest block), not the map's
+polygons. The result equals a whole-map polygonize: one feature per connected region of
+equal value, with the same area, whatever the block size (``tests/test_vectorize.py``,
+``tests/test_vector_streaming.py``).
 """
 
 from __future__ import annotations
