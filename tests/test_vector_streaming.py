@@ -149,3 +149,12 @@ def test_min_area_compares_ground_areas(tmp_path) -> None:
     vectorize(path, tmp_path / "b.gpkg", min_area=300.0)
     assert set(_read(tmp_path / "a.gpkg")[1]["class_id"]) == {0}
     assert set(_read(tmp_path / "b.gpkg")[1]["class_id"]) == {0, 1}
+
+
+def test_a_map_without_regions_gives_an_empty_layer(tmp_path) -> None:
+    path = write_raster(tmp_path / "c.tif", np.full((40, 40), 255, np.uint8), nodata=255)
+    summary = vectorize(path, tmp_path / "v.gpkg", block_size=16)
+    assert summary["layers"][0]["features"] == 0
+    info = pyogrio.read_info(tmp_path / "v.gpkg", layer="classes")
+    assert info["features"] == 0 and info["crs"] == "EPSG:32633"
+    assert {"class_id", "class_name", "area_m2", "perimeter_m"} <= set(info["fields"])

@@ -492,7 +492,8 @@ def concat_regions(batches: list[Regions], pieces: int | None = None) -> Regions
         return np.concatenate(parts)
 
     if not batches:
-        return Regions(np.zeros(0, dtype=object), np.zeros(0, np.int32), np.zeros(0, np.int64), None, pieces or 0)
+        return Regions(np.zeros(0, dtype=object), np.zeros(0, np.int32), np.zeros(0, np.int64), None, pieces or 0,
+                       area=np.zeros(0), perimeter=np.zeros(0))
     return Regions(
         cat("geometry", object), cat("values", np.int32), cat("pixels", np.int64), cat("weight_mean", np.float64),
         pieces if pieces is not None else sum(b.pieces for b in batches),
