@@ -54,6 +54,7 @@ def test_written_layer_equals_a_whole_map_polygonize(tmp_path, fmt, suffix, conn
     assert shapely.equals(geoms[ours], ref[theirs]).all()
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_polygon_count(tmp_path) -> None:
     """A speckled map 4x larger in area (4x the polygons) keeps the same peak RSS: finished
     regions leave memory as they are written."""
@@ -72,7 +73,7 @@ def test_peak_memory_does_not_grow_with_the_polygon_count(tmp_path) -> None:
         _, status, usage = os.wait4(proc.pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read()
         peaks[size] = usage.ru_maxrss / 1024
-        n = pyogrio.read_info(tmp_path / f"s{size}.gpkg")["features"]
+        n = pyogrio.read_info(tmp_path / f"s{size}.gpkg", layer="classes")["features"]
         assert n > size * size / 12  # speckle: tens of thousands of polygons
     # the old in-memory path grew by ~1 KB per polygon: ~+150 MiB here
     assert peaks[1024] < peaks[512] + 40, peaks
