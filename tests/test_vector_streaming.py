@@ -24,6 +24,7 @@ from test_vectorize import reference, tricky_map
 
 from geoseg.vector.api import vectorize
 from geoseg.vector.areas import AreaCalculator, mean_pixel_area_m2
+from geoseg.vector.formats import LayerWriter
 
 
 def _read(path, layer=None):
@@ -35,9 +36,10 @@ def _read(path, layer=None):
 @pytest.mark.parametrize("fmt,suffix", [("GPKG", ".gpkg"), ("FlatGeobuf", ".fgb")])
 @pytest.mark.parametrize("connectivity", [4, 8])
 @pytest.mark.parametrize("block", [16, 23, 40])
-def test_written_layer_equals_a_whole_map_polygonize(tmp_path, fmt, suffix, connectivity, block) -> None:
+def test_written_layer_equals_a_whole_map_polygonize(tmp_path, monkeypatch, fmt, suffix, connectivity, block) -> None:
     """Rings, holes, nodata holes, diagonals at block corners (tricky_map): the streamed
     layer holds exactly GDAL's polygons, georeferenced."""
+    monkeypatch.setattr(LayerWriter, "BATCH", 97)  # many appends
     classes = tricky_map(11)
     path = write_raster(tmp_path / "c.tif", classes, nodata=255)
     out = tmp_path / f"v{suffix}"

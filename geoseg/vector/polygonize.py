@@ -250,8 +250,9 @@ class _Joiner:
     boundary's length (plus regions that reach across it), not by the map's region count.
     """
 
-    def __init__(self, grid: TileGrid, width: int, connectivity: int, emit: Callable[[Regions], None]) -> None:
-        self.grid, self.emit = grid, emit
+    def __init__(self, grid: TileGrid, width: int, connectivity: int, emit: Callable[[Regions], None],
+                 threads: int = 1) -> None:
+        self.grid, self.emit, self.threads = grid, emit, threads
         self.shifts = (0, 1, -1) if connectivity == 8 else (0,)
         self.below = np.full(width, -1, dtype=np.int64)  # open bottom boundary (piece ids)
         self.above = self.below.copy()  # the previous block row's bottoms, for this row's top edges
@@ -349,8 +350,15 @@ class _Joiner:
         if len(multi):
             order = multi[np.argsort(comp[multi], kind="stable")]
             groups = np.split(order, np.flatnonzero(np.diff(comp[order])) + 1)
-            for g in groups:
-                geometry[comp[g[0]]] = shapely.union_all(self.geoms[idx[g]])
+            if len(groups) > 8 and self.threads > 1:  # GEOS releases the GIL: unions in parallel
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(self.threads) as pool:
+                    merged = list(pool.map(lambda g: shapely.union_all(self.geoms[idx[g]]), groups))
+            else:
+                merged = [shapely.union_all(self.geoms[idx[g]]) for g in groups]
+            for g, m in zip(groups, merged):
+                geometry[comp[g[0]]] = m
         perimeter = areas.lengths(geometry) if areas is not None else None
         keep = ~done
         self.ids, self.root, self.values, self.pixels = self.ids[keep], self.root[keep], self.values[keep], self.pixels[keep]
@@ -431,7 +439,8 @@ def polygonize_stream(
         if len(regions):
             emit(regions)
 
-    joiner = _Joiner(grid, width, connectivity, send)
+    threads = workers or os.cpu_count() or 1
+    joiner = _Joiner(grid, width, connectivity, send, threads)
     waiting: dict[int, BlockRegions] = {}
     nxt = [0]
 
@@ -446,7 +455,6 @@ def polygonize_stream(
         if on_block:
             on_block()
 
-    threads = workers or os.cpu_count() or 1
     if scheduler:
         client, _, _ = connect_cluster(scheduler, None)
         try:
