@@ -165,3 +165,22 @@ def buildings_scene(tmp_path_factory) -> dict:
     raster = write_raster(d / "classes_3857.tif", classes, crs="EPSG:3857", transform=lt, nodata=255)
     return {"image": img, "vector": geojson, "raster": raster, "truth": truth, "image_array": image,
             "transform": transform, "boxes": boxes}
+
+
+def ground_area_m2(crs, transform, height: int, width: int, n: int = 100) -> float:
+    """Geodesic area (m^2, pyproj.Geod on the CRS's ellipsoid) of a pixel rectangle whose
+    edges are densified to ``n`` points: the ground truth for area attributes."""
+    from pyproj import CRS, Transformer
+
+    crs = CRS.from_user_input(crs)
+    cols = np.r_[np.linspace(0, width, n), np.full(n, width), np.linspace(width, 0, n), np.zeros(n)]
+    rows = np.r_[np.zeros(n), np.linspace(0, height, n), np.full(n, height), np.linspace(height, 0, n)]
+    x, y = transform * (cols, rows)
+    lon, lat = Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True).transform(x, y)
+    return abs(crs.get_geod().polygon_area_perimeter(lon, lat)[0])
+
+
+#: Ground area of a 10 m pixel of UTM33 near its central meridian (scale 0.9996): not 100 m^2.
+UTM33_PIXEL_M2 = 100.0 / 0.9996**2
+#: Ground length of 10 m of UTM33 near its central meridian.
+UTM33_M = 1 / 0.9996

@@ -18,7 +18,7 @@ import pyogrio
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import read, write_raster
+from conftest import UTM33_PIXEL_M2, read, write_raster
 
 import geoseg
 from geoseg._naming import SCENE_OUTPUTS
@@ -80,7 +80,7 @@ def test_runs_then_skips_then_reruns_only_what_changed(three, tmp_path) -> None:
     assert on_disk["counts"] == {"done": 3} and on_disk["exit_code"] == 0
     scene = on_disk["scenes"][0]
     assert scene["megapixels"] == pytest.approx(96 * 96 / 1e6, abs=1e-3) and scene["mpx_s"] > 0
-    assert sum(scene["class_areas_m2"].values()) == pytest.approx(96 * 96 * 100.0)
+    assert sum(scene["class_areas_m2"].values()) == pytest.approx(96 * 96 * UTM33_PIXEL_M2, rel=1e-6)
     for sid, stem in (("a", "s1"), ("s2", "s2"), ("s3", "s3")):
         names = {p.name for p in (out / sid).iterdir()}
         assert names == {f"{stem}.{k}" for k in SCENE_OUTPUTS}  # the legend side-cars included

@@ -11,7 +11,7 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
-from conftest import read, write_raster
+from conftest import UTM33_PIXEL_M2, read, write_raster
 from pyproj import CRS
 
 import geoseg
@@ -74,14 +74,14 @@ def test_outputs_have_the_exact_georeferencing(tmp_path, synth_scene, small_unet
     meta, _, geoms, fields = pyogrio.raw.read(tmp_path / "scene.gpkg", layer="classes")
     assert list(meta["fields"]) == ["class_id", "class_name", "area_m2", "perimeter_m", "confidence"]
     areas, confidence = fields[2], fields[4]
-    assert areas.sum() == pytest.approx(300 * 417 * 100.0, rel=1e-9)
+    assert areas.sum() == pytest.approx(300 * 417 * UTM33_PIXEL_M2, rel=1e-6)  # ground areas
     union = shapely.union_all(shapely.from_wkb(geoms))
     assert union.area == pytest.approx(300 * 417 * 100.0, rel=1e-9)
     assert union.bounds == pytest.approx(tuple(rasterio.open(scene).bounds))
     # polygon confidence is the mean of the confidence raster under it: weighted by pixel
     # counts, the means add up to the raster's total
     conf = read(tmp_path / "scene.confidence.tif")[0].astype(np.float64)
-    assert (confidence * areas / 100.0).sum() == pytest.approx(conf.sum(), rel=1e-4)
+    assert (confidence * areas / UTM33_PIXEL_M2).sum() == pytest.approx(conf.sum(), rel=1e-4)
     assert ((confidence >= 0) & (confidence <= 100)).all()
     names = {m["path"] for m in manifest["outputs"].values()}
     assert names == {"scene.classes.tif", "scene.confidence.tif", "scene.mask.tif", "scene.gpkg",
@@ -97,7 +97,7 @@ def test_nodata_is_propagated_and_never_polygonized(tmp_path, nodata_scene, smal
         out = read(tmp_path / f"border.{product}")
         assert ((out == 255).all(axis=0) == invalid).all(), product
     _, _, _, fields = pyogrio.raw.read(tmp_path / "border.gpkg", layer="classes")
-    assert fields[2].sum() == pytest.approx((~invalid).sum() * 100.0, rel=1e-9)
+    assert fields[2].sum() == pytest.approx((~invalid).sum() * UTM33_PIXEL_M2, rel=1e-6)
     assert manifest["nodata_pixels"] == int(invalid.sum())
 
 
@@ -127,7 +127,7 @@ def test_tiny_and_sub_tile_scenes(tmp_path, small_unet, shape) -> None:
     out = read(tmp_path / "out" / "tiny.classes.tif")
     assert out.shape == (1, *shape) and (out < 3).all()
     _, _, _, fields = pyogrio.raw.read(tmp_path / "out" / "tiny.gpkg", layer="classes")
-    assert fields[2].sum() == pytest.approx(shape[0] * shape[1] * 100.0)
+    assert fields[2].sum() == pytest.approx(shape[0] * shape[1] * UTM33_PIXEL_M2, rel=1e-6)
 
 
 def test_geographic_crs_areas_are_geodesic(tmp_path) -> None:

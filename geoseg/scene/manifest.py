@@ -28,18 +28,11 @@ def package_versions() -> dict[str, str]:
 
 
 def pixel_area_m2(geobox) -> float:
-    """Area of one pixel in m^2 (geodesic, at the scene centre, for geographic CRSs)."""
-    from pyproj import CRS
-    from shapely.geometry import box
+    """Mean ground area of the scene's pixels in m^2, on the ellipsoid in any CRS
+    (:mod:`geoseg.vector.areas`): the class areas when no polygons measured them."""
+    from geoseg.vector.areas import mean_pixel_area_m2
 
-    crs = CRS.from_wkt(geobox.crs)
-    t = geobox.transform
-    if not crs.is_geographic:
-        f = float(crs.axis_info[0].unit_conversion_factor) if crs.axis_info else 1.0
-        return abs(t.a * t.e) * f * f
-    x, y = t.c + t.a * geobox.width / 2, t.f + t.e * geobox.height / 2
-    a, _ = crs.get_geod().geometry_area_perimeter(box(x, y, x + abs(t.a), y + abs(t.e)))
-    return abs(a)
+    return mean_pixel_area_m2(geobox.crs, geobox.transform, geobox.height, geobox.width)
 
 
 def build_manifest(

@@ -4,15 +4,17 @@
 ``geoseg run`` calls on its finished class map, confidence and masks. Both build layers
 with :func:`class_layer` / :func:`mask_layer`:
 
-1. :func:`geoseg.vector.polygonize.polygonize` turns the raster into exact regions, block by
-   block in parallel (identical to a whole-map ``gdal_polygonize.py``);
-2. ``--min-area`` *drops* regions smaller than the threshold (they are not merged into a
-   neighbour: their pixels are simply not covered by any polygon);
+1. :func:`geoseg.vector.polygonize.polygonize_stream` turns the raster into exact regions,
+   block by block in parallel (identical to a whole-map ``gdal_polygonize.py``), handing
+   on each batch of finished regions while the next blocks run;
+2. ``--min-area`` *drops* regions whose ground area is smaller than the threshold (they are
+   not merged into a neighbour: their pixels are simply not covered by any polygon);
 3. ``--simplify`` generalises the remaining regions as one coverage, each shared
-   boundary once (:mod:`geoseg.coverage`), so no gaps or overlaps open;
-4. pixel coordinates become CRS coordinates; ``area_m2`` and ``perimeter_m`` are
-   computed on the written polygons (geodesic on the ellipsoid for geographic CRSs);
-5. :mod:`geoseg.vector_io` writes the layer with its QGIS style.
+   boundary once (:mod:`geoseg.vector.coverage`), so no gaps or overlaps open (this one
+   step needs every region at once);
+4. pixel coordinates become CRS coordinates; ``area_m2`` and ``perimeter_m`` are ground
+   measures on the ellipsoid in any CRS (:mod:`geoseg.vector.areas`);
+5. :class:`geoseg.vector.formats.LayerWriter` writes the layer batch by batch with its QGIS style.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +32,9 @@ from geoseg._naming import sibling_confidence
 from geoseg.classes import rgb_to_hex
 from geoseg.errors import InputError
 from geoseg.io.raster import check_path, open_raster
-from geoseg.vector.formats import FORMATS, LayerData, check_format, layer_path, write_layer
-from geoseg.vector.polygonize import block_grid, polygonize
+from geoseg.vector.areas import AreaCalculator
+from geoseg.vector.formats import FORMATS, LayerData, LayerWriter, check_format, layer_path
+from geoseg.vector.polygonize import Regions, block_grid, concat_regions, polygonize, polygonize_stream
 from geoseg.vector.styles import categorized_qml, categorized_sld, single_qml
 
 #: Colour of mask layers.
@@ -78,44 +81,6 @@ class VectorizeOptions:
         object.__setattr__(self, "format", check_format(self.format))
 
 
-class AreaCalculator:
-    """Areas (m^2) and perimeters (m) of polygons in a CRS, geodesic when geographic."""
-
-    def __init__(self, crs_wkt: str) -> None:
-        from pyproj import CRS
-
-        crs = CRS.from_wkt(crs_wkt)
-        self.geographic = crs.is_geographic
-        self.geod = crs.get_geod() if self.geographic else None
-        self.factor = 1.0
-        if not self.geographic and crs.axis_info:
-            self.factor = float(crs.axis_info[0].unit_conversion_factor)
-
-    def area_perimeter(self, geoms) -> tuple[np.ndarray, np.ndarray]:
-        import shapely
-
-        geoms = np.asarray(geoms, dtype=object)
-        if not self.geographic:
-            return shapely.area(geoms) * self.factor**2, shapely.length(geoms) * self.factor
-        area = np.empty(len(geoms))
-        perim = np.empty(len(geoms))
-        for i, g in enumerate(geoms):
-            a, p = self.geod.geometry_area_perimeter(g)
-            area[i], perim[i] = abs(a), p
-        return area, perim
-
-    def pixel_size_m(self, transform, height: int, width: int) -> float:
-        """Edge of a pixel in metres (for geographic CRSs: at the raster's centre)."""
-        if not self.geographic:
-            return float(np.sqrt(abs(transform.determinant))) * self.factor
-        cx, cy = transform * (width / 2, height / 2)
-        ex, ey = transform * (width / 2 + 1, height / 2)
-        sx, sy = transform * (width / 2, height / 2 + 1)
-        _, _, dx = self.geod.inv(cx, cy, ex, ey)
-        _, _, dy = self.geod.inv(cx, cy, sx, sy)
-        return float(np.sqrt(dx * dy))
-
-
 def to_crs(geoms: np.ndarray, transform) -> np.ndarray:
     """Pixel-coordinate geometries (x = column, y = row) to the raster's CRS."""
     import shapely
@@ -159,45 +124,74 @@ def _open(path) -> _Raster:
         raise InputError(f"cannot read {path} as a raster ({exc}): give a GeoTIFF class map") from exc
 
 
-def _regions_to_layer(
-    raster: _Raster,
-    regions,
-    options: VectorizeOptions,
-    name: str,
-    make_fields: Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, np.ndarray]],
-    qml: str,
-    sld: str,
-) -> tuple[LayerData, np.ndarray, int]:
-    """Filter, simplify and georeference regions; return the layer, its kept rows and dropped count.
+def _subset(regions: Regions, keep: np.ndarray) -> Regions:
+    def pick(a):
+        return None if a is None else a[keep]
 
-    ``--min-area`` compares the exact regions' areas (pixel counts, or geodesic areas for
-    geographic CRSs); area and perimeter attributes describe the written polygons.
+    return Regions(regions.geometry[keep], regions.values[keep], regions.pixels[keep], pick(regions.weight_mean),
+                   regions.pieces, area=pick(regions.area), perimeter=pick(regions.perimeter))
+
+
+def _polygonize_layer(
+    raster: _Raster,
+    band: int,
+    options: VectorizeOptions,
+    make_fields: Callable[[Regions], dict[str, np.ndarray]],
+    sink: LayerWriter,
+    *,
+    include=None,
+    confidence=None,
+    on_block: Callable[[], None] | None = None,
+) -> tuple[int, int]:
+    """Polygonize a band into ``sink``; return the features written and dropped.
+
+    Without ``--simplify`` the regions stream: each batch of finished regions is filtered
+    by ``--min-area``, georeferenced and written while the next blocks are polygonized.
+    ``--simplify`` needs the whole coverage (every shared boundary is simplified once), so
+    it collects the regions first. ``area_m2`` and ``perimeter_m`` are ground measures on
+    the ellipsoid (:mod:`geoseg.vector.areas`): exact pixel sums for exact regions; for
+    simplified polygons the planar area times the areal factor at the centroid.
     """
     from geoseg.vector.coverage import simplify_coverage
 
-    calc = AreaCalculator(raster.crs)
-    keep = np.arange(len(regions))
-    measured = None  # (area, perimeter) of the exact polygons in the CRS, when computed
-    if options.min_area > 0:
-        if calc.geographic:
-            measured = calc.area_perimeter(to_crs(regions.geometry, raster.transform))
-            exact_area = measured[0]
-        else:
-            exact_area = regions.pixels * abs(raster.transform.determinant) * calc.factor**2
-        keep = np.flatnonzero(exact_area >= options.min_area)
+    calc = AreaCalculator(raster.crs, raster.transform, raster.height, raster.width)
+    kw = dict(connectivity=options.connectivity, include=include, weights=confidence, areas=calc,
+              block_size=options.block_size, workers=options.workers, scheduler=options.scheduler, on_block=on_block)
+    counts = [0, 0]
+
+    def kept(regions: Regions) -> Regions:
+        if options.min_area > 0:
+            keep = regions.area >= options.min_area
+            counts[1] += int((~keep).sum())
+            regions = _subset(regions, keep)
+        return regions
+
+    def write(regions: Regions) -> None:
+        counts[0] += len(regions)
+        regions.area = regions.area.astype(np.float64)
+        sink.write(to_crs(regions.geometry, raster.transform), make_fields(regions))
+
     if options.simplify > 0:
-        tolerance_px = options.simplify / calc.pixel_size_m(raster.transform, raster.height, raster.width)
-        geoms = to_crs(simplify_coverage(regions.geometry[keep], tolerance_px), raster.transform)
-        measured = None
+        regions = kept(polygonize(raster.path, band, **kw))
+        tolerance_px = options.simplify / np.sqrt(calc.mean_pixel_area())
+        regions.geometry = simplify_coverage(regions.geometry, tolerance_px)
+        regions.area, regions.perimeter = calc.areas(regions.geometry), calc.lengths(regions.geometry)
+        write(regions)
     else:
-        geoms = to_crs(regions.geometry[keep], raster.transform)
-    if measured is not None:  # geodesic measures are slow: reuse them when the polygons did not change
-        area, perimeter = measured[0][keep], measured[1][keep]
-    else:
-        area, perimeter = calc.area_perimeter(geoms)
-    fields = make_fields(keep, area, perimeter)
-    layer = LayerData(name, raster.crs, geoms, fields, qml, sld)
-    return layer, keep, len(regions) - len(keep)
+        def emit(batch: Regions) -> None:
+            batch = kept(batch)
+            if len(batch):
+                write(batch)
+
+        polygonize_stream(raster.path, emit, band, **kw)
+        if counts[0] == 0:  # an empty layer still gets its fields
+            write(_subset(concat_regions([], 0), np.zeros(0, dtype=np.int64)))
+    return counts[0], counts[1]
+
+
+def _geometry_type(options: VectorizeOptions) -> str:
+    """4-connected regions are polygons; 8-connected ones may touch at corners only."""
+    return "MultiPolygon" if options.connectivity == 8 else "Polygon"
 
 
 def class_layer(
@@ -210,35 +204,49 @@ def class_layer(
     confidence: tuple[str | os.PathLike, int] | None = None,
     options: VectorizeOptions = VectorizeOptions(),
     on_block: Callable[[], None] | None = None,
-) -> tuple[LayerData, LayerStats]:
+    out: Path | None = None,
+    qml_path: Path | None = None,
+) -> tuple[LayerData | None, LayerStats]:
     """A polygon layer of a class map: ``class_id``, ``class_name``, ``area_m2``,
-    ``perimeter_m`` and (with a confidence raster) ``confidence``, the mean under each polygon."""
+    ``perimeter_m`` and (with a confidence raster) ``confidence``, the mean under each polygon.
+
+    Written to ``out`` (in ``options.format``, streamed for GeoPackages) when given, then
+    returned as ``None``; else returned in memory.
+    """
     raster = _open(path)
-    regions = polygonize(
-        raster.path, band, connectivity=options.connectivity, weights=confidence, block_size=options.block_size,
-        workers=options.workers, scheduler=options.scheduler, on_block=on_block,
-    )
-    ids = regions.values.astype(np.int64)
-    n_known = max(len(names), int(ids.max()) + 1 if len(ids) else 0)
-    all_names = np.array(list(names) + [f"class_{i}" for i in range(len(names), n_known)], dtype=object)
+    names = list(names)
+    area_by_id: dict[int, float] = {}
 
-    def fields(keep, area, perimeter):
-        out = {
-            "class_id": ids[keep].astype(np.int32),
-            "class_name": all_names[ids[keep]] if len(keep) else np.array([], dtype=object),
-            "area_m2": area.astype(np.float64),
-            "perimeter_m": perimeter.astype(np.float64),
+    def name_of(ids: np.ndarray) -> np.ndarray:
+        top = int(ids.max()) + 1 if len(ids) else 0
+        while len(names) < top:
+            names.append(f"class_{len(names)}")
+        return np.array(names, dtype=object)[ids] if len(ids) else np.array([], dtype=object)
+
+    def fields(regions: Regions) -> dict[str, np.ndarray]:
+        ids = regions.values.astype(np.int64)
+        sums = np.bincount(ids, weights=regions.area, minlength=1) if len(ids) else np.zeros(0)
+        for c in np.flatnonzero(np.bincount(ids)) if len(ids) else ():
+            area_by_id[int(c)] = area_by_id.get(int(c), 0.0) + float(sums[c])
+        out_fields = {
+            "class_id": ids.astype(np.int32),
+            "class_name": name_of(ids),
+            "area_m2": regions.area.astype(np.float64),
+            "perimeter_m": regions.perimeter.astype(np.float64),
         }
-        if regions.weight_mean is not None:
-            out["confidence"] = np.round(regions.weight_mean[keep], 2)
-        return out
+        if confidence is not None:
+            mean = regions.weight_mean if regions.weight_mean is not None else np.zeros(0)
+            out_fields["confidence"] = np.round(mean, 2)
+        return out_fields
 
-    present = sorted(set(range(len(names))) | set(ids.tolist()))
-    cats = [(i, str(all_names[i]), colors[i] if i < len(colors) else PALETTE[i % len(PALETTE)]) for i in present]
-    qml, sld = categorized_qml("class_id", cats), categorized_sld(layer, "class_id", cats)
-    data, keep, dropped = _regions_to_layer(raster, regions, options, layer, fields, qml, sld)
-    by_class = np.bincount(ids[keep], weights=data.fields["area_m2"], minlength=len(all_names))
-    stats = LayerStats(layer, len(keep), {str(all_names[i]): float(by_class[i]) for i in range(len(all_names))}, dropped)
+    fmt = options.format if out is not None else "GPKG"
+    sink = LayerWriter(out, fmt, layer, raster.crs, _geometry_type(options), qml_path)
+    n, dropped = _polygonize_layer(raster, band, options, fields, sink, confidence=confidence, on_block=on_block)
+    present = sorted(set(range(len(names))) | set(area_by_id))
+    name_of(np.asarray(present, dtype=np.int64))
+    cats = [(i, str(names[i]), colors[i] if i < len(colors) else PALETTE[i % len(PALETTE)]) for i in present]
+    data = sink.close(categorized_qml("class_id", cats), categorized_sld(layer, "class_id", cats))
+    stats = LayerStats(layer, n, {str(names[i]): float(area_by_id.get(i, 0.0)) for i in range(len(names))}, dropped)
     return data, stats
 
 
@@ -250,24 +258,28 @@ def mask_layer(
     color: str = MASK_COLOR,
     options: VectorizeOptions = VectorizeOptions(),
     on_block: Callable[[], None] | None = None,
-) -> tuple[LayerData, LayerStats]:
-    """A polygon layer of the pixels equal to 1 in a 0/1 mask band: ``mask_name``, ``area_m2``, ``perimeter_m``."""
+    out: Path | None = None,
+    qml_path: Path | None = None,
+) -> tuple[LayerData | None, LayerStats]:
+    """A polygon layer of the pixels equal to 1 in a 0/1 mask band: ``mask_name``, ``area_m2``,
+    ``perimeter_m`` (written to ``out`` when given, as :func:`class_layer`)."""
     raster = _open(path)
-    regions = polygonize(
-        raster.path, band, connectivity=options.connectivity, include=[1], block_size=options.block_size,
-        workers=options.workers, scheduler=options.scheduler, on_block=on_block,
-    )
+    total = [0.0]
 
-    def fields(keep, area, perimeter):
+    def fields(regions: Regions) -> dict[str, np.ndarray]:
+        total[0] += float(regions.area.sum())
         return {
-            "mask_name": np.array([name] * len(keep), dtype=object),
-            "area_m2": area.astype(np.float64),
-            "perimeter_m": perimeter.astype(np.float64),
+            "mask_name": np.array([name] * len(regions), dtype=object),
+            "area_m2": regions.area.astype(np.float64),
+            "perimeter_m": regions.perimeter.astype(np.float64),
         }
 
+    fmt = options.format if out is not None else "GPKG"
+    sink = LayerWriter(out, fmt, name, raster.crs, _geometry_type(options), qml_path)
+    n, dropped = _polygonize_layer(raster, band, options, fields, sink, include=[1], on_block=on_block)
     sld = categorized_sld(name, "mask_name", [(f"'{name}'", name, color)])
-    data, keep, dropped = _regions_to_layer(raster, regions, options, name, fields, single_qml(color), sld)
-    return data, LayerStats(name, len(keep), {name: float(data.fields["area_m2"].sum())}, dropped)
+    data = sink.close(single_qml(color), sld)
+    return data, LayerStats(name, n, {name: total[0]}, dropped)
 
 
 def vectorize_products(
@@ -285,12 +297,12 @@ def vectorize_products(
     (what ``geoseg run`` calls on its class map, confidence and mask rasters)."""
     options = options or VectorizeOptions()
     conf = (confidence_path, 1) if confidence_path is not None else None
-    data, stats = class_layer(classes_path, names=class_names, colors=class_colors, confidence=conf, options=options)
-    write_layer(out_gpkg, "GPKG", data)
+    options = replace(options, format="GPKG")
+    _, stats = class_layer(classes_path, names=class_names, colors=class_colors, confidence=conf, options=options,
+                           out=out_gpkg)
     out = [stats]
     for m, name in enumerate(mask_names):
-        data, stats = mask_layer(mask_path, name=name, band=m + 1, options=options)
-        write_layer(out_gpkg, "GPKG", data)
+        _, stats = mask_layer(mask_path, name=name, band=m + 1, options=options, out=out_gpkg)
         out.append(stats)
     return out
 
@@ -437,19 +449,20 @@ def vectorize(
         with Progress(total=blocks * len(layers), desc=f"{Path(raster).name}: blocks",
                       disable=quiet, unit="block") as progress:
             for i, name in enumerate(layers):
-                if mask:
-                    data, st = mask_layer(raster, name=name, band=i + 1, options=opts, on_block=progress.update)
-                else:
-                    conf = (str(confidence), 1) if confidence is not None else None
-                    data, st = class_layer(raster, names=class_names, colors=class_colors, layer=name, band=band,
-                                           confidence=conf, options=opts, on_block=progress.update)
                 final = finals[i]
                 tmp = temps.setdefault(final, outputs.temp_for(final))
                 qml_tmp = None
                 if opts.format != "GPKG":
                     qml_final = final.with_suffix(".qml")
                     qml_tmp = temps.setdefault(qml_final, outputs.temp_for(qml_final))
-                write_layer(tmp, opts.format, data, qml_tmp)
+                if mask:
+                    _, st = mask_layer(raster, name=name, band=i + 1, options=opts, on_block=progress.update,
+                                       out=tmp, qml_path=qml_tmp)
+                else:
+                    conf = (str(confidence), 1) if confidence is not None else None
+                    _, st = class_layer(raster, names=class_names, colors=class_colors, layer=name, band=band,
+                                        confidence=conf, options=opts, on_block=progress.update, out=tmp,
+                                        qml_path=qml_tmp)
                 stats.append(st)
         for final, tmp in temps.items():
             outputs.stage(final, tmp)

@@ -1,18 +1,22 @@
-"""Exact, block-parallel polygonization of a raster band.
+"""Exact, block-parallel, streaming polygonization of a raster band.
 
-A whole-map ``gdal_polygonize.py`` is correct but single-threaded and reads the map in
-one pass; cutting the map into blocks is what makes it parallel, and what cuts polygons
-at block edges in other tools. Here each block is a Dask task (:func:`polygonize_window`)
-that returns its regions (GDAL polygons) plus the region labels along its four edges; the
-labels of equal-valued pixels facing each other across an edge (and, with
-8-connectivity, across the diagonals and block corners) join the regions into
-connected components of the whole map (:func:`_join_across_edges`), and the pieces of
-each component are unioned into one geometry. Coordinates stay whole-raster pixel
-coordinates (exact integers) until the very end, so shared edges match bit for bit.
+A whole-map ``gdal_polygonize.py`` is correct but single-threaded; cutting the map into
+blocks is what makes it parallel, and what cuts polygons at block edges in other tools.
+Here each block is a task (:func:`polygonize_window`) that returns its regions (GDAL
+polygons), their pixel counts, weighted sums (confidence) and ground areas, and the
+region labels along its four edges. Regions touching no other block are final at once.
+The others are joined in raster order by :class:`_Joiner`: the labels of equal-valued
+pixels facing each other across an edge (and, with 8-connectivity, across the diagonals
+and block corners) join them into connected components of the whole map, whose pieces
+are unioned once no block still to come can touch them. Coordinates stay whole-raster
+pixel coordinates (exact integers) until the writer, so shared edges match bit for bit.
 
-The result equals a whole-map polygonize: one feature per connected region of equal
-value, with the same area, whatever the block size (``tests/test_vectorize.py``).
-Memory holds one block per worker plus the polygons themselves.
+:func:`polygonize_stream` hands each batch of finished regions on as it is complete, so
+memory holds the blocks in flight and the pieces waiting on the open boundary (the bottom
+edges of the latest block row and the right edge of the latest block), not the map's
+polygons. The result equals a whole-map polygonize: one feature per connected region of
+equal value, with the same area, whatever the block size (``tests/test_vectorize.py``,
+``tests/test_vector_streaming.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ class BlockRegions:
     geoms: np.ndarray  # n shapely polygons in whole-raster pixel coordinates
     pixels: np.ndarray  # (n,) int64: pixel count of each region
     sums: np.ndarray | None  # (n,) float64: sum of the weight raster under each region
+    area: np.ndarray | None  # (n,) float64: ground area (m^2), with an area calculator
+    perimeter: np.ndarray | None  # (n,) float64: ground perimeter (m) of the finished regions
+    edge: np.ndarray  # (n,) bool: touches an edge shared with another block (joined later)
     top: np.ndarray  # region label (index + 1, 0 = none) of each pixel of the first row
     bottom: np.ndarray  # ... of the last row
     left: np.ndarray  # ... of the first column
@@ -54,6 +61,8 @@ class Regions:
     pixels: np.ndarray  # int64
     weight_mean: np.ndarray | None  # mean of the weight raster under each region
     pieces: int  # block pieces before joining (for reports)
+    area: np.ndarray | None = None  # ground area (m^2), with an area calculator
+    perimeter: np.ndarray | None = None  # ground perimeter (m), with an area calculator
 
     def __len__(self) -> int:
         return len(self.values)
@@ -66,6 +75,8 @@ def polygonize_window(
     connectivity: int = 4,
     include: Sequence[int] | None = None,
     weights: tuple[str, int] | None = None,
+    areas=None,
+    grid_shape: tuple[int, int] | None = None,
 ) -> BlockRegions:
     """Polygonize one block of a raster band (a Dask task: arguments are plain values).
 
@@ -75,6 +86,9 @@ def polygonize_window(
         include: raster values that become regions (default: all valid values).
         weights: ``(path, band)`` of a raster on the same grid whose mean per region is
             wanted (e.g. the confidence map).
+        areas: an :class:`~geoseg.vector.areas.AreaCalculator` of the raster's grid: ground
+            areas of all regions, perimeters of those not touching another block.
+        grid_shape: the raster's ``(height, width)`` (which block edges are inner ones).
     """
     import shapely
 
@@ -88,11 +102,31 @@ def polygonize_window(
     if weights is not None:
         w = read_band(weights[0], weights[1], window)[0].astype(np.float64)
         sums = ring_sums(geoms, window, w)
+    area = perimeter = None
+    if areas is not None:  # before make_valid: ring_sums wants GDAL's one-part polygons
+        area = ring_sums(geoms, window, areas.pixel_areas(window.row, window.col, window.height, window.width))
     if connectivity == 8:  # GDAL's 8-connected rings touch themselves at corners: make them valid
         bad = ~shapely.is_valid(geoms)
         geoms[bad] = shapely.make_valid(geoms[bad])
     pixels = np.rint(shapely.area(geoms)).astype(np.int64)  # pixel-aligned, pixel units: exact
-    return BlockRegions(vals, geoms, pixels, sums, top, bottom, left, right)
+    edge = touches_inner_edge(geoms, window, grid_shape)
+    if areas is not None:  # finished regions get their perimeter here, in parallel
+        perimeter = np.full(len(geoms), np.nan)
+        perimeter[~edge] = areas.lengths(geoms[~edge])
+    return BlockRegions(vals, geoms, pixels, sums, area, perimeter, edge, top, bottom, left, right)
+
+
+def touches_inner_edge(geoms: np.ndarray, window: PixelWindow, shape: tuple[int, int] | None) -> np.ndarray:
+    """Which polygons touch a block edge that another block lies behind (``shape``: the
+    raster's height and width; None: every edge counts)."""
+    import shapely
+
+    if not len(geoms):
+        return np.zeros(0, dtype=bool)
+    minx, miny, maxx, maxy = shapely.bounds(geoms).T
+    h, w = shape if shape is not None else (np.inf, np.inf)
+    r0, c0, r1, c1 = window.row, window.col, window.row + window.height, window.col + window.width
+    return ((miny == r0) & (r0 > 0)) | ((maxy == r1) & (r1 < h)) | ((minx == c0) & (c0 > 0)) | ((maxx == c1) & (c1 < w))
 
 
 def run_offsets(lengths: np.ndarray) -> np.ndarray:
@@ -178,14 +212,6 @@ def block_grid(height: int, width: int, block_size: int = DEFAULT_BLOCK_SIZE) ->
     return TileGrid(height, width, block_size, halo=0, factor=1)
 
 
-def _pairs(a_labels, a_offset, a_values, b_labels, b_offset, b_values) -> np.ndarray:
-    """Global ids of the regions facing each other pixel by pixel with equal values."""
-    hit = (a_labels > 0) & (b_labels > 0)
-    a, b = a_labels[hit] - 1, b_labels[hit] - 1
-    same = a_values[a] == b_values[b]
-    return np.stack([a[same] + a_offset, b[same] + b_offset])
-
-
 def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Component label (the smallest member) of each of ``n`` nodes joined by edges ``a[i] - b[i]``.
 
@@ -210,64 +236,235 @@ def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
             return label
 
 
-def _join_across_edges(blocks: dict[tuple[int, int], BlockRegions], offsets: dict, connectivity: int) -> np.ndarray:
-    """Component id of every region of every block (block ``k``'s regions are numbered from ``offsets[k]``)."""
-    pairs = [np.zeros((2, 0), dtype=np.int64)]
-
-    def link(ka, a_lab, kb, b_lab, shift=0):
-        """Join the regions of blocks ``ka`` and ``kb`` whose edge pixels face each other
-        (``shift``: offset along the edge, for the diagonals of 8-connectivity)."""
-        if shift > 0:
-            a_lab, b_lab = a_lab[:-shift], b_lab[shift:]
-        elif shift < 0:
-            a_lab, b_lab = a_lab[-shift:], b_lab[:shift]
-        pairs.append(_pairs(a_lab, offsets[ka], blocks[ka].values, b_lab, offsets[kb], blocks[kb].values))
-
-    shifts = (0, 1, -1) if connectivity == 8 else (0,)
-    for (i, j), a in blocks.items():
-        for kb, a_edge, b_edge in (((i, j + 1), "right", "left"), ((i + 1, j), "bottom", "top")):
-            if kb in blocks:
-                for s in shifts:
-                    link((i, j), getattr(a, a_edge), kb, getattr(blocks[kb], b_edge), s)
-        if connectivity == 8:  # corners: only diagonal neighbours meet there
-            if (i + 1, j + 1) in blocks:
-                link((i, j), a.bottom[-1:], (i + 1, j + 1), blocks[(i + 1, j + 1)].top[:1])
-            if (i + 1, j - 1) in blocks:
-                link((i, j), a.bottom[:1], (i + 1, j - 1), blocks[(i + 1, j - 1)].top[-1:])
-    edges = np.concatenate(pairs, axis=1)
-    total = sum(len(b.values) for b in blocks.values())
-    return connected_components(total, edges[0], edges[1])
 
 
-def run_blocks(
-    tasks: dict, *, workers: int | None = None, scheduler: str | None = None, on_done: Callable[[], None] | None = None
-) -> dict:
-    """Run a dict of ``key -> (function, *args)`` block tasks; return ``key -> result``.
+class _Joiner:
+    """Joins the pieces of regions cut by block edges, block by block in raster order.
 
-    Local threads by default (the GDAL calls release the GIL); ``scheduler`` is the
-    address of an existing ``dask.distributed`` scheduler whose workers can read the paths.
+    Pieces that touch an inner block edge wait here, with the labels of the open boundary:
+    the bottom edge of the latest block of each column and the right edge of the latest
+    block of the current row. A block's top and left edges join its pieces to the waiting
+    ones they face (with 8-connectivity also diagonally, block corners included). A
+    region is finished, and handed to ``emit``, as soon as none of its pieces lies on the
+    open boundary: no block still to come can touch it. What waits is bounded by the
+    boundary's length (plus regions that reach across it), not by the map's region count.
     """
-    keys = list(tasks)
-    out: dict = {}
-    if not keys:
+
+    def __init__(self, grid: TileGrid, width: int, connectivity: int, emit: Callable[[Regions], None],
+                 threads: int = 1) -> None:
+        self.grid, self.emit, self.threads = grid, emit, threads
+        self.shifts = (0, 1, -1) if connectivity == 8 else (0,)
+        self.below = np.full(width, -1, dtype=np.int64)  # open bottom boundary (piece ids)
+        self.above = self.below.copy()  # the previous block row's bottoms, for this row's top edges
+        self.right = np.zeros(0, dtype=np.int64)
+        self.next_id = 0
+        self.ids = np.zeros(0, dtype=np.int64)  # waiting pieces (sorted ids) ...
+        self.root = np.zeros(0, dtype=np.int64)  # ... their component (smallest id) ...
+        self.values = np.zeros(0, dtype=np.int32)
+        self.pixels = np.zeros(0, dtype=np.int64)
+        self.sums: np.ndarray | None = None
+        self.area: np.ndarray | None = None
+        self.geoms = np.zeros(0, dtype=object)
+        self.max_waiting = 0
+
+    def _link(self, mine: np.ndarray, theirs: np.ndarray, start: int) -> list[np.ndarray]:
+        """Pairs of ids facing each other: ``mine[k]`` against ``theirs[start + k + shift]``."""
+        out = []
+        for s in self.shifts:
+            k = np.arange(len(mine))
+            t = start + k + s
+            ok = (t >= 0) & (t < len(theirs))
+            a, b = mine[k[ok]], theirs[t[ok]]
+            hit = (a >= 0) & (b >= 0)
+            out.append(np.stack([a[hit], b[hit]]))
         return out
-    fn = tasks[keys[0]][0]
 
-    def collect(i: int, result) -> None:
-        out[keys[i]] = result
-        if on_done:
-            on_done()
+    def add(self, i: int, j: int, block: BlockRegions, areas) -> None:
+        win = self.grid.tile(i, j).core
+        if j == 0:
+            self.above = self.below.copy()
+        e = np.flatnonzero(block.edge)
+        new = self.next_id + np.arange(len(e), dtype=np.int64)
+        self.next_id += len(e)
+        gid = np.full(len(block.values) + 1, -1, dtype=np.int64)
+        gid[e + 1] = new
+        pairs = [np.zeros((2, 0), dtype=np.int64)]
+        if i > 0:
+            pairs += self._link(gid[block.top], self.above, win.col)
+        if j > 0:
+            pairs += self._link(gid[block.left], self.right, 0)
+        # the new pieces wait (for now)
+        self.ids = np.r_[self.ids, new]
+        self.root = np.r_[self.root, new]
+        self.values = np.r_[self.values, block.values[e]]
+        self.pixels = np.r_[self.pixels, block.pixels[e]]
+        if block.sums is not None:
+            self.sums = np.r_[self.sums if self.sums is not None else np.zeros(0), block.sums[e]]
+        if block.area is not None:
+            self.area = np.r_[self.area if self.area is not None else np.zeros(0), block.area[e]]
+        self.geoms = np.concatenate([self.geoms, block.geoms[e]])
+        edges = np.concatenate(pairs, axis=1)
+        if edges.shape[1]:
+            a = np.searchsorted(self.ids, edges[0])
+            b = np.searchsorted(self.ids, edges[1])
+            same = self.values[a] == self.values[b]
+            ra, rb = self.root[a[same]], self.root[b[same]]
+            if len(ra):
+                uniq, inv = np.unique(np.r_[ra, rb], return_inverse=True)
+                cc = connected_components(len(uniq), inv[: len(ra)], inv[len(ra):])
+                hit = np.isin(self.root, uniq)
+                self.root[hit] = uniq[cc[np.searchsorted(uniq, self.root[hit])]]
+        self.below[win.col: win.col + win.width] = gid[block.bottom]
+        self.right = gid[block.right]
+        last_row, last_col = i == self.grid.rows - 1, j == self.grid.cols - 1
+        # the previous row's bottoms still face this row's blocks to come (diagonally, the corner pixel too)
+        open_ids = [self.above[max(0, win.col + win.width - (len(self.shifts) > 1)):]]
+        if not last_row:
+            open_ids.append(self.below[: win.col + win.width])
+        if not last_col:
+            open_ids.append(self.right)
+        ids = np.concatenate(open_ids)
+        ids = ids[ids >= 0]
+        open_roots = np.unique(self.root[np.searchsorted(self.ids, ids)]) if len(ids) else ids
+        self.max_waiting = max(self.max_waiting, len(self.ids))
+        done = ~np.isin(self.root, open_roots)
+        if done.any():
+            self._finish(done, areas)
 
-    calls = [tuple(task[1:]) for task in tasks.values()]
+    def _finish(self, done: np.ndarray, areas) -> None:
+        import shapely
+
+        idx = np.flatnonzero(done)
+        roots, comp = np.unique(self.root[idx], return_inverse=True)
+        n = len(roots)
+        values = np.empty(n, dtype=np.int32)
+        values[comp] = self.values[idx]
+        pixels = np.bincount(comp, weights=self.pixels[idx], minlength=n).astype(np.int64)
+        mean = None if self.sums is None else np.bincount(comp, weights=self.sums[idx], minlength=n) / np.maximum(pixels, 1)
+        area = None if self.area is None else np.bincount(comp, weights=self.area[idx], minlength=n)
+        geometry = np.empty(n, dtype=object)
+        sizes = np.bincount(comp, minlength=n)
+        single = sizes[comp] == 1
+        geometry[comp[single]] = self.geoms[idx[single]]
+        multi = np.flatnonzero(~single)
+        if len(multi):
+            order = multi[np.argsort(comp[multi], kind="stable")]
+            groups = np.split(order, np.flatnonzero(np.diff(comp[order])) + 1)
+            if len(groups) > 8 and self.threads > 1:  # GEOS releases the GIL: unions in parallel
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(self.threads) as pool:
+                    merged = list(pool.map(lambda g: shapely.union_all(self.geoms[idx[g]]), groups))
+            else:
+                merged = [shapely.union_all(self.geoms[idx[g]]) for g in groups]
+            for g, m in zip(groups, merged):
+                geometry[comp[g[0]]] = m
+        perimeter = areas.lengths(geometry) if areas is not None else None
+        keep = ~done
+        self.ids, self.root, self.values, self.pixels = self.ids[keep], self.root[keep], self.values[keep], self.pixels[keep]
+        self.geoms = self.geoms[keep]
+        if self.sums is not None:
+            self.sums = self.sums[keep]
+        if self.area is not None:
+            self.area = self.area[keep]
+        self.emit(Regions(geometry, values, pixels, mean, pieces=int(len(idx)), area=area, perimeter=perimeter))
+
+
+def _finished(block: BlockRegions) -> Regions:
+    """A block's regions that touch no other block: final as they are."""
+    keep = ~block.edge
+    pixels = block.pixels[keep]
+    mean = None if block.sums is None else block.sums[keep] / np.maximum(pixels, 1)
+    return Regions(
+        block.geoms[keep], block.values[keep], pixels, mean, pieces=int(keep.sum()),
+        area=None if block.area is None else block.area[keep],
+        perimeter=None if block.perimeter is None else block.perimeter[keep],
+    )
+
+
+def polygonize_stream(
+    path: str | os.PathLike,
+    emit: Callable[[Regions], None],
+    band: int = 1,
+    *,
+    connectivity: int = 4,
+    include: Sequence[int] | None = None,
+    weights: tuple[str | os.PathLike, int] | None = None,
+    areas=None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    on_block: Callable[[], None] | None = None,
+) -> dict:
+    """Polygonize a raster band exactly as a whole-map polygonize would, handing each
+    batch of finished regions to ``emit`` as soon as no block still to come can touch it.
+
+    Blocks run in parallel (local threads, or the workers of the Dask ``scheduler``), at
+    most a few ahead of the oldest unfinished one. A block's regions that touch no other
+    block are emitted as soon as it and the blocks before it are done; the others are joined across block edges in
+    raster order (:class:`_Joiner`) and emitted once complete; batches come in raster
+    order of their blocks, so the output is the same on every run and scheduler. Memory holds the blocks in
+    flight plus the pieces waiting on the open boundary, whatever the map's region count.
+
+    Args:
+        path, band: the raster (any size: read block by block) and its 1-based band.
+        emit: called in this thread with each batch of finished :class:`Regions`.
+        connectivity: 4 (pixels sharing an edge join) or 8 (corners too).
+        include: values that become regions (default: every valid value).
+        weights: ``(path, band)`` of a raster on the same grid; its mean per region is returned.
+        areas: an :class:`~geoseg.vector.areas.AreaCalculator` of the raster's grid: each
+            region then carries its ground area and perimeter.
+        block_size: block edge in pixels.
+        workers: parallel block tasks on local threads (default: all cores).
+        scheduler: address of an existing Dask scheduler to run the blocks on instead.
+        on_block: called after each block (progress).
+
+    Returns:
+        Counts: ``pieces`` (block pieces), ``regions``, ``max_waiting`` (most pieces waiting at once).
+    """
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+    path = str(Path(path))
+    with open_raster(path, env=False) as ds:
+        height, width = ds.height, ds.width
+    grid = block_grid(height, width, block_size)
+    wspec = (str(weights[0]), int(weights[1])) if weights is not None else None
+    inc = None if include is None else [int(v) for v in include]
+    keys = [(i, j) for i in range(grid.rows) for j in range(grid.cols)]
+    calls = [(path, band, grid.tile(i, j).core, connectivity, inc, wspec, areas, (height, width)) for i, j in keys]
+    counts = {"pieces": 0, "regions": 0}
+
+    def send(regions: Regions) -> None:
+        counts["regions"] += len(regions)
+        if len(regions):
+            emit(regions)
+
+    threads = workers or os.cpu_count() or 1
+    joiner = _Joiner(grid, width, connectivity, send, threads)
+    waiting: dict[int, BlockRegions] = {}
+    nxt = [0]
+
+    def on_result(k: int, block: BlockRegions) -> None:
+        counts["pieces"] += len(block.values)
+        waiting[k] = block
+        while nxt[0] in waiting:  # raster order: the same output order on every run and scheduler
+            block = waiting.pop(nxt[0])
+            send(_finished(block))
+            joiner.add(*keys[nxt[0]], block, areas)
+            nxt[0] += 1
+        if on_block:
+            on_block()
+
     if scheduler:
         client, _, _ = connect_cluster(scheduler, None)
         try:
-            run_tasks(fn, calls, collect, client=client, window=len(calls))
+            run_tasks(polygonize_window, calls, on_result, client=client)
         finally:
             client.close()
     else:
-        run_tasks(fn, calls, collect, threads=workers or os.cpu_count() or 1, window=len(calls))
-    return out
+        run_tasks(polygonize_window, calls, on_result, threads=threads, window=threads + 1)
+    counts["max_waiting"] = joiner.max_waiting
+    return counts
 
 
 def polygonize(
@@ -277,79 +474,36 @@ def polygonize(
     connectivity: int = 4,
     include: Sequence[int] | None = None,
     weights: tuple[str | os.PathLike, int] | None = None,
+    areas=None,
     block_size: int = DEFAULT_BLOCK_SIZE,
     workers: int | None = None,
     scheduler: str | None = None,
     on_block: Callable[[], None] | None = None,
 ) -> Regions:
-    """Polygonize a raster band exactly as a whole-map polygonize would, block-parallel.
+    """All regions of :func:`polygonize_stream` in one :class:`Regions` (in memory), in
+    whole-raster pixel coordinates."""
+    batches: list[Regions] = []
+    counts = polygonize_stream(
+        path, batches.append, band, connectivity=connectivity, include=include, weights=weights, areas=areas,
+        block_size=block_size, workers=workers, scheduler=scheduler, on_block=on_block,
+    )
+    return concat_regions(batches, pieces=counts["pieces"])
 
-    Args:
-        path, band: the raster (any size: read block by block) and its 1-based band.
-        connectivity: 4 (pixels sharing an edge join) or 8 (corners too).
-        include: values that become regions (default: every valid value).
-        weights: ``(path, band)`` of a raster on the same grid; its mean per region is returned.
-        block_size: block edge in pixels.
-        workers: parallel block tasks on local threads (default: all cores).
-        scheduler: address of an existing Dask scheduler to run the blocks on instead.
-        on_block: called after each block (progress).
 
-    Returns:
-        :class:`Regions` in whole-raster pixel coordinates.
-    """
-    import shapely
+def concat_regions(batches: list[Regions], pieces: int | None = None) -> Regions:
+    """One :class:`Regions` of several batches."""
 
-    if connectivity not in (4, 8):
-        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
-    path = str(Path(path))
-    with open_raster(path, env=False) as ds:
-        height, width = ds.height, ds.width
-    grid = block_grid(height, width, block_size)
-    wspec = (str(weights[0]), int(weights[1])) if weights is not None else None
-    inc = None if include is None else [int(v) for v in include]
-    tasks = {
-        (i, j): (polygonize_window, path, band, grid.tile(i, j).core, connectivity, inc, wspec)
-        for i in range(grid.rows)
-        for j in range(grid.cols)
-    }
-    blocks: dict[tuple[int, int], BlockRegions] = run_blocks(tasks, workers=workers, scheduler=scheduler, on_done=on_block)
-    blocks = {k: blocks[k] for k in tasks}  # row-major order
-    counts = [len(b.values) for b in blocks.values()]
-    offsets = dict(zip(blocks, np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)))
-    component = _join_across_edges(blocks, offsets, connectivity)
+    def cat(name, dtype):
+        parts = [getattr(b, name) for b in batches]
+        if not parts or any(p is None for p in parts):
+            return None if parts and all(p is None for p in parts) else np.zeros(0, dtype=dtype)
+        return np.concatenate(parts)
 
-    values = np.concatenate([b.values for b in blocks.values()])
-    pixels = np.concatenate([b.pixels for b in blocks.values()])
-    pieces = np.concatenate([b.geoms for b in blocks.values()])
-
-    # components in the order of their first piece (row-major blocks, GDAL order within)
-    uniq, first, inverse = np.unique(component, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    comp = rank[inverse]
-    n = len(uniq)
-    out_values = np.empty(n, dtype=np.int32)
-    out_values[comp] = values
-    out_pixels = np.bincount(comp, weights=pixels, minlength=n).astype(np.int64)
-    weight_mean = None
-    if wspec is not None:
-        sums = np.concatenate([b.sums for b in blocks.values()])
-        weight_mean = np.bincount(comp, weights=sums, minlength=n) / np.maximum(out_pixels, 1)
-
-    geometry = np.empty(n, dtype=object)
-    sizes = np.bincount(comp, minlength=n)
-    single = sizes[comp] == 1
-    geometry[comp[single]] = pieces[single]
-    multi = np.flatnonzero(~single)
-    if len(multi):  # GEOS releases the GIL: union the components in parallel threads
-        from concurrent.futures import ThreadPoolExecutor
-
-        by = np.argsort(comp[multi], kind="stable")
-        idx = multi[by]
-        groups = np.split(idx, np.flatnonzero(np.diff(comp[idx])) + 1)
-        groups.sort(key=len, reverse=True)
-        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            for group, merged in zip(groups, pool.map(lambda g: shapely.union_all(pieces[g]), groups)):
-                geometry[comp[group[0]]] = merged
-    return Regions(geometry, out_values, out_pixels, weight_mean, pieces=len(pieces))
+    if not batches:
+        return Regions(np.zeros(0, dtype=object), np.zeros(0, np.int32), np.zeros(0, np.int64), None, pieces or 0,
+                       area=np.zeros(0), perimeter=np.zeros(0))
+    return Regions(
+        cat("geometry", object), cat("values", np.int32), cat("pixels", np.int64), cat("weight_mean", np.float64),
+        pieces if pieces is not None else sum(b.pieces for b in batches),
+        area=cat("area", np.float64), perimeter=cat("perimeter", np.float64),
+    )
