@@ -27,6 +27,7 @@ from geoseg.grid import GeoBox, PixelWindow
 
 __all__ = [
     "SceneSource",
+    "as_float32",
     "check_path",
     "dtype_range",
     "file_sha256",
@@ -34,6 +35,18 @@ __all__ = [
     "open_scene",
     "read_band",
 ]
+
+
+def as_float32(raw: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A raw ``(bands, h, w)`` window as float32 model input: a pixel whose bands are all
+    NaN or infinite is invalid, and non-finite values become 0. ``valid`` is updated in place."""
+    data = raw.astype(np.float32, copy=False)
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data)
+        if not finite.all():
+            valid &= np.any(finite, axis=0)
+            data = np.where(finite, data, np.float32(0))
+    return data, valid
 
 
 @contextmanager
@@ -269,12 +282,7 @@ class SceneSource:
                 valid = np.any(raw != raw.dtype.type(self.nodata), axis=0)
             else:
                 valid = np.ones(raw.shape[1:], dtype=bool)
-            data = raw.astype(np.float32, copy=False)
-            if data.dtype.kind == "f":
-                finite = np.isfinite(data)
-                if not finite.all():
-                    valid &= np.any(finite, axis=0)
-                    data = np.where(finite, data, np.float32(0))
+            data, valid = as_float32(raw, valid)
             if self.apply_scale and self.scale_offset:
                 so = np.array([self.scale_offset[b - 1] for b in self.band_indexes], dtype=np.float32)
                 data = data * so[:, 0, None, None] + so[:, 1, None, None]

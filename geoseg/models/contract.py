@@ -158,6 +158,11 @@ class ExternalModel:
         return self.runtime.kind
 
     @property
+    def gsd(self) -> float | None:
+        """Ground sample distance the model was trained at, metres (None: scale-free or unknown)."""
+        return self.contract.gsd
+
+    @property
     def arch_params(self) -> dict[str, Any]:
         return {}
 

@@ -25,6 +25,7 @@ import numpy as np
 from geoseg._constants import DEFAULT_TILE_SIZE, NODATA
 from geoseg.errors import ContractError, InputError
 from geoseg.grid import PixelWindow, Tile, TileGrid, batches
+from geoseg.io.raster import as_float32
 from geoseg.xr._deps import require
 from geoseg.xr._inputs import band_stack, geo_info
 
@@ -62,13 +63,7 @@ def _values(raw: np.ndarray, nodata: tuple[float | None, ...]) -> tuple[np.ndarr
             valid = np.any(np.stack(hits), axis=0)
     if valid is None:
         valid = np.ones(raw.shape[1:], dtype=bool)
-    data = raw.astype(np.float32, copy=False)
-    if data.dtype.kind == "f":
-        finite = np.isfinite(data)
-        if not finite.all():
-            valid &= np.any(finite, axis=0)
-            data = np.where(finite, data, np.float32(0))
-    return data, valid
+    return as_float32(raw, valid)
 
 
 def _predict(
