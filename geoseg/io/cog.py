@@ -20,6 +20,7 @@ import numpy as np
 from geoseg._constants import GDAL_CACHE_BYTES, NODATA
 from geoseg._files import OutputSet, remove_files
 from geoseg.classes import hex_to_rgb
+from geoseg.errors import OutputError
 from geoseg.grid import GeoBox, PixelWindow
 from geoseg.io.faults import writing
 from geoseg.io.legend import BandLegend, aux_xml, paletted_qml
@@ -71,8 +72,11 @@ class RasterProduct:
         self._lock = threading.Lock()
         self._file = ExitStack()
         if reopen:
-            with writing(f"the partial {final.name}", final.parent):
-                self._ds = self._file.enter_context(open_raster(self.tmp, "r+", env=False))
+            try:
+                with writing(f"the partial {final.name}", final.parent):
+                    self._ds = self._file.enter_context(open_raster(self.tmp, "r+", env=False))
+            except TypeError as exc:  # rasterio's error for a file GDAL cannot recognise (killed before its header)
+                raise OutputError(f"the partial {final.name} in {final.parent} is unreadable ({exc})") from exc
             return
         profile = dict(
             driver="GTiff",
