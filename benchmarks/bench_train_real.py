@@ -26,6 +26,7 @@ The machine was shared while these figures were measured: times are wall times.
 from __future__ import annotations
 
 import argparse
+import shlex
 import json
 import os
 import subprocess
@@ -194,13 +195,13 @@ def prepare(split: Split, tmp: Path) -> dict:
     }
 
 
-def run(split: Split, tmp: Path, budget: float, seed: int) -> dict:
+def run(split: Split, tmp: Path, budget: float, seed: int, extra: list[str] = ()) -> dict:
     files = prepare(split, tmp)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     model = tmp / f"{split.name}.safetensors"
     cmd = [sys.executable, "-m", "geoseg", "train", "--image", str(files["train_image"]), "--labels",
            str(files["train_labels"]), "--classes", split.classes, "--out", str(model), "--time-budget", str(budget),
-           "--seed", str(seed), "--overwrite", "--json"]
+           "--seed", str(seed), "--overwrite", "--json", *extra]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - t0
@@ -221,7 +222,7 @@ def run(split: Split, tmp: Path, budget: float, seed: int) -> dict:
         "epochs_run": trained["epochs_run"], "epochs_planned": trained["epochs_planned"],
         "stopped": trained["stopped"], "plan": trained["plan"],
         "model": base["model"], "random_forest": base["random_forest"], "model_wins": base["model_wins"],
-        "val_baseline": trained.get("baseline"),
+        "val_baseline": trained.get("baseline"), "train_args": list(extra),
     }
 
 
@@ -231,6 +232,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="scene names")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--train-args", default="",
+                    help="extra geoseg train options, e.g. '--pseudo-labels 0.5' (default: none, the defaults)")
     args = ap.parse_args()
     if not REAL.is_dir():
         raise SystemExit(f"{REAL} is absent: nothing to benchmark")
@@ -239,7 +242,7 @@ def main() -> None:
         for split in SCENES:
             if args.only and split.name not in args.only:
                 continue
-            r = run(split, Path(tmp), args.budget, args.seed)
+            r = run(split, Path(tmp), args.budget, args.seed, shlex.split(args.train_args))
             results.append(r)
             m, f = r["model"], r["random_forest"]
             print(f"{r['scene']:<14} model mIoU {m['miou']:.3f} OA {m['overall_accuracy']:.3f} | "
