@@ -114,15 +114,26 @@ def remote_env() -> dict[str, str]:
 
 # --------------------------------------------------------------------------- failures
 
-_STATUS = re.compile(r"(?:HTTP (?:response|error) code:?\s*|status(?: code)?[ =:]+)(\d{3})", re.IGNORECASE)
-_PERMANENT_TEXT = (
+#: "HTTP response code: 404" (/vsicurl/), "HTTP response code on URL: 403" (/vsis3/),
+#: "HTTP error code: 503 - URL" (GDAL's retry warnings), "status code 404".
+_STATUS = re.compile(r"(?:HTTP (?:response|error) code(?: on \S+)?:?\s*|status(?: code)?[ =:]+)(\d{3})\b", re.IGNORECASE)
+#: Messages GDAL passes on from servers, with the status they stand for. /vsis3/ reports
+#: S3's error <Message> (not its status): these are S3's texts for its error codes.
+_KNOWN_TEXT = (
     ("could not resolve host", None, "unknown host"),
     ("could not resolve", None, "unknown host"),
     ("the specified key does not exist", 404, "not found"),
     ("the specified bucket does not exist", 404, "no such bucket"),
     ("access denied", 403, "access denied"),
     ("invalidaccesskeyid", 403, "invalid AWS access key"),
+    ("the aws access key id you provided does not exist", 403, "invalid AWS access key"),
     ("signaturedoesnotmatch", 403, "invalid AWS credentials"),
+    ("the request signature we calculated does not match", 403, "invalid AWS credentials"),
+    ("the security token included in the request is invalid", 403, "invalid AWS credentials"),
+    ("the provided token has expired", 400, "expired AWS token"),
+    ("request has expired", 403, "expired request"),
+    ("please reduce your request rate", 503, "slow down"),
+    ("we encountered an internal error", 500, "internal error"),
     ("no such file or directory", 404, "not found"),
     ("does not exist in the file system", 404, "not found"),
 )
@@ -155,7 +166,7 @@ class Failure:
         m = _STATUS.search(self.message)
         self.status: int | None = int(m.group(1)) if m else None
         self.reason = ""
-        for text, status, reason in _PERMANENT_TEXT:
+        for text, status, reason in _KNOWN_TEXT:
             if text in low:
                 self.status = self.status or status
                 self.reason = reason
@@ -193,9 +204,9 @@ def retrying(
     fn: Callable[[], T],
     uri: str,
     *,
-    attempts: int = OPEN_ATTEMPTS,
-    delay: float = RETRY_DELAY_S,
-    budget: float = RETRY_BUDGET_S,
+    attempts: int | None = None,
+    delay: float | None = None,
+    budget: float | None = None,
     what: str = "cannot read",
     clear: tuple[str, ...] | list[str] | None = None,
 ) -> T:
@@ -203,14 +214,18 @@ def retrying(
 
     Between attempts GDAL's cache for ``uri`` is cleared (it remembers failed URLs) and
     the wait doubles from ``delay`` seconds (``clear``: the files to forget instead, e.g.
-    the assets behind a VRT). A permanent failure (404, 403, unknown host)
+    the assets behind a VRT); ``attempts``, ``delay`` and ``budget`` default to
+    :data:`OPEN_ATTEMPTS`, :data:`RETRY_DELAY_S` and :data:`RETRY_BUDGET_S`, read at
+    call time. A permanent failure (404, 403, unknown host)
     or the last transient one raises :func:`remote_error`. Errors that are not remote
     failures (anything but rasterio's I/O errors) pass through unchanged.
     """
     import rasterio.errors
 
+    attempts = OPEN_ATTEMPTS if attempts is None else attempts
+    budget = RETRY_BUDGET_S if budget is None else budget
+    wait = RETRY_DELAY_S if delay is None else delay
     t0 = time.monotonic()
-    wait = delay
     for attempt in range(1, attempts + 1):
         try:
             return fn()
@@ -221,6 +236,8 @@ def retrying(
                 clear_cache(path)
             if not failure.transient or attempt == attempts or time.monotonic() - t0 + wait > budget:
                 culprit, message = _which_failed(clear, uri, message) if clear else (uri, message)
+                if is_remote(culprit):
+                    message = _head_error(gdal_path(culprit), message)
                 raise remote_error(culprit, message, what) from exc
             time.sleep(wait)
             wait *= 2
@@ -291,6 +308,22 @@ def _last_error(default: str) -> str:
     return (msg or b"").decode(errors="replace") or default
 
 
+def _head_error(path: str, message: str) -> str:
+    """``message`` when it names the HTTP status; else the error of a HEAD request for
+    ``path`` (GDAL's last error after a failed read of an S3 object is "Cannot open
+    file": the status went by as a warning), or ``message`` if that HEAD succeeds."""
+    lib = _lib()
+    if lib is None or Failure(message).status is not None:
+        return message
+    clear_cache(path)
+    lib.CPLErrorReset()
+    p = lib.VSIGetFileMetadata(path.encode(), b"HEADERS", None)
+    if p:
+        lib.CSLDestroy(p)
+        return message
+    return _last_error(message)
+
+
 def read_bytes(uri: str, limit: int = 64 << 20) -> bytes:
     """The whole content of a small file (a STAC Item): local, HTTP(S) or S3 (GDAL VSI)."""
     path = gdal_path(uri)
@@ -309,7 +342,7 @@ def read_bytes(uri: str, limit: int = 64 << 20) -> bytes:
             lib.CPLErrorReset()
             ok = lib.VSIIngestFile(None, path.encode(), ctypes.byref(buf), ctypes.byref(size), limit)
             if not ok:
-                raise _VsiError(_last_error("HTTP response code: 404"))
+                raise _VsiError(_head_error(path, _last_error("HTTP response code: 404")))
         try:
             return ctypes.string_at(buf, size.value)
         finally:
