@@ -107,20 +107,32 @@ def test_query_refused_by_the_api_is_one_line(duckdb_api, tmp_path):
     assert "HTTP 500: query is not implemented" in msg and "Query extension" in msg, msg
 
 
+#: What the static API declares: core and item search, no Filter or Query extension.
+STATIC_CONFORMS = ["https://api.stacspec.org/v1.0.0/core", "https://api.stacspec.org/v1.0.0/item-search"]
+
+
 @pytest.fixture
 def static_api(tmp_path):
-    """A STAC API as static files: every search answers the same five Items."""
+    """A STAC API as static files on the range server: the landing page ``api.json``
+    (GET search only), and ``search.json``, which answers every search with the same
+    five Items. ``write(conforms)`` (re)writes the landing page."""
     root = tmp_path / "static"
     root.mkdir()
     with RangeServer(root) as srv:
-        landing = {
-            "type": "Catalog", "stac_version": "1.0.0", "id": "static", "description": "static search results",
-            "conformsTo": ["https://api.stacspec.org/v1.0.0/core", "https://api.stacspec.org/v1.0.0/item-search"],
-            "links": [{"rel": "self", "href": f"{srv.url}/api.json"}, {"rel": "root", "href": f"{srv.url}/api.json"},
-                      {"rel": "search", "href": f"{srv.url}/search.json", "type": "application/geo+json", "method": "GET"}],
-        }
-        (root / "api.json").write_text(json.dumps(landing))
+        def write(conforms: list[str]) -> str:
+            landing = {
+                "type": "Catalog", "stac_version": "1.0.0", "id": "static", "description": "static search results",
+                "conformsTo": conforms,
+                "links": [{"rel": "self", "href": f"{srv.url}/api.json"}, {"rel": "root", "href": f"{srv.url}/api.json"},
+                          {"rel": "search", "href": f"{srv.url}/search.json", "type": "application/geo+json",
+                           "method": "GET"}],
+            }
+            (root / "api.json").write_text(json.dumps(landing))
+            return f"{srv.url}/api.json"
+
         (root / "search.json").write_text(json.dumps({"type": "FeatureCollection", "features": _items(), "links": []}))
+        srv.write = write
+        write(STATIC_CONFORMS)
         yield srv
 
 
@@ -131,15 +143,21 @@ def static_api(tmp_path):
 def test_api_that_ignores_the_filter_is_an_error(static_api, tmp_path, field, value):
     from geoseg.errors import CatalogError
 
-    cat = _catalog(tmp_path / "c.yaml", url=f"{static_api.url}/api.json", **{field: value})
+    url = f"{static_api.url}/api.json"
+    cat = _catalog(tmp_path / "c.yaml", url=url, **{field: value})
     with pytest.raises(CatalogError) as exc:
         _ids(cat)
     msg = str(exc.value)
-    assert "\n" not in msg and f"the STAC API at {static_api.url}/api.json ignored the {field}" in msg, msg
+    assert "\n" not in msg and f"the STAC API at {url} ignored the {field}" in msg, msg
     assert "2 of the 5 Items it returned do not match it (e.g. scene-2)" in msg, msg
-    assert [r for r in static_api.requests if r[1] == "/search.json"]  # it did search
-    # the same static API without a filter is fine: the check is on the filter only
-    assert len(_ids(_catalog(tmp_path / "plain.yaml", url=f"{static_api.url}/api.json"))) == 5
+    assert [r for r in static_api.requests if r[0] == "GET" and r[1] == "/search.json"]  # it did search, by GET
+    # without a filter the same API is fine
+    assert len(_ids(_catalog(tmp_path / "plain.yaml", url=url))) == 5
+    # an API that declares the extension is trusted (no check of its Items)
+    ext = {"filter": "https://api.stacspec.org/v1.0.0-rc.2/item-search#filter",
+           "query": "https://api.stacspec.org/v1.0.0/item-search#query"}[field]
+    static_api.write([*STATIC_CONFORMS, ext])
+    assert len(_ids(cat)) == 5
 
 
 @pytest.mark.parametrize("field,value,expected", [
