@@ -96,6 +96,37 @@ def test_filter_with_other_search_fields(duckdb_api, tmp_path):
     assert _ids(cat) == ["scene-2"]
 
 
+def _catalog_with_area(path: Path, search: dict, **area) -> Path:
+    path.write_text(yaml.safe_dump({
+        "version": 1, "defaults": {"vectorize": False, "out": f"{path.parent}/out/{{id}}"},
+        "scenes": [{"stac_search": search, **area}],
+    }, sort_keys=False))
+    return path
+
+
+def test_entry_aoi_is_what_the_search_intersects(duckdb_api, tmp_path):
+    """A ``stac_search:`` entry's ``aoi:`` (a layer in EPSG:3857) and ``bbox:`` become the
+    search's ``intersects``: only the Item under the area comes back (scene-2 spans
+    10.4-10.5 E), and the area stays the scene's processing AOI."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    gpd.GeoDataFrame(geometry=[box(10.42, 50.02, 10.48, 50.08)], crs="EPSG:4326").to_crs("EPSG:3857").to_file(
+        tmp_path / "field.gpkg", layer="field")
+    search = {"url": duckdb_api.url, "collections": ["s2"]}
+    cat = _catalog_with_area(tmp_path / "aoi.yaml", search, aoi="field.gpkg:field")
+    assert _ids(cat) == ["scene-2"]
+    from geoseg.batch.catalog import load_catalog, resolve
+
+    (job,) = resolve(load_catalog(cat))
+    assert job.options["aoi"] == f"{(tmp_path / 'field.gpkg').resolve()}:field"
+    # a bbox across scene-2 and scene-3 (10.6-10.7 E), with a filter that drops scene-3 (60 % clouds)
+    cat = _catalog_with_area(tmp_path / "bbox.yaml", {**search, "filter": "eo:cloud_cover < 50"}, bbox="10.45,50.01,10.65,50.09")
+    assert _ids(cat) == ["scene-2"]
+    cat = _catalog_with_area(tmp_path / "bbox2.yaml", search, bbox="10.45,50.01,10.65,50.09")
+    assert _ids(cat) == ["scene-2", "scene-3"]
+
+
 def test_query_refused_by_the_api_is_one_line(duckdb_api, tmp_path):
     from geoseg.errors import CatalogError
 

@@ -23,6 +23,7 @@ A catalog names scenes and how to run them::
           datetime: 2026-06-01/2026-06-30
           filter: "eo:cloud_cover < 20"   # CQL2 text or JSON; or query: {eo:cloud_cover: {lt: 20}}
           max_items: 50
+        aoi: fields.gpkg          # with stac_search: also what the search must intersect
 
 Relative paths resolve against the catalog file's directory. :func:`load_catalog` parses
 and validates (every error reads ``catalog.yaml:12: scenes[1].tile_size: ...``);
@@ -381,14 +382,26 @@ def _with_self(item: dict, where: Path | str) -> dict:
     return {**item, "links": links + [{"rel": "self", "href": href, "type": "application/geo+json"}]}
 
 
-def search_items(search: StacSearch) -> list[dict]:
+def search_items(search: StacSearch, aoi: str | None = None, bbox: str | None = None) -> list[dict]:
     """The Items of a ``stac_search:`` entry, as dicts (absolute hrefs, a ``self`` link),
-    checked against its filter and query (see :mod:`geoseg.io.stac_search`)."""
+    checked against its filter and query (see :mod:`geoseg.io.stac_search`).
+
+    ``aoi`` (``FILE[:LAYER]``) or ``bbox`` (``MINX,MINY,MAXX,MAXY[,CRS]``), the entry's area
+    of interest, become the search's ``intersects`` (in WGS84): a job over a field searches
+    only the Items that cover it, and then processes only the field.
+    """
     from geoseg.io.stac_search import search as stac_api_search
 
+    intersects = None
+    if aoi is not None or bbox is not None:
+        from shapely.geometry import mapping
+
+        from geoseg.io.aoi import read_area
+
+        intersects = mapping(read_area("EPSG:4326", aoi=aoi, bbox=bbox).geometry)
     return stac_api_search(
-        search.url, collections=search.collections, bbox=search.bbox, datetime=search.datetime,
-        query=search.query, filter=search.filter, max_items=search.max_items,
+        search.url, collections=search.collections, bbox=search.bbox, intersects=intersects,
+        datetime=search.datetime, query=search.query, filter=search.filter, max_items=search.max_items,
     )
 
 
@@ -429,7 +442,9 @@ def resolve(catalog: Catalog) -> list[SceneJob]:
             sources.append((entry.id or p.stem, p, None, loc + ("path",)))
         elif entry.stac_search is not None:
             try:
-                for item in search_items(entry.stac_search):
+                area = {"aoi": _aoi_path(_setting("aoi", entry, d, None), root),
+                        "bbox": _bbox_text(_setting("bbox", entry, d, None))}
+                for item in search_items(entry.stac_search, **area):
                     props = {k: v for k, v in (item.get("properties") or {}).items()
                              if k in ("datetime", "start_datetime", "end_datetime")}
                     sources.append((item["id"], Path(item["id"]), {"properties": props}, loc + ("stac_search",), item))

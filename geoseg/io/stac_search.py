@@ -138,6 +138,7 @@ def search(
     *,
     collections: list[str] | None = None,
     bbox: list[float] | None = None,
+    intersects: dict | None = None,
     datetime: str | None = None,
     query: dict | None = None,
     filter: str | dict | None = None,  # noqa: A002 - the STAC API's name
@@ -160,7 +161,7 @@ def search(
     if query is not None:
         checks.append(("query", query, _cql2().parse_json(json.dumps(query_filter(query))), "QUERY"))
     kw = {k: v for k, v in {
-        "collections": collections, "bbox": bbox, "datetime": datetime,
+        "collections": collections, "bbox": bbox, "intersects": intersects, "datetime": datetime,
         "query": query, "filter": filter, "max_items": max_items,
     }.items() if v is not None}
     where = display_url(url)
