@@ -14,10 +14,11 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -35,6 +36,8 @@ __all__ = [
     "open_scene",
     "read_band",
 ]
+
+T = TypeVar("T")
 
 
 def as_float32(raw: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,26 +195,40 @@ class SceneSource:
             finally:
                 cm.__exit__(None, None, None)
 
-    def read_windows(self, windows: list[PixelWindow]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """:meth:`read` of several windows through one open dataset. Remote sources retry a
-        transient failure (the whole group, bounded) and report a permanent one by URL."""
+    def with_dataset(self, fn: Callable[[Any], T]) -> T:
+        """``fn(dataset)`` with this source open: a local file is opened for the call; a
+        remote source is read through the one handle all threads of the process share
+        (:class:`SharedDataset`: GDAL's block cache keeps the blocks that neighbouring
+        tiles' halos share, whichever thread reads them), under the remote GDAL settings;
+        a transient failure is retried (the whole call, bounded) and a permanent one is
+        reported by URL."""
         if not self.remote:
             with self.open() as ds:
-                return [self.read(w, ds) for w in windows]
+                return fn(ds)
         import rasterio
 
         from .remote import remote_env, retrying
 
         def attempt():
-            ds = _held_dataset(self)
+            shared = SharedDataset.of(self)
             try:
                 with rasterio.Env(**{**GDAL_ENV, **remote_env()}):
-                    return [self.read(w, ds) for w in windows]
+                    return fn(shared)
             except BaseException:
-                _drop_held()  # a retry starts from a fresh handle
+                shared.close()  # a retry (here or in another thread) starts from a fresh handle
                 raise
 
         return retrying(attempt, self.path, clear=self.inputs)
+
+    def release(self) -> None:
+        """Close this process's shared handle of a remote source (:meth:`with_dataset`),
+        freeing the blocks GDAL cached for it; a later read opens it again."""
+        if self.remote:
+            SharedDataset.release((self.gdal_path, self.opened_at))
+
+    def read_windows(self, windows: list[PixelWindow]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`read` of several windows through one open dataset (:meth:`with_dataset`)."""
+        return self.with_dataset(lambda ds: [self.read(w, ds) for w in windows])
 
     @property
     def height(self) -> int:
@@ -296,39 +313,84 @@ class SceneSource:
             ) from exc
 
 
-#: Per thread, the open dataset of the remote source it read last. GDAL's block cache
-#: belongs to a dataset handle: a handle reopened for every tile batch fetched again the COG
-#: blocks that neighbouring tiles' halos share (1.7x the file's bytes, bench_remote.py).
-_HELD = threading.local()
+class SharedDataset:
+    """The open dataset of a remote source, shared by every thread of the process.
 
+    GDAL's block cache belongs to a dataset handle. A handle per tile batch fetched again the
+    COG blocks that neighbouring tiles' halos share (1.7x the file's bytes); a handle per
+    thread still fetched them once per thread that read a neighbour (a 5% area of interest
+    cost 11% of the file with two threads, 8% with one: benchmarks/bench_gsd.py --only aoi).
+    One handle per process reads every block once while the block cache holds it. GDAL
+    handles are not reentrant, so :meth:`read` and :meth:`read_masks` hold a lock while
+    GDAL fetches and decodes; the float conversion, scaling and resampling that follow run
+    in parallel. A handle closed after a failure is reopened by the next read.
+    """
 
-def _held_dataset(source: SceneSource):
-    """This thread's open dataset for ``source`` (opened with retries on first use)."""
-    held = getattr(_HELD, "entry", None)
-    key = (source.gdal_path, source.opened_at)
-    if held is not None and held[0] == key:
-        return held[1]
-    _drop_held()
-    import rasterio
+    _registry: dict[tuple[str, float], SharedDataset] = {}
+    _registry_lock = threading.Lock()
+    #: sources kept open at once (a batch reads one scene after another)
+    KEEP = 4
 
-    from .remote import remote_env, retrying
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self._cm = None
+        self._ds = None
 
-    with rasterio.Env(**{**GDAL_ENV, **remote_env()}):
-        def enter():
-            cm = open_raster(source.gdal_path, env=False)
-            return cm, cm.__enter__()
+    @classmethod
+    def of(cls, source: SceneSource) -> SharedDataset:
+        """The shared handle of ``source`` (a later open of the same URL gets a new one)."""
+        key = (source.gdal_path, source.opened_at)
+        with cls._registry_lock:
+            shared = cls._registry.pop(key, None) or cls(source.gdal_path)
+            cls._registry[key] = shared  # most recently used last
+            evicted = [cls._registry.pop(k) for k in list(cls._registry)[: max(0, len(cls._registry) - cls.KEEP)]]
+        for old in evicted:
+            old.close()
+        return shared
 
-        cm, ds = retrying(enter, source.path, clear=source.inputs)
-    _HELD.entry = (key, ds, cm)
-    return ds
+    def _dataset(self):
+        if self._ds is None:
+            cm = open_raster(self.path, env=False)
+            self._ds = cm.__enter__()
+            self._cm = cm
+        return self._ds
 
+    def read(self, *args, **kwargs) -> np.ndarray:
+        with self.lock:
+            return self._dataset().read(*args, **kwargs)
 
-def _drop_held() -> None:
-    held = getattr(_HELD, "entry", None)
-    _HELD.entry = None
-    if held is not None:
-        with contextlib.suppress(Exception):  # closing a handle that failed
-            held[2].__exit__(None, None, None)
+    def read_masks(self, *args, **kwargs) -> np.ndarray:
+        with self.lock:
+            return self._dataset().read_masks(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        with self.lock:
+            return getattr(self._dataset(), name)
+
+    def close(self) -> None:
+        with self.lock:
+            cm, self._cm, self._ds = self._cm, None, None
+        if cm is not None:
+            with contextlib.suppress(Exception):  # closing a handle that failed
+                cm.__exit__(None, None, None)
+
+    @classmethod
+    def release(cls, key: tuple[str, float]) -> None:
+        with cls._registry_lock:
+            shared = cls._registry.pop(key, None)
+        if shared is not None:
+            shared.close()
+
+    @classmethod
+    def close_all(cls) -> None:
+        """Close every shared handle (tests; a long-lived process between runs)."""
+        with cls._registry_lock:
+            held, cls._registry = list(cls._registry.values()), {}
+        for shared in held:
+            shared.close()
 
 
 def _gdal_reason(exc: BaseException) -> str:

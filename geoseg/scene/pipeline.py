@@ -159,8 +159,7 @@ def predict_batch(
     if view is None:
         reads = source.read_windows([t.read for t in tiles])
     else:  # a resampled scene or an area of interest: the view reads (and later maps back) each tile
-        with source.open() as ds:
-            reads = [view.read(source, t.read, ds) for t in tiles]
+        reads = source.with_dataset(lambda ds: [view.read(source, t.read, ds) for t in tiles])
     data = np.stack([r[0] for r in reads])
     valid = np.stack([r[1] for r in reads])
     # A tile whose core has no valid pixel writes only nodata: skip the model for it.
@@ -446,7 +445,10 @@ def run_scene(
             else:
                 threads = opts.threads or max(2, os.cpu_count() or 1)
                 sched_info = {"scheduler": "threads", "threads": threads}
-                _run_threaded(writer, tasks, threads, task)
+                try:
+                    _run_threaded(writer, tasks, threads, task)
+                finally:
+                    source.release()  # the shared remote handle, and the blocks GDAL cached for it
             journal.checkpoint()  # every tile on disk: a failure below resumes without inference
         timings["inference"] = time.perf_counter() - t1
         if device == "cpu":
