@@ -346,8 +346,8 @@ def test_aoi_over_http_fetches_each_block_once(tmp_path):
     """A bbox over 5% of a 2048^2 scene (64-px blocks) read over HTTP by two threads in 16
     tiles: the server sends under 10% of the file, no byte of pixel data twice (every thread
     reads through one handle, whose block cache holds the blocks neighbouring tiles' halos
-    share), and little beyond the blocks the tiles' windows touch (the header, /vsicurl/'s
-    16 KB chunks)."""
+    share), little beyond the blocks the tiles' windows touch (the header, /vsicurl/'s 16 KB
+    chunks), and one request per row of those blocks (read ahead along the run's plan)."""
     from rasterio.shutil import copy
 
     from geoseg import run_scene
@@ -390,3 +390,5 @@ def test_aoi_over_http_fetches_each_block_once(tmp_path):
     assert covered.max() == 1, "a byte range was fetched twice"
     assert sent / size < 0.10, f"{sent / size:.1%} of the file for 5% of the pixels"
     assert sent < needed * 1.1 + 2 * 32768, (sent, needed)
+    # merged: the shared handle reads each row of blocks under the tiles ahead, in one request
+    assert len(pixel_ranges) == len({by for by, _ in blocks}), pixel_ranges

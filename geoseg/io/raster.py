@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from geoseg._constants import GDAL_ENV
+from geoseg._constants import GDAL_CACHE_BYTES, GDAL_ENV
 from geoseg.errors import InputError, RasterReadError
 from geoseg.grid import GeoBox, PixelWindow
 
@@ -136,6 +136,10 @@ class SceneSource:
     #: when the source was opened (remote): a later run of the same URL never reads
     #: through a handle (and blocks) held from an earlier one
     opened_at: float = 0.0
+    #: remote sources: the windows this run will read, merged into horizontal strips
+    #: (:func:`geoseg.grid.strips`); the shared handle fetches ahead the blocks of a strip's
+    #: rows, one request per row of blocks, instead of a few blocks per tile
+    read_plan: tuple[PixelWindow, ...] = ()
 
     @property
     def output_stem(self) -> str:
@@ -313,6 +317,11 @@ class SceneSource:
             ) from exc
 
 
+#: The most a shared handle's read-ahead decodes at once (:meth:`SharedDataset._read_ahead`):
+#: a quarter of GDAL's block cache, which must keep those blocks until the tiles read them.
+READ_AHEAD_BYTES = GDAL_CACHE_BYTES // 4
+
+
 class SharedDataset:
     """The open dataset of a remote source, shared by every thread of the process.
 
@@ -324,6 +333,11 @@ class SharedDataset:
     handles are not reentrant, so :meth:`read` and :meth:`read_masks` hold a lock while
     GDAL fetches and decodes; the float conversion, scaling and resampling that follow run
     in parallel. A handle closed after a failure is reopened by the next read.
+
+    With the run's read plan (:attr:`SceneSource.read_plan`), :meth:`read` first reads ahead
+    the planned blocks of the window's rows of blocks (:meth:`_read_ahead`): one request per
+    row of blocks and file instead of one per row, file and tile (an 8192^2 Item of four
+    COGs: ~80 requests instead of ~500).
     """
 
     _registry: dict[tuple[str, float], SharedDataset] = {}
@@ -336,6 +350,15 @@ class SharedDataset:
         self.lock = threading.Lock()
         self._cm = None
         self._ds = None
+        self._plan: tuple[PixelWindow, ...] = ()
+        self._planned: dict[int, set[int]] | None = None  # block row -> planned block columns
+        self._fetched: set[tuple[int, int]] = set()  # (block row, block column) read ahead
+
+    def plan(self, windows: tuple[PixelWindow, ...]) -> None:
+        """The windows (strips) the run will read: the blocks :meth:`read` may fetch ahead."""
+        with self.lock:
+            if windows != self._plan:
+                self._plan, self._planned, self._fetched = windows, None, set()
 
     @classmethod
     def of(cls, source: SceneSource) -> SharedDataset:
@@ -344,6 +367,7 @@ class SharedDataset:
         with cls._registry_lock:
             shared = cls._registry.pop(key, None) or cls(source.gdal_path)
             cls._registry[key] = shared  # most recently used last
+            shared.plan(source.read_plan)
             evicted = [cls._registry.pop(k) for k in list(cls._registry)[: max(0, len(cls._registry) - cls.KEEP)]]
         for old in evicted:
             old.close()
@@ -356,23 +380,69 @@ class SharedDataset:
             self._cm = cm
         return self._ds
 
-    def read(self, *args, **kwargs) -> np.ndarray:
+    def read(self, indexes, window, **kwargs) -> np.ndarray:
         with self.lock:
-            return self._dataset().read(*args, **kwargs)
+            ds = self._dataset()
+            if self._plan:
+                self._read_ahead(ds, indexes, window)
+            return ds.read(indexes, window=window, **kwargs)
+
+    def _read_ahead(self, ds, indexes, window) -> None:
+        """Before reading ``window``, read into GDAL's block cache the planned blocks of its
+        rows of blocks that are not there yet: GTiff then fetches each row of contiguous blocks
+        in one request (a COG's blocks are stored row by row), where tile-sized windows cost a
+        request per band, row of blocks and tile. What one read-ahead decodes is bounded by
+        :data:`READ_AHEAD_BYTES` (the window's blocks first, then those right of it, then left);
+        whatever GDAL's cache drops before a tile reads it is fetched again by that tile's read."""
+        from rasterio.windows import Window
+
+        bh, bw = ds.block_shapes[0]
+        if self._planned is None:
+            self._planned = {}
+            for w in self._plan:
+                cols = range(w.col // bw, (w.col_end - 1) // bw + 1)
+                for br in range(w.row // bh, (w.row_end - 1) // bh + 1):
+                    self._planned.setdefault(br, set()).update(cols)
+        row0, row1 = int(window.row_off), int(window.row_off + window.height)
+        col0, col1 = int(window.col_off), int(window.col_off + window.width)
+        rows = range(row0 // bh, (row1 - 1) // bh + 1)
+        first, last = col0 // bw, (col1 - 1) // bw
+        todo = [br for br in rows if any((br, bc) not in self._fetched for bc in range(first, last + 1))]
+        if not todo:
+            return
+        n_bands = len(indexes) if isinstance(indexes, (list, tuple)) else 1
+        block_bytes = bh * bw * n_bands * np.dtype(ds.dtypes[0]).itemsize
+        per_row = max(last - first + 1, READ_AHEAD_BYTES // block_bytes // len(todo))
+        runs: dict[tuple[int, int], list[int]] = {}  # (first col, last col) -> block rows
+        for br in todo:
+            wanted = [c for c in self._planned.get(br, set()) | set(range(first, last + 1)) if (br, c) not in self._fetched]
+            cols = sorted(sorted(wanted, key=lambda c: (c < first, abs(c - first)))[:per_row])  # the window's first
+            start = prev = cols[0]
+            for c in [*cols[1:], None]:
+                if c is None or c != prev + 1:
+                    runs.setdefault((start, prev), []).append(br)
+                    start = c
+                prev = c
+        # One read per row of blocks, the last row first: each is one exact range request.
+        # A read of several whole rows is one contiguous range, which GDAL fetches through
+        # /vsicurl/'s sequential reader, and a range that starts where the previous download
+        # of that file ended is taken for sequential reading and fetched as large as that one
+        # (measured: a 9 MB overshoot, evicted from /vsicurl/'s 16 MB cache before the next
+        # tile row read it, 1.04x the blocks' bytes at 4096^2).
+        for (c0, c1), brs in runs.items():
+            for br in sorted(brs, reverse=True):
+                r, c = br * bh, c0 * bw
+                ds.read(indexes, window=Window(c, r, min((c1 + 1) * bw, ds.width) - c, min(r + bh, ds.height) - r))
+                self._fetched.update((br, bc) for bc in range(c0, c1 + 1))
 
     def read_masks(self, *args, **kwargs) -> np.ndarray:
         with self.lock:
             return self._dataset().read_masks(*args, **kwargs)
 
-    def __getattr__(self, name: str):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        with self.lock:
-            return getattr(self._dataset(), name)
-
     def close(self) -> None:
         with self.lock:
             cm, self._cm, self._ds = self._cm, None, None
+            self._fetched = set()  # the block cache goes with the handle
         if cm is not None:
             with contextlib.suppress(Exception):  # closing a handle that failed
                 cm.__exit__(None, None, None)
@@ -382,14 +452,6 @@ class SharedDataset:
         with cls._registry_lock:
             shared = cls._registry.pop(key, None)
         if shared is not None:
-            shared.close()
-
-    @classmethod
-    def close_all(cls) -> None:
-        """Close every shared handle (tests; a long-lived process between runs)."""
-        with cls._registry_lock:
-            held, cls._registry = list(cls._registry.values()), {}
-        for shared in held:
             shared.close()
 
 

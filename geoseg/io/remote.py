@@ -54,10 +54,13 @@ _VSI_PREFIXES = ("/vsicurl/", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsiadls/", "/vs
 #:   to 2 MB and overshot at the end of every row (a 5% area of interest cost 11.3% of the
 #:   file instead of 8.0% with --tile-size 2048). The option bounds a buffer that lives for
 #:   one window read, not a cache: 64 MiB keeps every tile window on the exact path.
-#: - A single remaining range (the new row of blocks of the next tile) goes through /vsicurl/'s
-#:   Read(): 16 KB chunks (CPL_VSIL_CURL_CHUNK_SIZE), some read-ahead; left at GDAL's default.
-#: - The blocks that neighbouring tiles' halos share are fetched once because every thread
-#:   reads through one handle (geoseg.io.raster.SharedDataset) and its block cache.
+#: - A single range goes through /vsicurl/'s sequential reader instead: 16 KB chunks
+#:   (CPL_VSIL_CURL_CHUNK_SIZE, left at GDAL's default), and a range starting where the
+#:   previous download of the file ended is fetched at least as large as that one.
+#: - Every thread reads through one handle per source (geoseg.io.raster.SharedDataset), so
+#:   the blocks that neighbouring tiles' halos share are fetched once, and that handle reads
+#:   ahead along the run's plan one row of blocks per request, the last row first (rows in
+#:   reverse order never look sequential to /vsicurl/).
 #: - VSI_CACHE stays off: each block is kept once, decoded, in GDAL's block cache.
 #: - CPL_VSIL_CURL_ALLOWED_EXTENSIONS is not set: GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR
 #:   already stops the sidecar probes (.aux.xml, .ovr, .msk; no such request is seen), and an
