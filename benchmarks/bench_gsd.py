@@ -11,9 +11,9 @@ Measured in one run of this script (so the ratios compare like with like):
    Target: the 5 m inference stage at most 1.3x the 10 m one.
 2. **AOI.** Bytes that a loopback HTTP server (started here: honours ``Range``, counts
    what it sends) sent while ``geoseg run --bbox`` segmented an area of 5% of an MxM scene,
-   against the file's size and against the whole-scene run. Until geoseg reads URLs itself
-   the scene is opened through a local VRT whose source is the ``/vsicurl/`` URL. Target:
-   under 10% of the file.
+   against the file's size and against the blocks the tiles' read windows touch (and, with
+   ``--aoi-whole``, the whole-scene run). geoseg reads the URL itself (``/vsicurl/``).
+   Target: under 10% of the file.
 
 Usage::
 
@@ -32,10 +32,7 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from _report import write_section
@@ -87,86 +84,57 @@ def geoseg_run(scene: Path | str, out: Path, *extra: str) -> dict:
 # --------------------------------------------------------------------------- loopback HTTP
 
 
-class CountingHandler(SimpleHTTPRequestHandler):
-    """Static files with single ``Range: bytes=a-b`` requests; counts the body bytes sent."""
+def blocks_needed(scene: Path, windows: list[tuple[int, int, int, int]]) -> tuple[int, int, int]:
+    """``(blocks, their bytes, all blocks)``: the blocks of ``scene`` (pixel-interleaved)
+    that the read windows ``(row, col, height, width)`` touch."""
+    import rasterio
 
-    counter: dict = {}
-    lock = threading.Lock()
-
-    def log_message(self, *args) -> None:  # quiet
-        pass
-
-    def _count(self, n: int) -> None:
-        with self.lock:
-            self.counter["bytes"] = self.counter.get("bytes", 0) + n
-            self.counter["requests"] = self.counter.get("requests", 0) + 1
-
-    def do_GET(self) -> None:  # noqa: N802
-        path = Path(self.translate_path(self.path))
-        if not path.is_file():
-            self.send_error(404)
-            return
-        size = path.stat().st_size
-        rng = self.headers.get("Range")
-        start, end = 0, size - 1
-        if rng and rng.startswith("bytes="):
-            a, _, b = rng[6:].split(",")[0].partition("-")
-            start = int(a) if a else max(0, size - int(b))
-            end = min(size - 1, int(b)) if a and b else size - 1
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        else:
-            self.send_response(200)
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(end - start + 1))
-        self.send_header("Content-Type", "image/tiff")
-        self.end_headers()
-        with open(path, "rb") as f:
-            f.seek(start)
-            data = f.read(end - start + 1)
-        self.wfile.write(data)
-        self._count(len(data))
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        path = Path(self.translate_path(self.path))
-        if not path.is_file():
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(path.stat().st_size))
-        self.end_headers()
+    with rasterio.open(scene) as ds:
+        bh, bw = ds.block_shapes[0]
+        touched = set()
+        for r, c, h, w in windows:
+            touched |= {(by, bx) for by in range(r // bh, (r + h - 1) // bh + 1) for bx in range(c // bw, (c + w - 1) // bw + 1)}
+        size = sum(int(ds.get_tag_item(f"BLOCK_SIZE_{bx}_{by}", "TIFF", bidx=1)) for by, bx in touched)
+        return len(touched), size, -(-ds.height // bh) * -(-ds.width // bw)
 
 
-def aoi_bytes(work: Path, size: int, seed: int, fraction: float) -> dict:
-    """Bytes sent for a ``--bbox`` run over ``fraction`` of the scene vs the whole scene."""
+def tile_windows(size: int, window: list[int], tile_size: int) -> list[tuple[int, int, int, int]]:
+    """The read windows of the tiles ``geoseg run --bbox`` predicts with the default model."""
+    from geoseg.grid import PixelWindow, TileGrid
+    from geoseg.models import load_model
+
+    model = load_model("default")
+    grid = TileGrid(size, size, tile_size, halo=int(model.halo), factor=int(model.downsampling))
+    return [(t.read.row, t.read.col, t.read.height, t.read.width) for t in grid.tiles_within(PixelWindow(*window))]
+
+
+def aoi_bytes(work: Path, size: int, seed: int, fraction: float, whole: bool) -> dict:
+    """Bytes sent for a ``--bbox`` run over ``fraction`` of the scene (and the whole scene)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from remote_servers import RangeServer
+
     scene = work / f"aoi_{size}_s{seed}.tif"
     if not scene.exists():
         child(f"from geoseg.synthetic import synthesize; synthesize({str(scene)!r}, {size}, seed={seed}, block=256)")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(CountingHandler, directory=str(work)))
-    port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"/vsicurl/http://127.0.0.1:{port}/{scene.name}"
-        vrt = work / f"aoi_{size}_s{seed}_{port}.vrt"
-        child(f"import rasterio; from rasterio.shutil import copy; copy({url!r}, {str(vrt)!r}, driver='VRT')")
-        side = int(round(size * fraction ** 0.5))
-        r0 = c0 = int(size * 0.37)  # anywhere: not aligned to tiles or blocks
-        x0, y0 = 500000 + 10 * c0, 5500000 - 10 * (r0 + side)
-        bbox = f"{x0},{y0},{x0 + 10 * side},{y0 + 10 * side},EPSG:32633"
-        out = {}
-        runs = (("aoi", ("--bbox", bbox)), ("aoi_t2048", ("--bbox", bbox, "--tile-size", "2048")), ("whole", ()))
+    side = int(round(size * fraction ** 0.5))
+    r0 = c0 = int(size * 0.37)  # anywhere: not aligned to tiles or blocks
+    x0, y0 = 500000 + 10 * c0, 5500000 - 10 * (r0 + side)
+    bbox = f"{x0},{y0},{x0 + 10 * side},{y0 + 10 * side},EPSG:32633"
+    out = {}
+    runs = [("aoi", ("--bbox", bbox)), ("aoi_t2048", ("--bbox", bbox, "--tile-size", "2048"))] + ([("whole", ())] if whole else [])
+    with RangeServer(work) as srv:
+        url = f"{srv.url}/{scene.name}"
         for name, extra in runs:
-            CountingHandler.counter = {}
+            srv.reset()
             t = time.perf_counter()
-            m = geoseg_run(vrt, work / f"out_{name}", *extra)
-            out[name] = {"bytes": CountingHandler.counter.get("bytes", 0), "requests": CountingHandler.counter.get("requests", 0),
+            m = geoseg_run(url, work / f"out_{name}", *extra)
+            out[name] = {"bytes": srv.raster_bytes, "requests": len(srv.gets(scene.name)),
                          "seconds": round(time.perf_counter() - t, 1), "inference_s": m["timings_s"]["inference"],
                          "tiles": m["execution"]["tiles"]}
-        vrt.unlink(missing_ok=True)
-    finally:
-        server.shutdown()
+            if name.startswith("aoi"):
+                tile = 2048 if name == "aoi_t2048" else 1024
+                n, nbytes, total = blocks_needed(scene, tile_windows(size, m["aoi"]["window"], tile))
+                out[name].update(blocks=n, block_bytes=nbytes, all_blocks=total)
     return {"file_bytes": scene.stat().st_size, "size": size, "side": side, "fraction": side * side / size / size, **out}
 
 
@@ -179,6 +147,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "geoseg_bench_gsd")
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     ap.add_argument("--only", choices=("gsd", "aoi"), default=None, help="run one of the two parts")
+    ap.add_argument("--aoi-whole", action="store_true", help="AOI part: also run the whole scene over HTTP")
     args = ap.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -218,23 +187,34 @@ def main() -> None:
         if not args.no_write:
             write_section("bench_gsd", body)
     if args.only != "gsd":
-        aoi = aoi_bytes(work, args.aoi_size, args.seed, 0.05)
-        cmd = base + " --only aoi" + ("" if args.aoi_size == 4096 else f" --aoi-size {args.aoi_size}")
+        load = os.getloadavg()[0]
+        aoi = aoi_bytes(work, args.aoi_size, args.seed, 0.05, args.aoi_whole)
+        cmd = base + " --only aoi" + ("" if args.aoi_size == 4096 else f" --aoi-size {args.aoi_size}") + (
+            " --aoi-whole" if args.aoi_whole else "")
+        a = aoi["aoi"]
         lines = [
             "## Areas of interest: bytes read",
             "",
-            f"`{cmd}` {where}: `geoseg run --bbox` over {100 * aoi['fraction']:.1f}% of a {aoi['size']}^2 scene "
-            f"({aoi['file_bytes'] / 2**20:.1f} MiB GeoTIFF, 256-px blocks, ZSTD) read over loopback HTTP (`/vsicurl/` "
-            "through a local VRT; the server, started by the benchmark, counts the bytes it sends):",
+            f"`{cmd}` ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, load average "
+            f"{load:.1f} at the start): `geoseg run URL --bbox` over {100 * aoi['fraction']:.1f}% of a {aoi['size']}^2 "
+            f"scene ({aoi['file_bytes'] / 2**20:.1f} MiB GeoTIFF, 256-px blocks, pixel-interleaved, ZSTD, no overviews) "
+            "read over loopback HTTP (`/vsicurl/`; the server of tests/remote_servers.py, started by the benchmark, "
+            "counts the GET requests and the bytes it sends). \"blocks needed\": the blocks that the tiles' read windows "
+            "(the area's window plus the default model's 56-px halo) touch, from the file's block offsets.",
             "",
-            "| run | tiles | bytes sent | of the file | requests | inference (s) |",
-            "|---|---|---|---|---|---|",
+            "| run | tiles | blocks needed | blocks needed, of the file | bytes sent | sent, of the file | GET requests | inference (s) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         names = {"aoi": "5% bbox", "aoi_t2048": "5% bbox, `--tile-size 2048`", "whole": "whole scene"}
         for name, label in names.items():
+            if name not in aoi:
+                continue
             r = aoi[name]
-            lines.append(f"| {label} | {r['tiles']} | {r['bytes'] / 2**20:.1f} MiB | "
-                         f"{100 * r['bytes'] / aoi['file_bytes']:.1f}% | {r['requests']} | {r['inference_s']:.2f} |")
+            need = (f"{r['blocks']} of {r['all_blocks']} | {100 * r['block_bytes'] / aoi['file_bytes']:.2f}%"
+                    if "blocks" in r else "all | 100%")
+            lines.append(f"| {label} | {r['tiles']} | {need} | {r['bytes'] / 2**20:.1f} MiB | "
+                         f"{100 * r['bytes'] / aoi['file_bytes']:.2f}% | {r['requests']} | {r['inference_s']:.2f} |")
+        lines += ["", f"Target: under 10% of the file for the 5% area: **{100 * a['bytes'] / aoi['file_bytes']:.2f}%**."]
         body = "\n".join(lines)
         print(body)
         print(json.dumps(aoi, indent=1), file=sys.stderr)

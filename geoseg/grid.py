@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from affine import Affine
 
@@ -73,6 +73,26 @@ class PixelWindow:
         from rasterio.windows import Window
 
         return Window(self.col, self.row, self.width, self.height)
+
+
+def strips(windows: Iterable[PixelWindow]) -> tuple[PixelWindow, ...]:
+    """``windows`` merged into horizontal strips: windows on the same rows with overlapping
+    or touching columns become one (the windows a run reads, tile by tile, compactly)."""
+    by_rows: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for w in windows:
+        if w.height > 0 and w.width > 0:
+            by_rows.setdefault((w.row, w.height), []).append((w.col, w.col_end))
+    out = []
+    for (row, height), cols in sorted(by_rows.items()):
+        cols.sort()
+        start, end = cols[0]
+        for c0, c1 in cols[1:]:
+            if c0 > end:
+                out.append(PixelWindow(row, start, height, end - start))
+                start = c0
+            end = max(end, c1)
+        out.append(PixelWindow(row, start, height, end - start))
+    return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -95,3 +95,15 @@ def test_rounding_to_factor_and_one_pixel_raster() -> None:
 def test_invalid_grids_raise(kwargs) -> None:
     with pytest.raises(InputError):
         TileGrid(**kwargs)
+
+
+def test_strips_merge_windows_on_the_same_rows() -> None:
+    from geoseg.grid import strips
+
+    tiles = TileGrid(300, 500, 100, halo=10).tiles_within(PixelWindow(50, 0, 200, 500))
+    merged = strips(t.read for t in tiles)
+    assert [(w.row, w.height, w.col, w.width) for w in merged] == [(40, 120, 0, 500), (140, 120, 0, 500)]
+    # apart on the same rows: two strips; touching: one; other rows: their own
+    ws = [PixelWindow(0, 0, 10, 10), PixelWindow(0, 30, 10, 10), PixelWindow(0, 10, 10, 5), PixelWindow(5, 0, 10, 10)]
+    assert strips(ws) == (PixelWindow(0, 0, 10, 15), PixelWindow(0, 30, 10, 10), PixelWindow(5, 0, 10, 10))
+    assert strips([]) == ()

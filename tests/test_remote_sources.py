@@ -330,3 +330,65 @@ def test_pystac_item_is_a_source(served):
         want = ds.read(window=((0, 16), (0, 24))).astype(np.float32)
     assert np.array_equal(src.read(PixelWindow(0, 0, 16, 24))[0], want)
     assert src.output_stem == "scene-1"
+
+
+def _fetched(requests: list, name: str) -> list[tuple[int, int]]:
+    """The byte ranges ``[start, end)`` of the GETs of ``name``."""
+    out = []
+    for method, path, rng in requests:
+        if method == "GET" and path.endswith(name) and rng:
+            a, _, b = rng[len("bytes="):].partition("-")
+            out.append((int(a), int(b) + 1))
+    return out
+
+
+def test_aoi_over_http_fetches_each_block_once(tmp_path):
+    """A bbox over 5% of a 2048^2 scene (64-px blocks) read over HTTP by two threads in 16
+    tiles: the server sends under 10% of the file, no byte of pixel data twice (every thread
+    reads through one handle, whose block cache holds the blocks neighbouring tiles' halos
+    share), little beyond the blocks the tiles' windows touch (the header, /vsicurl/'s 16 KB
+    chunks), and one request per row of those blocks (read ahead along the run's plan)."""
+    from rasterio.shutil import copy
+
+    from geoseg import run_scene
+    from geoseg.grid import PixelWindow, TileGrid
+    from geoseg.models import build_unet
+    from geoseg.synthetic import synthesize
+
+    served = tmp_path / "served"
+    served.mkdir()
+    base = synthesize(tmp_path / "base.tif", 2048, seed=5, block=256).path
+    copy(base, served / "big.tif", driver="GTiff", tiled=True, blockxsize=64, blockysize=64, compress="deflate",
+         predictor=2)
+    model = build_unet(tuple(BANDS), 3, base_width=4, depth=2, seed=0,
+                       normalization={"mean": [1000.0] * 4, "std": [800.0] * 4})
+    model.save(tmp_path / "m.safetensors")
+    side, r0 = 458, 757  # 458^2 = 5.0% of the pixels, not aligned to tiles or blocks
+    x0, y0 = 500000 + 10 * r0, 5500000 - 10 * (r0 + side)
+    bbox = f"{x0},{y0},{x0 + 10 * side},{y0 + 10 * side},EPSG:32633"
+    with RangeServer(served) as srv:
+        m = run_scene(f"{srv.url}/big.tif", tmp_path / "out", model=tmp_path / "m.safetensors", bbox=bbox, tile_size=128,
+                      quiet=True, vectorize=False, threads=2)
+        requests = list(srv.requests)
+        sent = srv.raster_bytes
+    size = (served / "big.tif").stat().st_size
+    assert m["execution"]["tiles"] == 16
+    # the blocks the tiles' read windows (area plus the model's halo) touch
+    grid = TileGrid(2048, 2048, 128, halo=model.halo, factor=model.downsampling)
+    blocks = set()
+    for t in grid.tiles_within(PixelWindow(*m["aoi"]["window"])):
+        w = t.read
+        blocks |= {(by, bx) for by in range(w.row // 64, (w.row_end - 1) // 64 + 1)
+                   for bx in range(w.col // 64, (w.col_end - 1) // 64 + 1)}
+    with rasterio.open(served / "big.tif") as ds:
+        needed = sum(int(ds.get_tag_item(f"BLOCK_SIZE_{bx}_{by}", "TIFF", bidx=1)) for by, bx in blocks)
+    assert 0.07 < needed / size < 0.09
+    pixel_ranges = [r for r in _fetched(requests, "big.tif") if r[0] > 0]  # not the header (read at each open)
+    covered = np.zeros(size, np.uint8)
+    for a, b in pixel_ranges:
+        covered[a:b] += 1
+    assert covered.max() == 1, "a byte range was fetched twice"
+    assert sent / size < 0.10, f"{sent / size:.1%} of the file for 5% of the pixels"
+    assert sent < needed * 1.1 + 2 * 32768, (sent, needed)
+    # merged: the shared handle reads each row of blocks under the tiles ahead, in one request
+    assert len(pixel_ranges) == len({by for by, _ in blocks}), pixel_ranges

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from geoseg._dask import check_resources, cluster_size, connect_cluster, run_tas
 from geoseg._files import OutputSet, prepare_out_dir, remove_files
 from geoseg._naming import output_paths
 from geoseg.errors import ContractError, GeosegError, InputError, OutputError
-from geoseg.grid import PixelWindow, Tile, TileGrid, batches
+from geoseg.grid import PixelWindow, Tile, TileGrid, batches, strips
 from geoseg.io.cog import RasterProduct, class_tags, stage_legend
 from geoseg.io.faults import writing
 from geoseg.io.legend import BandLegend, Category, mask_legends
@@ -159,8 +160,7 @@ def predict_batch(
     if view is None:
         reads = source.read_windows([t.read for t in tiles])
     else:  # a resampled scene or an area of interest: the view reads (and later maps back) each tile
-        with source.open() as ds:
-            reads = [view.read(source, t.read, ds) for t in tiles]
+        reads = source.with_dataset(lambda ds: [view.read(source, t.read, ds) for t in tiles])
     data = np.stack([r[0] for r in reads])
     valid = np.stack([r[1] for r in reads])
     # A tile whose core has no valid pixel writes only nodata: skip the model for it.
@@ -421,6 +421,8 @@ def run_scene(
         probs = products[-1] if opts.probabilities else None
 
         tiles = tiling.tiles if view.trivial else view.select(grid)  # with an area of interest: the tiles that touch it
+        if source.remote:  # what the tiles will read: the shared remote handle fetches it row of blocks by row
+            source = dataclasses.replace(source, read_plan=strips(view.source_window(t.read) for t in tiles))
         torch_threads = CPU_TORCH_THREADS if distributed else None  # threaded: set by _run_threaded
         model_ref = resolve_model_ref(model)
         tile_view = None if view.trivial else view
@@ -446,7 +448,10 @@ def run_scene(
             else:
                 threads = opts.threads or max(2, os.cpu_count() or 1)
                 sched_info = {"scheduler": "threads", "threads": threads}
-                _run_threaded(writer, tasks, threads, task)
+                try:
+                    _run_threaded(writer, tasks, threads, task)
+                finally:
+                    source.release()  # the shared remote handle, and the blocks GDAL cached for it
             journal.checkpoint()  # every tile on disk: a failure below resumes without inference
         timings["inference"] = time.perf_counter() - t1
         if device == "cpu":

@@ -128,12 +128,10 @@ def blend_batch(
     layout: BlendLayout,
 ) -> list[BlendPiece]:
     """Dask task of blended runs: read the windows, predict probabilities, weight them."""
-    from geoseg.io.raster import open_raster
     from geoseg.scene.predict import get_predictor, resolve_device
 
     predictor = get_predictor(model, checksum, resolve_device(device), torch_threads)
-    with open_raster(source.path) as ds:
-        reads = [source.read(t.read, ds) for t in tiles]
+    reads = source.read_windows([t.read for t in tiles])
     data = np.stack([r[0] for r in reads])
     valid = np.stack([r[1] for r in reads])
     ran = np.array([valid[k][layout.used(t).relative_to(t.read)].any() for k, t in enumerate(tiles)])

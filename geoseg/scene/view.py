@@ -95,15 +95,22 @@ class SceneView:
                 out.append(t)
         return out
 
+    def source_window(self, window: PixelWindow) -> PixelWindow:
+        """The scene window :meth:`read` reads for tile-grid ``window``."""
+        if self.warp is None:
+            return window
+        src = source_window(self.warp, window)
+        if self._back():  # also the scene pixels the core's products go to (their validity)
+            src = src.union(output_window(self.warp, window))
+        return src
+
     def read(self, source: Any, window: PixelWindow, dataset=None) -> tuple[np.ndarray, np.ndarray, Any]:
         """Read tile-grid ``window``: ``(data, valid, native)``; ``native`` is the scene
         window read and its validity when the products go back to the scene grid."""
         if self.warp is None:
             data, valid = source.read(window, dataset)
             return data, valid, None
-        src = source_window(self.warp, window)
-        if self._back():  # also the scene pixels the core's products go to (their validity)
-            src = src.union(output_window(self.warp, window))
+        src = self.source_window(window)
         data, valid = source.read(src, dataset)
         out, ok = resample(data, valid, src, self.warp, window)
         return out, ok, ((src, valid) if self._back() else None)
