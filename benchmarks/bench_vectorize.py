@@ -135,7 +135,7 @@ Totals: {total[0]} polygons (GDAL), {total[1]} (geoseg): **{'identical' if ref =
     body = f"""## Streaming polygons on speckled class maps (issue 14)
 
 Command: `python benchmarks/bench_vectorize.py --speckle {','.join(map(str, sizes))} --repeat {repeat}`
-({date}; machine: {platform.machine()}, {os.cpu_count()} cores, shared with other jobs: load average
+({date}; {platform.machine()}, {os.cpu_count()} cores shared with other jobs: load average
 {load_before[0]:.1f} before and {load_after[0]:.1f} after the measurements, so read the ratios, which
 come from one run, rather than the absolute times; peak RSS does not depend on the load). Maps: 2x2 px
 cells of random classes (`benchmarks/_work/speckle_N_s0.tif`); both tools write a GeoPackage with
@@ -244,8 +244,8 @@ ran {args.repeat} times, alternating, each in a fresh process.
 **Median ratio: geoseg is {med(ratios):.2f}x faster** (target: at least 2x on this
 2-core machine). Peak RSS: GDAL {med([g[1] for g, _ in runs]):.0f} MiB, geoseg
 {med([s[1] for _, s in runs]):.0f} MiB (geoseg streams: memory is the blocks in flight, bounded
-by `--block-size`, plus the regions waiting on the open boundary; its imports alone, pyogrio
-with pandas and geopandas among them, take ~190 MiB).
+by `--block-size`, plus the regions waiting on the open boundary; its imports, rasterio,
+shapely and pyproj among them, take ~90 MiB).
 
 Polygons per class and total area per class (m², from the geometries; geoseg's
 `area_m2` attribute, a ground area, summed in its own column divided by the map's mean
