@@ -78,8 +78,11 @@ def speckle_map(size: int, seed: int = 0) -> Path:
 
 
 def speckle_bench(sizes: list[int], repeat: int, write: bool) -> None:
+    import datetime
+
     gdal = None if os.environ.get("BENCH_NO_GDAL") else shutil.which("gdal_polygonize.py")
     maps = {n: speckle_map(n) for n in sizes}
+    load_before, date = os.getloadavg(), datetime.date.today().isoformat()
     rows, peaks = [], {}
     for n in sizes:
         out = WORK / f"speckle_{n}.gpkg"
@@ -90,46 +93,66 @@ def speckle_bench(sizes: list[int], repeat: int, write: bool) -> None:
                 g = measure([gdal, "-q", "-f", "GPKG", str(maps[n]), str(WORK / "speckle_gdal.gpkg")])[:2]
             s = measure([sys.executable, "-m", "geoseg", "vectorize", str(maps[n]), str(out), "--overwrite", "-q"])[:2]
             peaks.setdefault(n, []).append(s[1])
-            import pyogrio
+            rows.append((n, g, s))
+            print(n, g, s, flush=True)
+    load_after = os.getloadavg()
+    # after all measurements: reading millions of polygons here would make this process (and so the
+    # peak RSS the children inherit, see _measure) larger
+    import pyogrio
 
-            feats = pyogrio.read_info(out, layer="classes")["features"]
-            rows.append((n, feats, g, s))
-            print(n, feats, g, s, flush=True)
-    if gdal:  # after all measurements: reading 2 M polygons here would inflate the children's peak RSS
-        out = WORK / f"speckle_{sizes[0]}.gpkg"
-        subprocess.run([sys.executable, "-m", "geoseg", "vectorize", str(maps[sizes[0]]), str(out), "--overwrite", "-q"],
-                       check=True)
-        ref, ours = per_class(WORK / "speckle_gdal.gpkg", None, "DN"), per_class(out, "classes", "class_id")
+    feats = {n: pyogrio.read_info(WORK / f"speckle_{n}.gpkg", layer="classes")["features"] for n in sizes}
+    check = ""
+    if gdal:
+        ref = per_class(WORK / "speckle_gdal.gpkg", None, "DN", exact=True)
+        ours = per_class(WORK / f"speckle_{sizes[0]}.gpkg", "classes", "class_id", exact=True)
+        lines = [f"| {c} | {ref.get(c, (0, 0))[0]} | {ours.get(c, (0, 0))[0]} | {ref.get(c, (0, 0.0))[1]:.0f} "
+                 f"| {ours.get(c, (0, 0.0))[1]:.0f} | {'yes' if ref.get(c) == ours.get(c) else '**no**'} |"
+                 for c in sorted(set(ref) | set(ours))]
+        total = (sum(v[0] for v in ref.values()), sum(v[0] for v in ours.values()))
+        check = f"""
+Output check, {sizes[0]}x{sizes[0]}: polygons per class and total polygon area per class (m², summed
+from the geometries; every area is a whole number of 100 m² pixels, so the sums are exact) of
+`gdal_polygonize.py`'s layer (field `DN`) and geoseg's (`class_id`), compared for equality:
+
+| class | GDAL polygons | geoseg polygons | GDAL area m² | geoseg area m² | equal |
+|---|---|---|---|---|---|
+""" + "\n".join(lines) + f"""
+
+Totals: {total[0]} polygons (GDAL), {total[1]} (geoseg): **{'identical' if ref == ours else 'DIFFERENT'}**.
+"""
+        print(check)
         if ref != ours:
             raise SystemExit(f"speckle {sizes[0]}: polygon counts or areas differ: {ref} vs {ours}")
     import statistics
 
     base = statistics.median(peaks[sizes[0]])
     table = "\n".join(
-        f"| {n}x{n} | {feats} | " + (f"{g[0]:.1f} | {g[1]:.0f} | " if g else "not run | not run | ")
+        f"| {n}x{n} | {feats[n]} | " + (f"{g[0]:.1f} | {g[1]:.0f} | " if g else "not run | not run | ")
         + f"{s[0]:.1f} | {s[1]:.0f} | " + (f"{g[0] / s[0]:.2f} | {s[1] / g[1]:.2f} |" if g else "| |")
         + f" {s[1] / base:.2f} |"
-        for n, feats, g, s in rows
+        for n, g, s in rows
     )
     body = f"""## Streaming polygons on speckled class maps (issue 14)
 
 Command: `python benchmarks/bench_vectorize.py --speckle {','.join(map(str, sizes))} --repeat {repeat}`
-(machine: {platform.machine()}, {os.cpu_count()} cores, shared with other jobs while measured: read the
-ratios, which come from one run, rather than the absolute times). Maps: 2x2 px cells of random
-classes (`benchmarks/_work/speckle_N_s0.tif`); both tools write a GeoPackage with 4-connectivity;
-GDAL ran on the first size only. Polygon counts and per-class areas of both outputs are checked equal.
+({date}; {platform.machine()}, {os.cpu_count()} cores shared with other jobs: load average
+{load_before[0]:.1f} before and {load_after[0]:.1f} after the measurements, so read the ratios, which
+come from one run, rather than the absolute times; peak RSS does not depend on the load). Maps: 2x2 px
+cells of random classes (`benchmarks/_work/speckle_N_s0.tif`); both tools write a GeoPackage with
+4-connectivity; GDAL ran on the first size only{'' if gdal else ' (here: not at all, BENCH_NO_GDAL)'}.
 
 | map | polygons | gdal_polygonize.py s | GDAL peak RSS MiB | geoseg s | geoseg peak RSS MiB | GDAL/geoseg time | geoseg/GDAL RSS | geoseg RSS / first size |
 |---|---|---|---|---|---|---|---|---|
 {table}
-"""
+{check}"""
     print(body)
     if write:
         write_section("vectorize_speckle", body)
 
 
-def per_class(path: Path, layer: str | None, field: str) -> dict[int, tuple[int, float]]:
-    """Polygon count and total polygon area (from the geometries) per class."""
+def per_class(path: Path, layer: str | None, field: str, exact: bool = False) -> dict[int, tuple[int, float]]:
+    """Polygon count and total polygon area (from the geometries) per class (rounded to
+    1e-3 unless ``exact``)."""
     import numpy as np
     import pyogrio
     import shapely
@@ -139,7 +162,8 @@ def per_class(path: Path, layer: str | None, field: str) -> dict[int, tuple[int,
     out = {}
     for c in np.unique(cls):
         sel = cls == c
-        out[int(c)] = (int(sel.sum()), round(float(area[sel].sum()), 3))
+        total = float(area[sel].sum())
+        out[int(c)] = (int(sel.sum()), total if exact else round(total, 3))
     return out
 
 
@@ -220,8 +244,8 @@ ran {args.repeat} times, alternating, each in a fresh process.
 **Median ratio: geoseg is {med(ratios):.2f}x faster** (target: at least 2x on this
 2-core machine). Peak RSS: GDAL {med([g[1] for g, _ in runs]):.0f} MiB, geoseg
 {med([s[1] for _, s in runs]):.0f} MiB (geoseg streams: memory is the blocks in flight, bounded
-by `--block-size`, plus the regions waiting on the open boundary; its imports alone, pyogrio
-with pandas and geopandas among them, take ~190 MiB).
+by `--block-size`, plus the regions waiting on the open boundary; its imports, rasterio,
+shapely and pyproj among them, take ~90 MiB).
 
 Polygons per class and total area per class (m², from the geometries; geoseg's
 `area_m2` attribute, a ground area, summed in its own column divided by the map's mean

@@ -109,10 +109,12 @@ def write_json(path: Path, obj) -> None:
 
 
 def remove_files(paths: list[Path]) -> None:
-    """Delete temporary files and their GDAL side-cars, ignoring missing ones."""
+    """Delete temporary files and their GDAL side-cars, ignoring missing ones and ones that
+    cannot be deleted (a disk gone read-only: they are hidden, and the failure being
+    reported is the one that matters)."""
     for tmp in paths:
         for p in (Path(tmp), Path(str(tmp) + ".aux.xml"), Path(str(tmp) + ".ovr")):
             try:
                 p.unlink()
-            except FileNotFoundError:
+            except OSError:
                 pass

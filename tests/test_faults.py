@@ -1,6 +1,7 @@
-"""A full disk at every writing stage of `geoseg run` (a real, small tmpfs): a one-line
-error naming the directory and what was being written, GDAL's messages inside it,
-a non-zero exit, nothing under a final name; and the run resumes once there is space."""
+"""A full disk, or a disk that turns read-only, at every writing stage of `geoseg run` and
+`geoseg vectorize` (real filesystems: a small tmpfs; ext4 on a loop device, aborted): a
+one-line error naming the directory and what was being written, GDAL's messages inside
+it, a non-zero exit, nothing under a final name; and the run resumes once there is space."""
 
 from __future__ import annotations
 
@@ -76,6 +77,56 @@ def _fill_before(monkeypatch, owner, name: str, directory: Path) -> None:
     monkeypatch.setattr(owner, name, wrapper)
 
 
+@pytest.fixture
+def failing_disk(tmp_path):
+    """``failing_disk()``: a fresh, small ext4 filesystem (a file on a loop device), and
+    ``turn_read_only(d)``, which aborts it: from then on every write fails with EROFS, on
+    files already open too, as when the kernel remounts a disk read-only after an I/O
+    error (``errors=remount-ro``). A tmpfs cannot stand in: ``mount -o remount,ro`` refuses
+    (EBUSY) while a file is open for writing, and a run always has one open (the journal).
+    Skips where loop mounts are not allowed."""
+    if not _can_mount() or shutil.which("mkfs.ext4") is None:
+        pytest.skip("an ext4 loop mount needs root, mount(8) and mkfs.ext4")
+    mounted: list[Path] = []
+
+    def make() -> Path:
+        image = tmp_path / f"disk{len(mounted)}.img"
+        with open(image, "wb") as f:
+            f.truncate(64 << 20)
+        d = tmp_path / f"disk{len(mounted)}"
+        d.mkdir()
+        for cmd in (["mkfs.ext4", "-q", "-F", str(image)], ["mount", "-o", "loop", str(image), str(d)]):
+            r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if r.returncode != 0:
+                pytest.skip(f"cannot make an ext4 loop mount here ({' '.join(cmd[:1])}): {r.stderr.strip()}")
+        mounted.append(d)
+        return d
+
+    yield make
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True, check=False)
+
+
+def turn_read_only(d: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,abort", str(d)], check=True, capture_output=True)
+    with pytest.raises(OSError):  # the filesystem itself refuses writes now
+        (d / "probe").write_bytes(b"")
+
+
+def _read_only_before(monkeypatch, owner, name: str, directory: Path) -> None:
+    """Turn the disk read-only the first time ``owner.name`` is called, then call it."""
+    real = getattr(owner, name)
+    state = {"done": False}
+
+    def wrapper(*a, **kw):
+        if not state["done"]:
+            state["done"] = True
+            turn_read_only(directory)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(owner, name, wrapper)
+
+
 def _stages():
     import geoseg.vector.api as vector_api
     from geoseg.io import cog
@@ -146,3 +197,88 @@ def test_vectorize_onto_a_full_disk_is_one_line(small_disk, tmp_path) -> None:
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith(f"geoseg: error: cannot write the polygons v.gpkg in {disk}: ")
     assert final_names(disk) == []
+
+
+@pytest.mark.parametrize("stage", ["journal", "tiles", "cogs", "geopackage", "legends", "stac", "manifest"])
+def test_disk_turning_read_only_at_each_stage(stage, failing_disk, monkeypatch, synth_scene, small_unet) -> None:
+    """Not only a full disk: an output filesystem that stops taking writes at any stage
+    gives the same one line, and leaves nothing under a final name."""
+    from geoseg import run_scene
+
+    monkeypatch.setenv("GEOSEG_CHECKPOINT_SECONDS", "0")
+    disk = failing_disk()
+    out = disk / "out"
+    owner, name, what = _stages()[stage]
+    _read_only_before(monkeypatch, owner, name, disk)
+    with pytest.raises(OutputError) as info:
+        run_scene(synth_scene[0], out, small_unet, tile_size=128, quiet=True, stac=True)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert f"in {out}: read-only file system" in msg and what in msg, msg
+    assert "--resume" in msg
+    assert final_names(out) == []  # nothing under a final name
+
+
+#: ``python -c`` program: the ``geoseg`` command, with the disk ``sys.argv[1]`` turned read-only
+#: the ``sys.argv[4]``-th time ``sys.argv[2]``.``sys.argv[3]`` is called; the command's own
+#: arguments follow.
+_CLI_TURNING_READ_ONLY = """
+import importlib, subprocess, sys
+disk, module, attr, nth = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+owner_path, _, name = attr.rpartition(".")
+owner = importlib.import_module(module)
+for part in filter(None, owner_path.split(".")):
+    owner = getattr(owner, part)
+real, calls = getattr(owner, name), [0]
+def hook(*a, **kw):
+    calls[0] += 1
+    if calls[0] == nth:
+        subprocess.run(["mount", "-o", "remount,abort", disk], check=True)
+    return real(*a, **kw)
+setattr(owner, name, hook)
+from geoseg.vector.formats import LayerWriter
+LayerWriter.BATCH = 97  # many batches (with small blocks): the disk fails in the middle of the layer
+from geoseg.cli import main
+sys.argv = ["geoseg", *sys.argv[5:]]
+main()
+"""
+
+
+def _geoseg_turning_read_only(disk: Path, hook: str, nth: int, *args):
+    module, attr = hook.split(":")
+    cmd = [sys.executable, "-c", _CLI_TURNING_READ_ONLY, str(disk), module, attr, str(nth), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+def test_vectorize_onto_a_disk_turning_read_only_is_one_line(failing_disk, tmp_path) -> None:
+    """The GeoPackage writer (GDAL through ctypes) fails in the middle of a layer: GDAL's
+    message is in the one line, exit 1, no file under the final name."""
+    import numpy as np
+    from conftest import write_raster
+
+    rng = np.random.default_rng(0)
+    classes = write_raster(tmp_path / "speckle.tif", rng.integers(0, 4, (256, 256)).astype("uint8"))
+    out = failing_disk() / "out"
+    r = _geoseg_turning_read_only(out.parent, "geoseg.vector._ogr:GpkgLayer.write", 5, "vectorize", classes,
+                                  out / "v.gpkg", "--block-size", "32", "--quiet")
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"geoseg: error: cannot write the polygons v.gpkg in {out}: read-only file system (")
+    assert "GDAL failed to " in lines[0]  # what GDAL said, inside the line
+    assert final_names(out) == []
+
+
+@pytest.mark.parametrize("hook,what", [("geoseg.io.cog:RasterProduct.finish", "(COG)"),
+                                       ("geoseg.scene.pipeline:_stage_manifest", "the run manifest scene.run.json")])
+def test_cli_run_onto_a_disk_turning_read_only_is_one_line(hook, what, failing_disk, synth_scene, small_unet) -> None:
+    disk = failing_disk()
+    out = disk / "out"
+    r = _geoseg_turning_read_only(disk, hook, 1, "run", synth_scene[0], "-o", out, "-m", small_unet,
+                                  "--tile-size", "128", "--quiet")
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("geoseg: error: cannot write ") and f"in {out}: read-only file system" in lines[0]
+    assert what in lines[0] and "--resume" in lines[0]
+    assert final_names(out) == []

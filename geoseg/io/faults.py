@@ -1,13 +1,16 @@
-"""Write failures as one line: what was being written, where, and what GDAL said.
+"""Write failures as one line: what was being written, where, why, and what GDAL said.
 
 A full disk surfaces in many shapes: ``OSError(ENOSPC)`` from Python, a rasterio
 ``RasterioIOError('Write failed. See previous exception')`` whose cause holds GDAL's
 ``TIFFAppendToStrip`` message, libtiff's own ``_tiffWriteProc: No space left on device``
-printed straight to stderr, pyogrio's ``FeatureError(... database or disk is full)``.
-:func:`writing` wraps one writing stage and turns any of them into an
-:class:`~geoseg.errors.OutputError` naming the stage and the directory, with GDAL's and
-libtiff's messages captured (libtiff's error handler is routed here instead of stderr by
-:func:`capture_libtiff_errors`).
+printed straight to stderr, pyogrio's ``FeatureError(... database or disk is full)``, a
+:class:`GdalWriteError` of geoseg's own GeoPackage writer. A disk that turns read-only
+(or a directory that stops being writable) gives ``EROFS``/``EACCES``, or only SQLite's
+``unable to open database file``. :func:`writing` wraps one writing stage and turns any of
+them into an :class:`~geoseg.errors.OutputError` naming the stage, the directory and the
+reason (no space left, read-only file system, permission denied: from the errno, GDAL's
+words, or a write probe in the directory), with GDAL's and libtiff's messages captured
+(libtiff's error handler is routed here instead of stderr by :func:`capture_libtiff_errors`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,12 @@ from pathlib import Path
 
 from geoseg.errors import GeosegError, OutputError
 
-__all__ = ["capture_libtiff_errors", "writing"]
+__all__ = ["GdalWriteError", "capture_libtiff_errors", "writing"]
+
+
+class GdalWriteError(OSError):
+    """A GDAL call that writes a file failed; the text holds GDAL's messages. Raised by
+    geoseg's own C-API writers (e.g. :mod:`geoseg.vector._ogr`), made one line by :func:`writing`."""
 
 _lock = threading.Lock()
 #: The most recent libtiff messages of this process (bounded).
@@ -110,6 +118,50 @@ def _is_write_error(exc: BaseException) -> bool:
     return mod.startswith(("rasterio", "pyogrio", "fiona"))
 
 
+#: errno -> the reason given; any other errno is given as ``os.strerror`` says it.
+_REASONS = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    e: BaseException | None = exc
+    while e is not None:
+        if isinstance(e, OSError) and e.errno:
+            return e.errno
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _probe(directory: Path) -> int | None:
+    """The errno of creating (and removing) an empty file in ``directory`` (None: it works)."""
+    probe = directory / f".geoseg-write-probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        return exc.errno
+    os.close(fd)
+    try:
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+def _reason(exc: BaseException, msgs: list[str], directory: Path) -> str:
+    """Why the write failed, in a few words: the errno in the chain, what GDAL/SQLite said,
+    or else what a write probe in the directory runs into now ("write failed" if it works)."""
+    code = _errno_of(exc)
+    text = " ".join(msgs).lower()
+    if code is None and ("read-only file system" in text or "readonly database" in text):
+        code = errno.EROFS
+    if code is None and ("permission denied" in text):
+        code = errno.EACCES
+    if code is None:
+        code = _probe(directory)
+    if code is None:
+        return "write failed"
+    return _REASONS.get(code) or os.strerror(code).lower()
+
+
 def _no_space(exc: BaseException, msgs: list[str], directory: Path) -> bool:
     e: BaseException | None = exc
     while e is not None:
@@ -147,13 +199,14 @@ def writing(
         gdal = _messages_since_mark()
         msgs = list(dict.fromkeys(gdal + _chain(exc)))
         full = _no_space(exc, msgs, directory)
-        if disk_only and not full and not (type(exc).__module__ or "").startswith(("pyogrio", "sqlite3")):
+        vector_writer = isinstance(exc, GdalWriteError) or (type(exc).__module__ or "").startswith(("pyogrio", "sqlite3"))
+        if disk_only and not full and not vector_writer:
             raise
         if full:
             reason = "no space left on device"
             hint = f"free space there (or choose another output directory) and {retry}"
         else:
-            reason = "write failed"
+            reason = _reason(exc, msgs, directory)
             hint = f"check that the directory is writable and has free space, then {retry}"
         detail = "; ".join(m for m in msgs if m)[:600]
         raise OutputError(

@@ -247,7 +247,7 @@ class TileJournal:
             for q in (p, Path(str(p) + ".aux.xml")):
                 try:
                     q.unlink()
-                except FileNotFoundError:
+                except OSError:  # missing, or a disk gone read-only: the failure at hand is reported
                     pass
 
     remove = discard

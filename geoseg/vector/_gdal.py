@@ -121,7 +121,6 @@ def _polygonize_ctypes(g: _Gdal, values, valid, origin, connectivity):
     row0, col0 = origin
     ds = _check(g, g.create(g.raster_driver, b"", w, h, 2, _GDT_INT32, None), "create a MEM raster")
     vds = layer = None
-    features = []
     try:
         g.set_geotransform(ds, (ctypes.c_double * 6)(col0, 1.0, 0.0, row0, 0.0, 1.0))
         band, mask = g.get_band(ds, 1), g.get_band(ds, 2)
@@ -141,18 +140,19 @@ def _polygonize_ctypes(g: _Gdal, values, valid, origin, connectivity):
         next_feature, get_int, geometry_ref = g.next_feature, g.get_int, g.geometry_ref
         wkb_size, export_wkb, buffer = g.wkb_size, g.export_wkb, ctypes.create_string_buffer
         g.reset_reading(layer)
+        destroy = g.feature_destroy
         for i in range(n):
-            feat = next_feature(layer)
-            features.append(feat)
-            out_values[i] = get_int(feat, 0)
-            geom = geometry_ref(feat)
-            buf = buffer(wkb_size(geom))
-            export_wkb(geom, _WKB_NDR, buf)
-            wkbs[i] = buf.raw
+            feat = next_feature(layer)  # a copy of the layer's feature: freed at once
+            try:
+                out_values[i] = get_int(feat, 0)
+                geom = geometry_ref(feat)
+                buf = buffer(wkb_size(geom))
+                export_wkb(geom, _WKB_NDR, buf)
+                wkbs[i] = buf.raw
+            finally:
+                destroy(feat)
         return out_values, wkbs
     finally:
-        for feat in features:
-            g.feature_destroy(feat)
         if vds:
             g.close(vds)
         g.close(ds)

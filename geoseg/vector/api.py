@@ -241,11 +241,15 @@ def class_layer(
 
     fmt = options.format if out is not None else "GPKG"
     sink = LayerWriter(out, fmt, layer, raster.crs, _geometry_type(options), qml_path)
-    n, dropped = _polygonize_layer(raster, band, options, fields, sink, confidence=confidence, on_block=on_block)
-    present = sorted(set(range(len(names))) | set(area_by_id))
-    name_of(np.asarray(present, dtype=np.int64))
-    cats = [(i, str(names[i]), colors[i] if i < len(colors) else PALETTE[i % len(PALETTE)]) for i in present]
-    data = sink.close(categorized_qml("class_id", cats), categorized_sld(layer, "class_id", cats))
+    try:
+        n, dropped = _polygonize_layer(raster, band, options, fields, sink, confidence=confidence, on_block=on_block)
+        present = sorted(set(range(len(names))) | set(area_by_id))
+        name_of(np.asarray(present, dtype=np.int64))
+        cats = [(i, str(names[i]), colors[i] if i < len(colors) else PALETTE[i % len(PALETTE)]) for i in present]
+        data = sink.close(categorized_qml("class_id", cats), categorized_sld(layer, "class_id", cats))
+    except BaseException:
+        sink.abort()
+        raise
     stats = LayerStats(layer, n, {str(names[i]): float(area_by_id.get(i, 0.0)) for i in range(len(names))}, dropped)
     return data, stats
 
@@ -276,9 +280,13 @@ def mask_layer(
 
     fmt = options.format if out is not None else "GPKG"
     sink = LayerWriter(out, fmt, name, raster.crs, _geometry_type(options), qml_path)
-    n, dropped = _polygonize_layer(raster, band, options, fields, sink, include=[1], on_block=on_block)
-    sld = categorized_sld(name, "mask_name", [(f"'{name}'", name, color)])
-    data = sink.close(single_qml(color), sld)
+    try:
+        n, dropped = _polygonize_layer(raster, band, options, fields, sink, include=[1], on_block=on_block)
+        sld = categorized_sld(name, "mask_name", [(f"'{name}'", name, color)])
+        data = sink.close(single_qml(color), sld)
+    except BaseException:
+        sink.abort()
+        raise
     return data, LayerStats(name, n, {name: total[0]}, dropped)
 
 

@@ -124,10 +124,12 @@ def _write_geoparquet(path: Path, layer: LayerData) -> None:
 
 
 class LayerWriter:
-    """Writes one layer batch by batch: a GeoPackage is appended to every ``BATCH`` features
-    (memory holds one batch, as WKB); FlatGeobuf (whose spatial index needs every feature) and GeoParquet
-    collect the layer and write it on :meth:`close`. Without a path, :meth:`close` returns
-    the whole layer as :class:`LayerData` (the in-memory API)."""
+    """Writes one layer batch by batch: a GeoPackage layer is open while the features stream in
+    and takes a batch every ``BATCH`` features (memory holds one batch, as WKB), through the
+    GDAL rasterio has loaded (:mod:`geoseg.vector._ogr`; pyogrio, which reopens the file for each
+    batch, where that is not available); FlatGeobuf (whose spatial index needs every feature) and
+    GeoParquet collect the layer and write it on :meth:`close`. Without a path, :meth:`close`
+    returns the whole layer as :class:`LayerData` (the in-memory API)."""
 
     def __init__(self, path: Path | None, fmt: str, name: str, crs: str, geometry_type: str,
                  qml_path: Path | None = None) -> None:
@@ -137,9 +139,11 @@ class LayerWriter:
         self.parts: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
         self.pending = 0
         self.written = 0
+        self.layer = None  # the open GeoPackage layer (geoseg.vector._ogr.GpkgLayer)
 
-    #: Features gathered (as WKB) before each append: one append costs ~0.1 s whatever its size.
-    BATCH = 65536
+    #: Features gathered (as WKB) before each write: a batch costs a transaction (pyogrio: ~0.1 s
+    #: to reopen the file), and memory holds one batch.
+    BATCH = 16384
 
     def write(self, geoms: np.ndarray, fields: dict[str, np.ndarray]) -> None:
         """Add features (shapely geometries in the CRS and their attribute columns)."""
@@ -158,24 +162,41 @@ class LayerWriter:
             self._flush()
 
     def _flush(self) -> None:
-        from pyogrio.raw import write
-
         if not self.parts:
             return
         wkb = np.concatenate([w for w, _ in self.parts])
         fields = {k: np.concatenate([f[k] for _, f in self.parts]) for k in self.parts[0][1]}
         self.parts, self.pending = [], 0
-        write(
-            str(self.path), geometry=wkb, field_data=list(fields.values()), fields=list(fields.keys()),
-            layer=self.name, driver="GPKG", geometry_type=self.geometry_type, crs=self.crs,
-            append=self.written > 0 or self.path.exists(), layer_options={"SPATIAL_INDEX": "YES"},
-        )
+        from geoseg.vector import _ogr
+
+        if self.layer is None and _ogr.available():
+            self.layer = _ogr.GpkgLayer(self.path, self.name, self.crs, self.geometry_type)
+        if self.layer is not None:
+            self.layer.write(wkb, fields)
+        else:
+            from pyogrio.raw import write
+
+            write(
+                str(self.path), geometry=wkb, field_data=list(fields.values()), fields=list(fields.keys()),
+                layer=self.name, driver="GPKG", geometry_type=self.geometry_type, crs=self.crs,
+                append=self.written > 0 or self.path.exists(), layer_options={"SPATIAL_INDEX": "YES"},
+            )
         self.written += 1
+
+    def abort(self) -> None:
+        """Drop what is pending and close an open layer after a failure (the caller removes the file)."""
+        self.parts, self.pending = [], 0
+        if self.layer is not None:
+            layer, self.layer = self.layer, None
+            layer.abort()
 
     def close(self, qml: str, sld: str) -> LayerData | None:
         """Finish the layer with its style; the in-memory layer when there is no path."""
         if self.streaming:
             self._flush()
+            if self.layer is not None:
+                layer, self.layer = self.layer, None
+                layer.close()
             write_layer_style(self.path, self.name, qml, sld)
             return None
         geoms = np.concatenate([g for g, _ in self.parts]) if self.parts else np.zeros(0, dtype=object)

@@ -33,6 +33,7 @@ from geoseg._dask import connect_cluster, run_tasks
 from geoseg.grid import PixelWindow, TileGrid
 from geoseg.io.raster import open_raster, read_band
 from geoseg.vector import _gdal
+from geoseg.vector.areas import vertex_chunks
 
 
 @dataclass
@@ -97,6 +98,7 @@ def polygonize_window(
         valid &= np.isin(values, np.asarray(include))
     vals, wkb = _gdal.polygonize_block(values, valid, (window.row, window.col), connectivity)
     geoms = shapely.from_wkb(np.asarray(wkb, dtype=object)) if wkb else np.zeros(0, dtype=object)
+    del wkb  # the block's WKB, as large as its geometries
     top, bottom, left, right = edge_labels(geoms, window)
     sums = None
     if weights is not None:
@@ -145,13 +147,19 @@ def ring_sums(geoms: np.ndarray, window: PixelWindow, weights: np.ndarray) -> np
     add, holes subtract. The work is one prefix sum plus the rings' vertical length: no
     per-pixel labelling, so polygons with thousands of holes cost no more than their edges.
     """
-    import shapely
-
     n = len(geoms)
     if not n:
         return np.zeros(0)
     prefix = np.zeros((weights.shape[0], weights.shape[1] + 1))
     np.cumsum(weights, axis=1, out=prefix[:, 1:])
+    # piece by piece (the same sums): the per-vertex temporaries of a whole block are large
+    return np.concatenate([_ring_sums(geoms[part], window, prefix) for part in vertex_chunks(geoms)])
+
+
+def _ring_sums(geoms: np.ndarray, window: PixelWindow, prefix: np.ndarray) -> np.ndarray:
+    import shapely
+
+    n = len(geoms)
     rings, owner = shapely.get_rings(geoms, return_index=True)
     xy, ring = shapely.get_coordinates(rings, return_index=True)
     x = np.rint(xy[:, 0]).astype(np.int64) - window.col
