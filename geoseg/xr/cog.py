@@ -130,6 +130,15 @@ def geobox_of(obj) -> GeoBox:
     return GeoBox(int(obj.sizes[ydim]), int(obj.sizes[xdim]), transform, crs)
 
 
+@contextlib.contextmanager
+def raster_thread():
+    """``run(fn, *args)``: calls ``fn`` in one thread of its own, the thread that opens, writes,
+    flushes and closes the rasters of a :class:`_Target` (rasterio binds a dataset to the
+    thread that opened it; Dask's threads, or the distributed client, hand in the blocks)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-rasters") as pool:
+        yield lambda fn, *args, **kwargs: pool.submit(fn, *args, **kwargs).result()
+
+
 class _Target:
     """A ``dask.array.store`` target: each block ``(P, h, w)`` lands in the products' rasters.
 
@@ -285,12 +294,7 @@ def to_cog(obj, path: str | os.PathLike, *, overwrite: bool = False) -> dict[str
     outputs.check_free(list(finals.values()))
     stacked = _stacked(products)
     rasters: list = []
-    # one thread opens, writes, flushes and closes the rasters; Dask's threads hand it the blocks
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-to-cog") as gdal:
-
-        def run(fn, *args, **kwargs):
-            return gdal.submit(fn, *args, **kwargs).result()
-
+    with raster_thread() as run:
         try:
             for p in products:
                 rasters.append(run(
