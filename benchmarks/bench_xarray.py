@@ -177,7 +177,7 @@ def report(r: dict, args, command: str) -> None:
     if "rss_ratio" in r:
         write_section("bench_xarray_rss", f"""## `geoseg.to_cog(geoseg.segment(...))`: peak memory, {n}x{n} against {s}x{s}
 
-{where} Peak RSS is the child's `ru_maxrss`; it does not depend on the load.
+{where} Peak RSS is the child's `ru_maxrss`; the load changes it only through the order in which the threads allocate (runs of one configuration differ by up to ~10%).
 
 | measure | value |
 |---|---|
