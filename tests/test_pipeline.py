@@ -263,6 +263,39 @@ def test_existing_scheduler_address(tmp_path, synth_scene) -> None:
         assert (read(tmp_path / "remote" / f"scene.{product}") == read(tmp_path / "local" / f"scene.{product}")).all()
 
 
+def test_products_flush_written_blocks(tmp_path, monkeypatch) -> None:
+    """A product keeps at most FLUSH_BYTES of written blocks in GDAL's cache: beyond that they
+    are in the stripes file. Writes from other threads than the one that opened it (rasterio
+    binds the dataset to it) land too, unflushed, and the opening thread closes it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import geoseg.io.cog as cog
+    from geoseg._files import OutputSet
+    from geoseg.grid import GeoBox, PixelWindow
+
+    monkeypatch.setattr(cog, "FLUSH_BYTES", 512 * 512)  # every block written below
+    box = GeoBox(1024, 1024, Affine(10, 0, 500000, 0, -10, 5500000), "EPSG:32633")
+    outputs = OutputSet(tmp_path)
+    product = cog.RasterProduct(tmp_path / "c.classes.tif", box, outputs)
+    windows = [PixelWindow(r, c, 512, 512) for r in (0, 512) for c in (0, 512)]
+    for k in range(3):
+        product.write(windows[k], np.full((512, 512), k + 1, np.uint8))
+    with rasterio.open(product.tmp) as on_disk:  # still open for writing: the blocks are in the file
+        got = on_disk.read(1)
+    for k in range(3):
+        w = windows[k]
+        assert (got[w.row:w.row_end, w.col:w.col_end] == k + 1).all(), k
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(product.write, windows[3], np.full((512, 512), 4, np.uint8)).result()
+    product.finish()
+    product.discard_stripes()
+    outputs.commit()
+    want = np.zeros((1024, 1024), np.uint8)
+    for k, w in enumerate(windows):
+        want[w.row:w.row_end, w.col:w.col_end] = k + 1
+    assert np.array_equal(read(tmp_path / "c.classes.tif")[0], want)
+
+
 def test_overviews_keep_class_ids_and_average_confidence(tmp_path) -> None:
     """The class map's overviews hold only class ids (mode); the confidence map's are
     means (average): a 1-px checkerboard of classes 1/3 and of confidence 0/100."""

@@ -97,6 +97,22 @@ def test_batches_of_tiles_equal_run_scene_batches(tmp_path, synth_scene, small_u
     assert_equals_run(ds, out, "scene")
 
 
+def test_tiles_read_their_windows_from_the_source_of_a_from_array_input(synth_scene) -> None:
+    """rioxarray's chunked arrays are from_array of a windowed reader: the tasks read their own
+    windows (as `geoseg run` does) and no input block is computed; other graphs give blocks."""
+    from geoseg.xr.windows import BlockWindows, SourceWindows, windows_for
+
+    scene, _ = synth_scene
+    data = rioxarray.open_rasterio(scene, chunks={"x": 70, "y": 70}, lock=False)
+    assert isinstance(windows_for(data.data), SourceWindows)
+    out = geoseg.segment(data, "default", tile_size=TILE).classes.data
+    needed = out.__dask_graph__().cull(set(dask.core.flatten(out.__dask_keys__())))
+    assert not [k for k in needed.keys() if isinstance(k, tuple) and k[0] == data.data.name]
+    assert len([k for k in needed.keys() if not isinstance(k, tuple)]) == 1  # the source itself
+    stacked = xr.concat([data, data], dim="time").data
+    assert isinstance(windows_for(stacked), BlockWindows) and isinstance(windows_for(data.data[[3, 1, 0, 2]]), BlockWindows)
+
+
 def test_segment_is_lazy_and_ships_no_model(synth_scene) -> None:
     scene, _ = synth_scene
     data = rioxarray.open_rasterio(scene, chunks={"x": 70, "y": 70}, lock=False)
@@ -210,6 +226,29 @@ def test_geographic_crs(tmp_path, small_unet) -> None:
     assert frame.area_m2.sum() == pytest.approx(box, rel=1e-6)  # geodesic m^2, not degrees
 
 
+def test_tta_and_probabilities_equal_run_scene(tmp_path, nodata_scene, small_unet) -> None:
+    """tta and probabilities reach the kernel as `geoseg run --tta --probabilities` passes them:
+    every product equals its COG, the probabilities too (nodata border included), also via to_cog."""
+    out = run(nodata_scene, tmp_path / "out", small_unet, tile_size=64, tta=True, probabilities=True)
+    data = rioxarray.open_rasterio(nodata_scene, chunks={"x": 100, "y": 100}, lock=False)
+    ds = geoseg.segment(data, str(small_unet), tile_size=64, tta=True, probabilities=True)
+    assert ds.probabilities.dims == ("class", "y", "x") and list(ds["class"].values) == ["low", "mid", "high"]
+    assert ds.attrs["geoseg_tta"] == 1
+    got = ds.compute()  # once: TTA runs 8 forwards a tile
+    assert_equals_run(got, out, "border")
+    probs = got.probabilities.values
+    assert np.array_equal(probs, read(out / "border.probabilities.tif"))
+    assert (probs == 255).any() and (probs < 255).any()
+    plain = geoseg.segment(data, str(small_unet), tile_size=64)
+    assert "probabilities" not in plain and plain.attrs["geoseg_tta"] == 0
+    assert (plain.confidence.values != got.confidence.values).any()  # tta is not a no-op for this model
+    written = geoseg.to_cog(got, tmp_path / "cog" / "border")
+    assert sorted(written) == ["classes", "confidence", "mask", "probabilities"]
+    with rasterio.open(out / "border.probabilities.tif") as a, rasterio.open(written["probabilities"]) as b:
+        assert (b.count, b.descriptions, b.nodata, b.tags()) == (a.count, a.descriptions, a.nodata, a.tags())
+        assert np.array_equal(a.read(), b.read())
+
+
 def test_bad_inputs_are_one_line_errors(synth_scene) -> None:
     scene, _ = synth_scene
     data = rioxarray.open_rasterio(scene, chunks={"x": 200, "y": 200}, lock=False)
@@ -221,8 +260,8 @@ def test_bad_inputs_are_one_line_errors(synth_scene) -> None:
         geoseg.segment(data.astype("uint8"), "default")
     with pytest.raises(InputError, match="spatial dimensions"):
         geoseg.segment(data.rename(x="col"), "default")
-    with pytest.raises(TypeError, match="tta"):
-        geoseg.segment(data, "default", tta=True)
+    with pytest.raises(TypeError, match="workers"):
+        geoseg.segment(data, "default", workers=2)  # a run_scene option, but not one of prediction
 
 
 def test_missing_extra_names_it(monkeypatch) -> None:
@@ -239,9 +278,13 @@ def test_missing_extra_names_it(monkeypatch) -> None:
 # ------------------------------------------------------------------------------------------ to_cog
 
 
-def test_to_cog_equals_run_scene_cogs(tmp_path) -> None:
-    """A scene large enough for overviews; the spectral model (no training) keeps it cheap."""
+def test_to_cog_equals_run_scene_cogs(tmp_path, monkeypatch) -> None:
+    """A scene large enough for overviews; the spectral model (no training) keeps it cheap.
+    The rasters flush their written blocks every 64 KiB here (Dask's threads hand in the blocks,
+    to_cog's writer thread flushes: rasterio raised when another thread closed a dataset)."""
     from geoseg.synthetic import synthesize
+
+    monkeypatch.setattr("geoseg.io.cog.FLUSH_BYTES", 64 * 1024)
 
     scene = Path(synthesize(tmp_path / "big.tif", (700, 900), seed=4).path)
     out = run(scene, tmp_path / "run", "spectral", tile_size=256)

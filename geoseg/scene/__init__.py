@@ -18,6 +18,7 @@ _WHERE = {
     "Prediction": "geoseg.scene.predict",
     "Predictor": "geoseg.scene.predict",
     "get_predictor": "geoseg.scene.predict",
+    "predict_tiles": "geoseg.scene.predict",
     "resolve_device": "geoseg.scene.predict",
     "build_manifest": "geoseg.scene.manifest",
 }

@@ -34,7 +34,7 @@ from geoseg.io.raster import SceneSource
 from geoseg.progress import Progress
 from geoseg.scene.journal import TileJournal, input_identity, journal_key
 from geoseg.scene.manifest import build_manifest
-from geoseg.scene.predict import PROBABILITY_SCALE, check_precision, get_predictor, resolve_device
+from geoseg.scene.predict import PROBABILITY_TAGS, check_precision, get_predictor, predict_tiles, resolve_device
 from geoseg.scene.tiling import blend_batch, plan_tiles
 from geoseg.scene.view import SceneView, plan_view
 from geoseg.vector.api import VectorizeOptions
@@ -156,31 +156,14 @@ def predict_batch(
     ``checksum`` the content checksum of the bundle it must load (the predictor cache key).
     """
     predictor = get_predictor(model, checksum, resolve_device(device), torch_threads, precision)
-    options = {"tta": tta, "probabilities": probabilities}
     if view is None:
         reads = source.read_windows([t.read for t in tiles])
     else:  # a resampled scene or an area of interest: the view reads (and later maps back) each tile
         reads = source.with_dataset(lambda ds: [view.read(source, t.read, ds) for t in tiles])
     data = np.stack([r[0] for r in reads])
     valid = np.stack([r[1] for r in reads])
-    # A tile whose core has no valid pixel writes only nodata: skip the model for it.
-    has_valid = np.array([valid[k][t.crop].any() for k, t in enumerate(tiles)])
-    context, inner = tiles[0].context, tiles[0].inner  # the same for a batch (grid.batches)
-    core = tiles[0].core
-    if has_valid.all():
-        pred = predictor.predict(data, valid, context, inner, **options)
-    else:
-        n_prob = int(predictor.num_classes) if probabilities else 0
-        pred = predictor.empty(len(tiles), core.height, core.width, n_prob)
-        if has_valid.any():
-            sub = predictor.predict(data[has_valid], valid[has_valid], context, inner, **options)
-            if probabilities:
-                pred.probabilities[has_valid] = sub.probabilities
-            pred.classes[has_valid], pred.confidence[has_valid], pred.masks[has_valid] = (
-                sub.classes,
-                sub.confidence,
-                sub.masks,
-            )
+    # a tile whose core has no valid pixel writes only nodata: the model is skipped for it
+    pred, has_valid = predict_tiles(predictor, tiles, data, valid, tta=tta, probabilities=probabilities)
     results = [
         TileResult(tile.core, pred.classes[k], pred.confidence[k], pred.masks[k], skipped=not bool(has_valid[k]),
                    probabilities=None if pred.probabilities is None else pred.probabilities[k])
@@ -630,8 +613,7 @@ def _create_products(
         products.append(
             RasterProduct(
                 finals["probabilities"], geobox, outputs, count=len(names), descriptions=names,
-                tags={"UNITS": "probability x 254", "SCALE": f"1/{PROBABILITY_SCALE}",
-                      "DESCRIPTION": "per-class probability, round(p x 254); 255 = nodata"},
+                tags=dict(PROBABILITY_TAGS),
                 overview_resampling="AVERAGE",
                 stripes=stripes[finals["probabilities"]],
                 **at,

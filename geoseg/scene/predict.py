@@ -14,6 +14,9 @@ is what the same transform of the whole padded image holds there: tiled TTA equa
 whole-image TTA. ``probabilities`` also returns the per-class probabilities as uint8
 ``round(p * 254)`` (255 stays nodata). ``precision`` (``fp16``/``bf16``, CUDA only) runs
 the forward under autocast; softmax and everything after it stay float32.
+
+:func:`predict_tiles` runs a batch of tiles' windows (skipping the model for tiles without
+valid pixels): the one kernel call of ``run_scene``'s tasks and of ``geoseg.segment``'s.
 """
 
 from __future__ import annotations
@@ -22,11 +25,15 @@ import contextlib
 import copy
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from geoseg._constants import NODATA
 from geoseg.errors import InputError
+
+if TYPE_CHECKING:
+    from geoseg.grid import Tile
 
 
 @dataclass
@@ -44,6 +51,9 @@ class Prediction:
 PRECISIONS = ("fp32", "fp16", "bf16")
 #: Scale of the probabilities product: uint8 ``round(p * 254)``, so that 255 stays nodata.
 PROBABILITY_SCALE = 254
+#: GeoTIFF tags of the probabilities product (``<stem>.probabilities.tif``, one band per class).
+PROBABILITY_TAGS = {"UNITS": f"probability x {PROBABILITY_SCALE}", "SCALE": f"1/{PROBABILITY_SCALE}",
+                    "DESCRIPTION": f"per-class probability, round(p x {PROBABILITY_SCALE}); 255 = nodata"}
 
 
 def check_precision(precision: str, device: str) -> str:
@@ -306,6 +316,39 @@ class Predictor:
         full = np.full((n, h, w), NODATA, dtype=np.uint8)
         probs = np.full((n, num_classes, h, w), NODATA, dtype=np.uint8) if num_classes else None
         return Prediction(full, full.copy(), np.full((n, self.num_masks, h, w), NODATA, dtype=np.uint8), probs)
+
+
+def predict_tiles(
+    predictor: Predictor, tiles: list[Tile], data: np.ndarray, valid: np.ndarray, *, tta: bool = False,
+    probabilities: bool = False,
+) -> tuple[Prediction, np.ndarray]:
+    """The products of a batch of tiles' cores, the model skipped for tiles without data.
+
+    Args:
+        predictor: the kernel.
+        tiles: the batch's :class:`~geoseg.grid.Tile` objects, all of one window shape and
+            context (:func:`geoseg.grid.batches` groups them so).
+        data, valid: their read windows, ``(N, bands, H, W)`` float32 and ``(N, H, W)`` bool.
+        tta, probabilities: as :meth:`Predictor.predict`.
+
+    Returns:
+        The :class:`Prediction` of all ``N`` cores and ``ran`` ``(N,)`` bool: whether a
+        tile's core had a valid pixel. A tile without one is all nodata (255) and costs no
+        forward; the others run in one forward, so the bytes do not depend on the skipping.
+    """
+    ran = np.array([valid[k][t.crop].any() for k, t in enumerate(tiles)])
+    context, inner = tiles[0].context, tiles[0].inner  # the same for a batch (grid.batches)
+    options = {"tta": tta, "probabilities": probabilities}
+    if ran.all():
+        return predictor.predict(data, valid, context, inner, **options), ran
+    core = tiles[0].core
+    pred = predictor.empty(len(tiles), core.height, core.width, int(predictor.num_classes) if probabilities else 0)
+    if ran.any():
+        sub = predictor.predict(data[ran], valid[ran], context, inner, **options)
+        pred.classes[ran], pred.confidence[ran], pred.masks[ran] = sub.classes, sub.confidence, sub.masks
+        if probabilities:
+            pred.probabilities[ran] = sub.probabilities
+    return pred, ran
 
 
 _CACHE: dict[tuple[str, str, int | None, str], Predictor] = {}

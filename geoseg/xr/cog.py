@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from geoseg.errors import InputError, OutputError
 from geoseg.grid import GeoBox, PixelWindow
 from geoseg.xr._deps import require
 from geoseg.xr._inputs import geo_info, spatial_dims
+from geoseg.xr.inference import CLASS
 
 __all__ = ["to_cog"]
 
@@ -90,6 +92,14 @@ def _products(obj) -> tuple[list[_Product], object]:
         if masks:
             heads = [v.attrs["geoseg_mask_head"] for _, v in masks]
             products.append(_Product("mask", [_two_d(v, k) for k, v in masks], heads, None, {"MASK_HEADS": ",".join(heads)}))
+        if "probabilities" in obj.data_vars and CLASS in obj["probabilities"].dims:
+            from geoseg.scene.predict import PROBABILITY_TAGS
+
+            probs = obj["probabilities"]
+            labels = [str(v) for v in probs[CLASS].values]
+            products.append(_Product("probabilities", [_two_d(probs.isel({CLASS: k}), "probabilities")
+                                                       for k in range(len(labels))], labels, None, dict(PROBABILITY_TAGS),
+                                     "AVERAGE"))
         return products, obj
     if isinstance(obj, xr.DataArray):
         var = _two_d(obj, obj.name or "the DataArray")
@@ -120,11 +130,24 @@ def geobox_of(obj) -> GeoBox:
     return GeoBox(int(obj.sizes[ydim]), int(obj.sizes[xdim]), transform, crs)
 
 
-class _Target:
-    """A ``dask.array.store`` target: each block ``(P, h, w)`` lands in the products' rasters."""
+@contextlib.contextmanager
+def raster_thread():
+    """``run(fn, *args)``: calls ``fn`` in one thread of its own, the thread that opens, writes,
+    flushes and closes the rasters of a :class:`_Target` (rasterio binds a dataset to the
+    thread that opened it; Dask's threads, or the distributed client, hand in the blocks)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-rasters") as pool:
+        yield lambda fn, *args, **kwargs: pool.submit(fn, *args, **kwargs).result()
 
-    def __init__(self, rasters: list, spans: list[tuple[int, int]]) -> None:
-        self.rasters, self.spans = rasters, spans
+
+class _Target:
+    """A ``dask.array.store`` target: each block ``(P, h, w)`` lands in the products' rasters.
+
+    ``run(fn, *args)`` runs ``fn`` in the one thread that opened the rasters (and so may
+    flush and close them: rasterio binds a dataset to the thread that opened it), whichever
+    thread hands in the block."""
+
+    def __init__(self, rasters: list, spans: list[tuple[int, int]], run) -> None:
+        self.rasters, self.spans, self.run = rasters, spans, run
         self._lock = threading.Lock()
         self._closed = False
 
@@ -136,7 +159,7 @@ class _Target:
             if self._closed:  # a block still in flight after another one failed
                 raise OutputError("the output was closed after an error")
             for raster, (a, b) in zip(self.rasters, self.spans):
-                raster.write(window, block[a:b])
+                self.run(raster.write, window, block[a:b])
 
     def close(self) -> None:
         """Refuse further blocks; wait for a write in progress (the rasters may then be closed:
@@ -226,7 +249,8 @@ def _finals(obj, path: Path, products: list[_Product]) -> dict[str, Path]:
             if name.endswith(suffix):
                 name = name[: -len(suffix)]
                 break
-        kinds = {"classes": "classes.tif", "confidence": "confidence.tif", "mask": "mask.tif"}
+        kinds = {"classes": "classes.tif", "confidence": "confidence.tif", "mask": "mask.tif",
+                 "probabilities": "probabilities.tif"}
         return {p.kind: scene_file(path.parent, name, kinds[p.kind]) for p in products}
     if path.suffix.lower() not in (".tif", ".tiff"):
         raise InputError(f"{path} does not end in .tif: name the COG *.tif")
@@ -238,7 +262,8 @@ def to_cog(obj, path: str | os.PathLike, *, overwrite: bool = False) -> dict[str
 
     Args:
         obj: the Dataset of :func:`geoseg.segment` (writes ``<stem>.classes.tif``,
-            ``<stem>.confidence.tif`` and ``<stem>.mask.tif``, the names of ``geoseg run``),
+            ``<stem>.confidence.tif``, ``<stem>.mask.tif`` and, with ``probabilities``,
+            ``<stem>.probabilities.tif``: the names of ``geoseg run``),
             or one ``(y, x)`` DataArray (a class map: any integer values 0..254, 255 =
             nodata; a mask or confidence variable of a ``segment`` result is written as such).
             Dask-backed arrays are computed block by block, on the current Dask scheduler
@@ -248,7 +273,7 @@ def to_cog(obj, path: str | os.PathLike, *, overwrite: bool = False) -> dict[str
         overwrite: replace existing files.
 
     Returns:
-        ``{"classes"|"confidence"|"mask": path}`` of the files written.
+        ``{"classes"|"confidence"|"mask"|"probabilities": path}`` of the files written.
 
     Class maps get a colour table (255 transparent) and class names (from ``flag_meanings``
     / ``flag_colors``), mode overviews; confidence gets average overviews. The files appear
@@ -269,30 +294,31 @@ def to_cog(obj, path: str | os.PathLike, *, overwrite: bool = False) -> dict[str
     outputs.check_free(list(finals.values()))
     stacked = _stacked(products)
     rasters: list = []
-    try:
-        for p in products:
-            rasters.append(RasterProduct(
-                finals[p.kind], geobox, outputs, count=len(p.bands), descriptions=p.descriptions,
-                colors=p.colors, tags=p.tags, overview_resampling=p.overview_resampling))
-        spans, start = [], 0
-        for p in products:
-            spans.append((start, start + len(p.bands)))
-            start += len(p.bands)
-        target = _Target(rasters, spans)
+    with raster_thread() as run:
         try:
-            write_blocks(stacked, target)
+            for p in products:
+                rasters.append(run(
+                    RasterProduct, finals[p.kind], geobox, outputs, count=len(p.bands), descriptions=p.descriptions,
+                    colors=p.colors, tags=p.tags, overview_resampling=p.overview_resampling))
+            spans, start = [], 0
+            for p in products:
+                spans.append((start, start + len(p.bands)))
+                start += len(p.bands)
+            target = _Target(rasters, spans, run)
+            try:
+                write_blocks(stacked, target)
+            finally:
+                target.close()
+            for r in rasters:
+                run(r.close)
+            for r in rasters:
+                run(r.finish)
+            outputs.commit()
+            return dict(finals)
+        except BaseException:
+            outputs.discard()
+            raise
         finally:
-            target.close()
-        for r in rasters:
-            r.close()
-        for r in rasters:
-            r.finish()
-        outputs.commit()
-        return dict(finals)
-    except BaseException:
-        outputs.discard()
-        raise
-    finally:
-        for r in rasters:
-            with contextlib.suppress(OSError):  # cleanup must not hide the error that got here
-                r.discard_stripes()
+            for r in rasters:
+                with contextlib.suppress(OSError):  # cleanup must not hide the error that got here
+                    run(r.discard_stripes)

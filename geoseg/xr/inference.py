@@ -4,10 +4,12 @@ The graph is built per tile of the same :class:`~geoseg.grid.TileGrid` that ``ge
 cuts the scene into (cores of ``tile_size`` px on the model's downsampling factor, read
 windows = core + halo, clamped at the raster's edges), and each tile runs the same kernel
 (:class:`~geoseg.scene.predict.Predictor`, one forward per batch of tiles of equal shape,
-single-threaded torch on CPU). The input's chunking only decides which input blocks a
-tile's window is assembled from, so every output block is computed from exactly the input
-window ``run_scene`` reads for that core: the outputs equal ``geoseg run``'s COGs byte for
-byte, whatever the chunking. The output blocks are the tiles' cores.
+single-threaded torch on CPU, :func:`~geoseg.scene.predict.predict_tiles`). A task reads
+its tiles' windows straight from the input's source when the input is a plain
+``from_array`` (a chunked rioxarray file), else assembles them from the input blocks they
+overlap (:mod:`geoseg.xr.windows`); either way every output block is computed from exactly
+the input window ``run_scene`` reads for that core: the outputs equal ``geoseg run``'s COGs
+byte for byte, whatever the chunking. The output blocks are the tiles' cores.
 
 A task carries the model *reference* (a built-in name or an absolute path), never the
 model: every worker process loads it once (:func:`~geoseg.scene.predict.get_predictor`).
@@ -18,106 +20,73 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import product
 
 import numpy as np
 
 from geoseg._constants import DEFAULT_TILE_SIZE, NODATA
 from geoseg.errors import ContractError, InputError
-from geoseg.grid import PixelWindow, Tile, TileGrid, batches
-from geoseg.io.raster import as_float32
+from geoseg.grid import Tile, TileGrid, batches
 from geoseg.xr._deps import require
 from geoseg.xr._inputs import band_stack, geo_info
+from geoseg.xr.windows import values, windows_for
 
 __all__ = ["segment"]
 
 #: ``segment`` options that are ``run_scene`` options about prediction.
-PREDICT_OPTIONS = ("tile_size", "batch_size", "device", "bands")
+PREDICT_OPTIONS = ("tile_size", "batch_size", "device", "bands", "tta", "probabilities")
+
+#: Name of the class dimension of the ``probabilities`` variable.
+CLASS = "class"
 
 
-def _window(blocks, lead_offsets: tuple[int, ...], crop: tuple[slice, slice]) -> np.ndarray:
-    """Assemble one read window ``(bands, h, w)`` from nested lists ``[band][row][col]`` of
-    input blocks ``(*lead, b, h, w)``."""
-    parts = [[[blk[lead_offsets] for blk in row] for row in rows] for rows in blocks]
-    arr = np.block(parts) if (len(parts) > 1 or len(parts[0]) > 1 or len(parts[0][0]) > 1) else parts[0][0][0]
-    return arr[(slice(None), *crop)]
+@dataclass(frozen=True)
+class _Kernel:
+    """What every task of one ``segment`` graph runs: the model, by reference, and its options."""
+
+    model: str  # a built-in name or an absolute path (resolve_model_ref)
+    checksum: str  # of the bundle the client loaded: the per-process predictor cache key
+    device: str  # as given: resolved where the task runs
+    nodata: tuple[float | None, ...]  # per band
+    tta: bool = False
+    probabilities: bool = False
 
 
-def _values(raw: np.ndarray, nodata: tuple[float | None, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Raw window -> ``(float32 data, bool validity)``, as :meth:`geoseg.io.raster.SceneSource.read`."""
-    valid = None
-    declared = [v is not None and not np.isnan(v) for v in nodata]
-    if any(declared):
-        hits = []
-        for b, nd in enumerate(nodata):
-            if not declared[b]:
-                hits = None  # a band without nodata: no pixel has every band equal to nodata
-                break
-            try:
-                value = raw.dtype.type(nd)
-            except (OverflowError, ValueError):
-                hits = None
-                break
-            hits.append(raw[b] != value)
-        if hits is not None:
-            valid = np.any(np.stack(hits), axis=0)
-    if valid is None:
-        valid = np.ones(raw.shape[1:], dtype=bool)
-    return as_float32(raw, valid)
-
-
-def _predict(
-    model: str, checksum: str, device: str, tiles: list[Tile], windows: list, covered: list[PixelWindow],
-    lead_offsets: tuple[int, ...], nodata: tuple[float | None, ...],
-) -> list[np.ndarray]:
+def _predict(kernel: _Kernel, windows, tiles: list[Tile], *where) -> list[np.ndarray]:
     """Dask task: the products ``(P, core_h, core_w)`` uint8 of a batch of tiles (a list).
 
-    ``windows[k]`` holds tile ``k``'s input blocks (``[band][row][col]``, resolved by Dask)
-    and ``covered[k]`` the pixel window they cover. The same computation as
-    :func:`geoseg.scene.pipeline.predict_batch` on the same read windows.
+    ``windows`` (:mod:`geoseg.xr.windows`) reads each tile's window from ``where`` (the
+    source array, or the input blocks the window overlaps, resolved by Dask); the model
+    runs as in :func:`geoseg.scene.pipeline.predict_batch`, on the same windows.
     """
     import torch
 
-    from geoseg.scene.predict import get_predictor, resolve_device
+    from geoseg.scene.predict import get_predictor, predict_tiles, resolve_device
 
-    predictor = get_predictor(model, checksum, resolve_device(device))
-    reads = [_values(_window(w, lead_offsets, t.read.relative_to(c)), nodata) for w, c, t in zip(windows, covered, tiles)]
+    predictor = get_predictor(kernel.model, kernel.checksum, resolve_device(kernel.device))
+    reads = [values(raw, kernel.nodata) for raw in windows.raws(tiles, *where)]
     data = np.stack([r[0] for r in reads])
     valid = np.stack([r[1] for r in reads])
-    has_valid = np.array([valid[k][t.crop].any() for k, t in enumerate(tiles)])
-    context, inner = tiles[0].context, tiles[0].inner  # the same for a batch (grid.batches)
-    core = tiles[0].core
+    del reads
     # One torch thread per forward, as geoseg run (pipeline.CPU_TORCH_THREADS): the same float
     # summation order, so the same bytes. Set in this thread only (OpenMP's setting is per thread).
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        if has_valid.all():
-            pred = predictor.predict(data, valid, context, inner)
-        else:
-            pred = predictor.empty(len(tiles), core.height, core.width)
-            if has_valid.any():
-                sub = predictor.predict(data[has_valid], valid[has_valid], context, inner)
-                pred.classes[has_valid], pred.confidence[has_valid], pred.masks[has_valid] = (
-                    sub.classes, sub.confidence, sub.masks)
+        pred, _ = predict_tiles(predictor, tiles, data, valid, tta=kernel.tta, probabilities=kernel.probabilities)
     finally:
         torch.set_num_threads(before)
-    out = np.concatenate([pred.classes[:, None], pred.confidence[:, None], pred.masks], axis=1)
+    parts = [pred.classes[:, None], pred.confidence[:, None], pred.masks]
+    if pred.probabilities is not None:
+        parts.append(pred.probabilities)
+    out = np.concatenate(parts, axis=1)
     return [out[k] for k in range(len(tiles))]
 
 
 def _pick(results: list, k: int, nlead: int) -> np.ndarray:
     """Tile ``k`` of a batch, with the leading dimensions' axes (length 1)."""
     return results[k].reshape((1,) * nlead + results[k].shape)
-
-
-def _offsets(chunks: tuple[int, ...]) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(chunks)]).astype(np.int64)
-
-
-def _blocks_over(offsets: np.ndarray, start: int, end: int) -> range:
-    """Indexes of the blocks (edges ``offsets``) that overlap pixels ``start..end``."""
-    return range(int(np.searchsorted(offsets, start, side="right")) - 1, int(np.searchsorted(offsets, end, side="left")))
 
 
 def segment(
@@ -128,6 +97,8 @@ def segment(
     tile_size: int | None = None,
     device: str = "auto",
     batch_size: int | None = None,
+    tta: bool = False,
+    probabilities: bool = False,
     **options,
 ):
     """Segment imagery held as xarray: a lazy :class:`xarray.Dataset` of geoseg's products.
@@ -145,16 +116,24 @@ def segment(
             ``geoseg run --tile-size`` with the same value. Output chunks are the tiles.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (resolved where the tasks run).
         batch_size: tiles per forward (default: 1 on CPU, 4 on CUDA, as ``geoseg run``).
+        tta: average the probabilities of the 8 flips/rotations of every window, as
+            ``geoseg run --tta`` (8x the compute; seams stay exact).
+        probabilities: also give ``probabilities``, as ``geoseg run --probabilities``.
         **options: other ``run_scene`` prediction options (none yet).
 
     Returns:
         A Dataset on the input's grid (its coordinates, ``spatial_ref`` and leading
         dimensions): ``classes`` (uint8 class ids, 255 = nodata, CF ``flag_values`` /
         ``flag_meanings``, ``flag_colors``), ``confidence`` (uint8 percent, 255 = nodata)
-        and one uint8 0/1 variable per mask head; the model's contract in ``attrs``.
+        and one uint8 0/1 variable per mask head; with ``probabilities``, a
+        ``(..., class, y, x)`` uint8 ``probabilities`` variable (``round(p x 254)``, 255 =
+        nodata; the ``class`` coordinate holds the class names). The model's contract in ``attrs``.
         Nothing is computed until the caller does (``.compute()``, ``.to_zarr()``,
         :func:`geoseg.to_cog`). The graph's layer carries the ``dask.annotate``
         annotations active during the call (e.g. ``resources={"GPU": 1}`` for GPU workers).
+        A task reads its tiles' windows straight from the input's source when the input is
+        a plain ``from_array`` (``rioxarray.open_rasterio(..., chunks=...)``), else from the
+        input's blocks (:mod:`geoseg.xr.windows`).
 
     Raises:
         InputError: unusable dimensions, bands or options.
@@ -203,30 +182,19 @@ def segment(
         src = da.from_array(src, chunks=(1,) * len(stack.lead) + (-1, -1, -1))
     nlead = len(stack.lead)
     lead_shape = src.shape[:nlead]
-    lead_offsets = [_offsets(c) for c in src.chunks[:nlead]]
-    band_chunks = range(len(src.chunks[nlead]))
-    row_off, col_off = _offsets(src.chunks[nlead + 1]), _offsets(src.chunks[nlead + 2])
     heads = list(bundle.mask_heads)
-    n_out = 2 + len(heads)
+    n_out = 2 + len(heads) + (len(bundle.class_names) if probabilities else 0)
+    kernel = _Kernel(model_ref, bundle.checksum, device, stack.nodata, bool(tta), bool(probabilities))
+    windows = windows_for(src)
 
-    token = tokenize(src.name, bundle.checksum, tile_size, batch_size, device, stack.nodata)
+    token = tokenize(src.name, kernel, tile_size, batch_size)
     name = f"geoseg-segment-{token}"
     batch_name = f"geoseg-batch-{token}"
     dsk: dict = {}
     for t in product(*(range(n) for n in lead_shape)):
-        # the input block holding lead index t, and t's offset inside it
-        blk = tuple(int(np.searchsorted(off, v, side="right") - 1) for off, v in zip(lead_offsets, t))
-        inside = tuple(int(v - off[b]) for off, v, b in zip(lead_offsets, t, blk))
         for b, tiles in enumerate(plan):
-            windows, covered = [], []
-            for tile in tiles:
-                rd = tile.read
-                ri, ci = _blocks_over(row_off, rd.row, rd.row_end), _blocks_over(col_off, rd.col, rd.col_end)
-                windows.append([[[(src.name, *blk, k, i, j) for j in ci] for i in ri] for k in band_chunks])
-                r0, c0 = int(row_off[ri[0]]), int(col_off[ci[0]])
-                covered.append(PixelWindow(r0, c0, int(row_off[ri[-1] + 1]) - r0, int(col_off[ci[-1] + 1]) - c0))
             bkey = (batch_name, *t, b)
-            dsk[bkey] = (_predict, model_ref, bundle.checksum, device, tiles, windows, covered, inside, stack.nodata)
+            dsk[bkey] = (_predict, kernel, windows, tiles, *windows.task_args(t, tiles))
             for k, tile in enumerate(tiles):
                 i, j = divmod(tile.index, grid.cols)
                 dsk[(name, *t, 0, i, j)] = (_pick, bkey, k, nlead)
@@ -238,14 +206,14 @@ def segment(
         tuple(grid.tile(0, j).core.width for j in range(grid.cols)),
     )
     out = da.Array(graph, name, chunks=chunks, dtype=np.uint8)
-    return _dataset(xr, out, stack, bundle, model_ref, tile_size, data)
+    return _dataset(xr, out, stack, bundle, model_ref, tile_size, data, bool(tta), bool(probabilities))
 
 
 def _cf_name(name: str) -> str:
     return "_".join(str(name).split()) or "unnamed"
 
 
-def _dataset(xr, out, stack, bundle, model_ref: str, tile_size: int, data):
+def _dataset(xr, out, stack, bundle, model_ref: str, tile_size: int, data, tta: bool, probabilities: bool):
     """Wrap the products array ``(*lead, P, y, x)`` as the result Dataset."""
     dims = (*stack.lead, stack.ydim, stack.xdim)
     coords = {k: v for k, v in stack.coords.items() if set(v.dims) <= set(dims)}
@@ -267,6 +235,16 @@ def _dataset(xr, out, stack, bundle, model_ref: str, tile_size: int, data):
             "long_name": f"mask {head}", "flag_values": np.array([0, 1], dtype=np.uint8),
             "flag_meanings": f"not_{_cf_name(head)} {_cf_name(head)}", "_FillValue": np.uint8(NODATA),
             "geoseg_mask_head": head, **grid_mapping})
+    if probabilities:
+        from geoseg.scene.predict import PROBABILITY_SCALE
+
+        first = 2 + len(heads)
+        variables["probabilities"] = xr.DataArray(
+            out[(*lead, slice(first, first + len(names)))], dims=(*stack.lead, CLASS, stack.ydim, stack.xdim),
+            coords={CLASS: names}, attrs={
+                "long_name": f"class probability x {PROBABILITY_SCALE}", "units": f"probability x {PROBABILITY_SCALE}",
+                "valid_range": np.array([0, PROBABILITY_SCALE], dtype=np.uint8), "_FillValue": np.uint8(NODATA),
+                **grid_mapping})
     spec = bundle.spec
     attrs = {
         "title": f"geoseg segmentation by model {bundle.name}",
@@ -280,6 +258,7 @@ def _dataset(xr, out, stack, bundle, model_ref: str, tile_size: int, data):
         "geoseg_halo": int(bundle.halo),
         "geoseg_downsampling": int(bundle.downsampling),
         "geoseg_tile_size": int(tile_size),
+        "geoseg_tta": int(tta),
         "geoseg_value_range": json.dumps(list(bundle.value_range) if bundle.value_range is not None else None),
         "geoseg_normalization": json.dumps({"mean": list(spec.normalization.mean), "std": list(spec.normalization.std)}),
     }

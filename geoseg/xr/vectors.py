@@ -133,6 +133,7 @@ def _in_memory(source, confidence, classes_from, transform, crs, layer, opts, sc
         _stacked,
         _Target,
         geobox_of,
+        raster_thread,
         write_blocks,
     )
 
@@ -171,21 +172,23 @@ def _in_memory(source, confidence, classes_from, transform, crs, layer, opts, sc
         )
     from geoseg._files import OutputSet
 
-    with tempfile.TemporaryDirectory(prefix="geoseg-polygons-", dir=scratch_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix="geoseg-polygons-", dir=scratch_dir) as tmp, raster_thread() as run:
         outputs = OutputSet(Path(tmp))
-        rasters = [RasterProduct(Path(tmp) / f"{p.kind}.tif", geobox, outputs) for p in products]
+        rasters: list = []
         try:
-            target = _Target(rasters, [(k, k + 1) for k in range(len(products))])
+            for p in products:
+                rasters.append(run(RasterProduct, Path(tmp) / f"{p.kind}.tif", geobox, outputs))
+            target = _Target(rasters, [(k, k + 1) for k in range(len(products))], run)
             try:
                 write_blocks(_stacked(products), target)
             finally:
                 target.close()
-            paths = [r.close() for r in rasters]
+            paths = [run(r.close) for r in rasters]
             conf = (str(paths[1]), 1) if len(paths) > 1 else None
             data, _ = class_layer(paths[0], names=names, colors=colors, layer=layer, confidence=conf, options=opts)
         finally:
             for r in rasters:
-                r.discard_stripes()
+                run(r.discard_stripes)
     return _frame(data)
 
 
