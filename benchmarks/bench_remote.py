@@ -113,7 +113,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="keep the scene and the COGs here (reused)")
     ap.add_argument("--gdal-defaults", action="store_true",
                     help="also run HTTP with GDAL's own defaults for the options geoseg sets")
-    ap.add_argument("--sources", default="local,http,s3", help="which of local,http,s3 to run (comma-separated)")
+    ap.add_argument("--sources", default="local,http,s3", help="which of local,local-item,http,s3 to run (comma-separated; local-item: the "
+                    "served Item and COGs read from the local disk, which separates the COGs' decoding from the network)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
@@ -126,14 +127,14 @@ def main() -> None:
         scene, served = prepare(work, args.size)
         cog_bytes = sum((served / f"{k}.tif").stat().st_size for k in KEYS)
         needed = full_resolution_bytes(served)
-        names = [k for k in ("local", "http", "s3") if k in args.sources.split(",")]
+        names = [k for k in ("local", "local-item", "http", "s3") if k in args.sources.split(",")]
         names += ["http-gdal-defaults"] if args.gdal_defaults else []
         times: dict[str, list[dict]] = {k: [] for k in names}
         traffic: dict[str, list[tuple[int, int]]] = {k: [] for k in names if k.startswith("http")}
         with RangeServer(served) as http, S3Server() as s3:
             s3.upload("bench", {f"s/{p.name}": p for p in served.iterdir() if not p.name.startswith(".")})
             base = {**os.environ, "PYTHONPATH": str(ROOT)}
-            sources = {"local": (str(scene), base), "http": (f"{http.url}/item.json", base),
+            sources = {"local": (str(scene), base), "local-item": (str(served / "item.json"), base), "http": (f"{http.url}/item.json", base),
                        "s3": ("s3://bench/s/item.json", base),
                        "http-gdal-defaults": (f"{http.url}/item.json", {**base, **GDAL_DEFAULTS})}
             for _ in range(args.repeat):
@@ -176,6 +177,11 @@ def main() -> None:
             else:
                 row += " - | - | - | - |"
             lines.append(row)
+        if "local-item" in med:
+            ref = med["local-item"]["inference"]
+            lines += ["", "Inference against the same Item and COGs read from the local disk (the network's own cost): "
+                      + ", ".join(f"{k} {v['inference'] / ref:.2f}" for k, v in med.items() if k not in ("local", "local-item"))
+                      + "."]
         body = "\n".join(lines)
         print(body)
         print(json.dumps({"times": times, "traffic": traffic, "needed": needed, "cog_bytes": cog_bytes}), file=sys.stderr)
