@@ -153,7 +153,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     base = "python benchmarks/bench_gsd.py"
-    where = f"({platform.machine()}, {os.cpu_count()} cores, shared with other jobs while measured)"
+    import time
+
+    where = (f"({time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} cores, "
+             f"load average {os.getloadavg()[0]:.1f} at the start)")
     if args.only != "aoi":
         s5, s10 = scenes_5m_10m(work, args.size, args.seed)
         runs: dict[str, list[dict]] = {"5m": [], "10m": []}
