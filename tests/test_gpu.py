@@ -80,3 +80,15 @@ def test_onnx_on_the_cuda_execution_provider(tmp_path, small_unet) -> None:
     assert session.get_providers()[0] == "CUDAExecutionProvider"
     gpu = session.run(None, {"image": x})[0]
     assert np.abs(cpu - gpu).max() < 1e-3
+
+
+def test_segment_fp16_on_cuda_agrees_with_run_scene(tmp_path, synth_scene, small_unet) -> None:
+    """geoseg.segment(precision=...) reaches the predictor as run_scene's --precision does."""
+    xr = pytest.importorskip("xarray")
+    rioxarray = pytest.importorskip("rioxarray")
+    scene, _ = synth_scene
+    run(scene, tmp_path / "gpu", small_unet, tile_size=128, device="cuda", precision="fp16")
+    data = rioxarray.open_rasterio(scene, chunks={"x": 200, "y": 200}, lock=False)
+    ds = geoseg.segment(data, str(small_unet), tile_size=128, device="cuda", precision="fp16").compute()
+    assert isinstance(ds, xr.Dataset)
+    assert (ds.classes.values == read(tmp_path / "gpu" / "scene.classes.tif")).mean() >= 0.999

@@ -226,6 +226,18 @@ def test_geographic_crs(tmp_path, small_unet) -> None:
     assert frame.area_m2.sum() == pytest.approx(box, rel=1e-6)  # geodesic m^2, not degrees
 
 
+def test_precision_is_checked_like_run_scene(synth_scene, small_unet) -> None:
+    """fp16/bf16 need CUDA, as `geoseg run --precision`: a one-line error on CPU; fp32 passes."""
+    scene, _ = synth_scene
+    data = rioxarray.open_rasterio(scene, chunks={"x": 200, "y": 200}, lock=False)
+    with pytest.raises(InputError, match=r"--precision fp16 needs a CUDA device") as exc:
+        geoseg.segment(data, str(small_unet), device="cpu", precision="fp16")
+    assert "\n" not in str(exc.value)
+    with pytest.raises(InputError, match=r"not one of"):
+        geoseg.segment(data, str(small_unet), precision="fp8")
+    assert geoseg.segment(data, str(small_unet), device="cpu", precision="fp32").classes.dtype == np.uint8
+
+
 def test_tta_and_probabilities_equal_run_scene(tmp_path, nodata_scene, small_unet) -> None:
     """tta and probabilities reach the kernel as `geoseg run --tta --probabilities` passes them:
     every product equals its COG, the probabilities too (nodata border included), also via to_cog."""

@@ -35,7 +35,7 @@ from geoseg.xr.windows import values, windows_for
 __all__ = ["segment"]
 
 #: ``segment`` options that are ``run_scene`` options about prediction.
-PREDICT_OPTIONS = ("tile_size", "batch_size", "device", "bands", "tta", "probabilities")
+PREDICT_OPTIONS = ("tile_size", "batch_size", "device", "bands", "tta", "probabilities", "precision")
 
 #: Name of the class dimension of the ``probabilities`` variable.
 CLASS = "class"
@@ -51,6 +51,7 @@ class _Kernel:
     nodata: tuple[float | None, ...]  # per band
     tta: bool = False
     probabilities: bool = False
+    precision: str = "fp32"  # fp16/bf16: autocast on CUDA (checked against the client's device)
 
 
 def _predict(kernel: _Kernel, windows, tiles: list[Tile], *where) -> list[np.ndarray]:
@@ -64,7 +65,7 @@ def _predict(kernel: _Kernel, windows, tiles: list[Tile], *where) -> list[np.nda
 
     from geoseg.scene.predict import get_predictor, predict_tiles, resolve_device
 
-    predictor = get_predictor(kernel.model, kernel.checksum, resolve_device(kernel.device))
+    predictor = get_predictor(kernel.model, kernel.checksum, resolve_device(kernel.device), precision=kernel.precision)
     reads = [values(raw, kernel.nodata) for raw in windows.raws(tiles, *where)]
     data = np.stack([r[0] for r in reads])
     valid = np.stack([r[1] for r in reads])
@@ -99,6 +100,7 @@ def segment(
     batch_size: int | None = None,
     tta: bool = False,
     probabilities: bool = False,
+    precision: str = "fp32",
     **options,
 ):
     """Segment imagery held as xarray: a lazy :class:`xarray.Dataset` of geoseg's products.
@@ -119,6 +121,8 @@ def segment(
         tta: average the probabilities of the 8 flips/rotations of every window, as
             ``geoseg run --tta`` (8x the compute; seams stay exact).
         probabilities: also give ``probabilities``, as ``geoseg run --probabilities``.
+        precision: ``fp32``, or ``fp16``/``bf16`` (autocast; CUDA only), as
+            ``geoseg run --precision``.
         **options: other ``run_scene`` prediction options (none yet).
 
     Returns:
@@ -151,7 +155,7 @@ def segment(
     from geoseg.io.raster import dtype_range
     from geoseg.models import load_model
     from geoseg.models.refs import resolve_model_ref
-    from geoseg.scene.predict import resolve_device
+    from geoseg.scene.predict import check_precision, resolve_device
 
     unknown = sorted(set(options) - set(PREDICT_OPTIONS))
     if unknown:
@@ -172,6 +176,7 @@ def segment(
     if batch_size is not None and int(batch_size) < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     local_device = resolve_device(device)  # validates the name; checks CUDA here when asked for
+    precision = check_precision(precision, local_device)
     batch_size = int(batch_size) if batch_size else (1 if local_device == "cpu" else 4)
     height, width = arr.sizes[stack.ydim], arr.sizes[stack.xdim]
     grid = TileGrid(height, width, tile_size, halo=int(bundle.halo), factor=int(bundle.downsampling))
@@ -184,7 +189,7 @@ def segment(
     lead_shape = src.shape[:nlead]
     heads = list(bundle.mask_heads)
     n_out = 2 + len(heads) + (len(bundle.class_names) if probabilities else 0)
-    kernel = _Kernel(model_ref, bundle.checksum, device, stack.nodata, bool(tta), bool(probabilities))
+    kernel = _Kernel(model_ref, bundle.checksum, device, stack.nodata, bool(tta), bool(probabilities), precision)
     windows = windows_for(src)
 
     token = tokenize(src.name, kernel, tile_size, batch_size)
