@@ -26,9 +26,5 @@ DEFAULT_BLOCK_SIZE: Final = 512
 #: GDAL settings for every read: bounded block cache, no sidecar scanning. Mind that
 #: rasterio.Env takes GDAL_CACHEMAX in *bytes* (a bare 256 meant 256 bytes: every
 #: scanline read decompressed its block again, 3-6x slower polygonizing, measured).
-#: 96 MB holds the blocks of a tile row's halo overlap well past 8192 px wide and bounds the
-#: growth of a run's peak RSS with the scene (256 MB: 8192^2 / 2048^2 peak 1.37 for geoseg run
-#: and 1.38 for to_cog(segment(...)); 96 MB: 1.23 and 1.21, ~3% slower inference, within noise;
-#: BENCHMARKS.md, the xarray memory section).
-GDAL_CACHE_BYTES: Final = 96 * 1024 * 1024
+GDAL_CACHE_BYTES: Final = 256 * 1024 * 1024
 GDAL_ENV: Final = {"GDAL_CACHEMAX": GDAL_CACHE_BYTES, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}

@@ -48,7 +48,7 @@ _allocator_tuned: bool | None = None
 #: - ``GDAL_CACHEMAX`` (MB): GDAL sizes its block cache once, at the first raster I/O of
 #:   the process, from this variable (default: 5% of RAM); most resident memory of a run
 #:   was that cache, so it is bounded unless the user chose a size.
-PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "GDAL_CACHEMAX": "96"}
+PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "GDAL_CACHEMAX": "256"}
 
 
 def configure_process() -> None:
