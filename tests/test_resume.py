@@ -30,8 +30,8 @@ def _journal(out: Path, stem: str = "big") -> Path:
     return out / f".{stem}.run.json.journal.partial.jsonl"
 
 
-def _journaled(out: Path) -> int:
-    j = _journal(out)
+def _journaled(out: Path, stem: str = "big") -> int:
+    j = _journal(out, stem)
     if not j.exists():
         return 0
     return max(0, sum(1 for line in j.read_text().splitlines() if line.strip()) - 1)
@@ -57,12 +57,12 @@ def reference(tmp_path_factory, scene, small_unet) -> tuple[Path, dict]:
     return out, json.loads(r.stdout)
 
 
-def _start_and_stop(scene, out, model, sig, at_least: int, extra=()) -> subprocess.Popen:
+def _start_and_stop(scene, out, model, sig, at_least: int, extra=(), stem: str = "big") -> subprocess.Popen:
     """Start a run, wait until ``at_least`` tiles are journaled, then send ``sig``."""
     p = subprocess.Popen(_cmd("run", scene, "-o", out, "-m", model, *RUN, *extra), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=_env())
     deadline = time.monotonic() + 120
-    while _journaled(out) < at_least:
+    while _journaled(out, stem) < at_least:
         assert p.poll() is None, f"the run ended before it could be stopped: {p.communicate()}"
         assert time.monotonic() < deadline
         time.sleep(0.01)
@@ -141,7 +141,7 @@ def test_sigterm_stops_within_seconds_exit_143_then_resume(tmp_path, scene, smal
     assert not [q for q in tmp_path.iterdir() if not q.name.startswith(".")]
     # the journal is consistent: a header, then whole tile entries, each on disk
     rows = _journal(tmp_path).read_text().splitlines()
-    assert json.loads(rows[0])["geoseg_journal"] == 1
+    assert json.loads(rows[0])["geoseg_journal"] == 2
     entries = [json.loads(x) for x in rows[1:]]
     assert len(entries) >= 8 and len({(e["row"], e["col"]) for e in entries}) == len(entries)
     r = subprocess.run(_cmd("run", scene, "-o", tmp_path, "-m", small_unet, *RUN, "--resume"), capture_output=True,
@@ -188,10 +188,126 @@ def test_journal_ignores_a_torn_last_line_and_a_foreign_key(tmp_path) -> None:
     j.start_fresh()
     for p in j.stripes.values():
         p.write_bytes(b"")  # the stripes exist (their content is checked by verify, not here)
-    j.path.write_text(j.path.read_text() + '{"row": 0, "col": 0, "crc": 1, "skipped": false}\n{"row": 0, "col": 6')
+    j.path.write_text(j.path.read_text() + '{"row": 0, "col": 0, "window": [0, 0, 64, 64], "crc": 1, "skipped": false}\n{"row": 0, "col": 6')
     j.close()
     state = TileJournal(tmp_path, "s", "key-1", finals).open(resume=True)
     assert list(state.tiles) == [(0, 0)]  # the line the kill cut off does not count
     other = TileJournal(tmp_path, "s", "key-2", finals)  # another input, model or option
     assert other.open(resume=True) is None
     assert not j.path.exists() and not any(p.exists() for p in j.stripes.values())  # discarded
+
+
+# --------------------------------------------------------------------------- areas of interest, resampled scenes
+
+#: Scene columns and rows 70..450 of the 512x512 10 m scene: 7x7 of its 64 tiles, cut at the edges.
+BBOX = ("--bbox", "500700,5495500,504500,5499300,EPSG:32633")
+
+
+def _kill_resume_compare(scene, out: Path, model, extra, ref: Path, ref_manifest: dict, stem: str, at_least: int) -> dict:
+    """SIGKILL a run once ``at_least`` tiles are journaled, resume it: only the missing tiles
+    are computed, and the outputs are the bytes of the uninterrupted run ``ref``."""
+    total = ref_manifest["execution"]["tiles"]
+    p = _start_and_stop(scene, out, model, signal.SIGKILL, at_least=at_least, extra=extra, stem=stem)
+    p.wait(timeout=30)
+    assert p.returncode == -signal.SIGKILL
+    assert not [q for q in out.iterdir() if not q.name.startswith(".")], "a final name after a kill"
+    entries = [json.loads(x) for x in _journal(out, stem).read_text().splitlines()[1:]]
+    done = len(entries)
+    assert at_least <= done < total
+    assert len({(e["row"], e["col"]) for e in entries}) == done
+    r = subprocess.run(_cmd("run", scene, "-o", out, "-m", model, *RUN, *extra, "--resume"), capture_output=True,
+                       text=True, env=_env(), check=False)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["execution"]["tiles"] == total
+    assert m["execution"]["tiles_resumed"] == done  # every journaled tile found at its window and kept
+    assert m["execution"]["tiles_computed"] == total - done  # only the missing ones redone
+    _same_bytes(ref, out, stem)
+    assert m["classes"] == ref_manifest["classes"]
+    assert sorted(q.name for q in out.iterdir()) == sorted(q.name for q in ref.iterdir())  # journal gone
+    return entries
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_with_a_bbox(tmp_path, scene, small_unet) -> None:
+    """An area of interest: tiles are written cropped to its window (and masked to it); the
+    journal records each at that window and the resumed run checks it there."""
+    ref = tmp_path / "ref"
+    r = subprocess.run(_cmd("run", scene, "-o", ref, "-m", small_unet, *RUN, *BBOX), capture_output=True, text=True,
+                       env=_env(), check=False)
+    assert r.returncode == 0, r.stderr
+    ref_manifest = json.loads(r.stdout)
+    assert ref_manifest["execution"]["tiles"] == 49 and ref_manifest["aoi"]["crop"]
+    entries = _kill_resume_compare(scene, tmp_path / "out", small_unet, BBOX, ref, ref_manifest, "big", at_least=12)
+    # the windows are on the cropped output grid, not the tile grid
+    assert any(e["window"][:2] != [e["row"], e["col"]] for e in entries)
+
+
+@pytest.fixture(scope="module")
+def half_gsd(tmp_path_factory) -> tuple[Path, Path]:
+    """A 768x768 scene at 5 m and a model of 10 m GSD: 384x384 on the model grid, 36 tiles."""
+    from geoseg.models import build_unet
+    from geoseg.synthetic import synthesize
+
+    d = tmp_path_factory.mktemp("resume_gsd")
+    scene = Path(synthesize(d / "s5.tif", 768, seed=12, pixel_size=5.0).path)
+    model = d / "m10.safetensors"
+    build_unet(("blue", "green", "red", "nir"), [("low", "#1f78b4"), ("mid", "#33a02c"), ("high", "#e31a1c")],
+               mask_heads=("bright",), base_width=8, depth=3, normalization={"mean": [1000.0] * 4, "std": [800.0] * 4},
+               name="test-unet-10m", seed=0, gsd=10.0).save(model)
+    return scene, model
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_a_scene_at_half_the_model_gsd(tmp_path, half_gsd) -> None:
+    """A resampled scene: each model-grid tile's products are mapped back onto the scene
+    grid; the journal records and checks each tile at the scene window it wrote."""
+    scene, model = half_gsd
+    ref = tmp_path / "ref"
+    r = subprocess.run(_cmd("run", scene, "-o", ref, "-m", model, *RUN), capture_output=True, text=True, env=_env(),
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    ref_manifest = json.loads(r.stdout)
+    assert ref_manifest["gsd"]["ratio"] == [2.0, 2.0] and ref_manifest["execution"]["tiles"] == 36
+    entries = _kill_resume_compare(scene, tmp_path / "out", model, (), ref, ref_manifest, "s5", at_least=8)
+    assert all(e["window"] == [2 * e["row"], 2 * e["col"], 128, 128] for e in entries)  # 64 px model tiles, 128 px on the scene
+
+
+@pytest.mark.parametrize(("gsd", "bbox", "crop", "output_grid"), [
+    (10.0, None, True, "input"), (16.5, None, True, "input"), (3.7, None, True, "input"),
+    (None, "500103,5499102,500811,5499877,EPSG:32633", True, "input"),
+    (16.5, "500103,5499102,500811,5499877,EPSG:32633", True, "input"),
+    (16.5, "500103,5499102,500811,5499877,EPSG:32633", False, "input"),
+    (16.5, "500103,5499102,500811,5499877,EPSG:32633", True, "model"),
+])
+def test_tiles_write_disjoint_windows_where_the_journal_checks_them(gsd, bbox, crop, output_grid) -> None:
+    """SceneView.written_window (where a resumed run reads a journaled tile back) is where
+    SceneView.finish puts the tile's products, and no two tiles write the same pixel."""
+    import numpy as np
+    from affine import Affine
+    from pyproj import CRS
+
+    from geoseg.grid import GeoBox, TileGrid
+    from geoseg.scene.pipeline import TileResult
+    from geoseg.scene.view import plan_view
+
+    gb = GeoBox(203, 187, Affine(5, 0, 500000, 0, -5, 5500000), CRS.from_epsg(32633).to_wkt())
+    view = plan_view(gb, gsd, bbox=bbox, aoi_crop=crop, output_grid=output_grid)
+    assert not view.trivial
+    tiles = view.select(TileGrid(view.tile_geobox.height, view.tile_geobox.width, 16, halo=4))
+    results, reads = [], []
+    for t in tiles:
+        z = np.zeros((t.core.height, t.core.width), np.uint8)
+        results.append(TileResult(t.core, z, z.copy(), z[None].copy(), False, tile=(t.core.row, t.core.col)))
+        src = view.source_window(t.read)
+        reads.append((None, None, (src, np.ones((src.height, src.width), bool))))
+    finished = view.finish(tiles, results, reads)
+    assert len(finished) == len(tiles) > 4
+    cover = np.zeros((view.output.height, view.output.width), np.int64)
+    for t, r in zip(tiles, finished):
+        w = view.written_window(t)
+        assert r.core == w and r.tile == (t.core.row, t.core.col)
+        cover[w.slices] += 1
+    assert cover.max() == 1  # disjoint
+    if bbox is None:
+        assert cover.min() == 1  # and, without an area, every output pixel written

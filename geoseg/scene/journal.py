@@ -7,15 +7,21 @@ While a scene runs, its tiles are written into hidden "stripes" GeoTIFFs
 - Every few seconds (:data:`CHECKPOINT_SECONDS`) the stripes are closed (GDAL writes its
   cached blocks and the tile index), ``fsync``-ed and reopened in update mode; only then
   are the tiles written so far appended to the journal
-  (``.<stem>.run.json.journal.partial.jsonl``, one JSON line per tile with a CRC-32 of
-  its pixels), and the journal is ``fsync``-ed. A tile in the journal is therefore on
-  disk; a tile written after the last checkpoint is not in it and is simply redone.
+  (``.<stem>.run.json.journal.partial.jsonl``, one JSON line per tile: the tile's
+  ``row``/``col`` on the tile grid, the ``window`` it wrote on the output grid and a
+  CRC-32 of those pixels), and the journal is ``fsync``-ed. A tile in the journal is
+  therefore on disk; a tile written after the last checkpoint is not in it and is simply redone.
 - The journal's first line is a key: the input file (path, size, mtime), the model
   checksum, every output-shaping option, the tile grid and geoseg's version. A run with
   ``resume`` whose key differs discards the journal and the stripes and starts over.
-- On restart every journaled tile is read back from the stripes and its CRC checked: a
-  tile whose pixels differ (a block torn by the kill, a damaged file) is redone. The
-  finished outputs are the same bytes as an uninterrupted run's.
+- On restart every journaled tile is read back from the stripes at the window it wrote
+  and its CRC checked: a tile whose window or pixels differ (a block torn by the kill, a
+  damaged file) is redone. The finished outputs are the same bytes as an uninterrupted run's.
+
+A tile's window is its core on the scene grid; with a resampled scene or an area of
+interest it is where :meth:`geoseg.scene.view.SceneView.finish` maps the core onto the
+(cropped) output grid (:meth:`~geoseg.scene.view.SceneView.written_window`). The
+windows of different tiles never overlap, so each tile is checked on pixels only it wrote.
 
 The journal and the stripes are removed once the outputs are committed. A failed or
 interrupted run keeps them (hidden, never under a final name) for ``--resume``.
@@ -44,7 +50,7 @@ __all__ = ["CHECKPOINT_SECONDS", "ResumeState", "TileJournal", "journal_path", "
 #: tiles in flight). ``GEOSEG_CHECKPOINT_SECONDS`` overrides it (0: after every tile).
 CHECKPOINT_SECONDS = 10.0
 
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2  # 2: entries also carry the window written on the output grid (older journals start over)
 
 
 def journal_path(out_dir: Path, stem: str) -> Path:
@@ -87,9 +93,20 @@ def input_identity(path: str | os.PathLike) -> dict:
 
 @dataclass
 class ResumeState:
-    """What a journal says was finished: ``(row, col)`` of each tile core -> entry."""
+    """What a journal says was finished: ``(row, col)`` of each tile core (on the tile
+    grid) -> entry (``window``: ``[row, col, height, width]`` written on the output grid)."""
 
     tiles: dict[tuple[int, int], dict]
+
+
+def _window_list(window) -> list[int]:
+    return [int(window.row), int(window.col), int(window.height), int(window.width)]
+
+
+def _entry(key: tuple[int, int], window, crc: int, skipped: bool) -> dict:
+    """A journal line: the tile (its core's row and col on the tile grid), the window it
+    wrote on the output grid, the CRC of its pixels and whether the model skipped it."""
+    return {"row": int(key[0]), "col": int(key[1]), "window": _window_list(window), "crc": int(crc), "skipped": bool(skipped)}
 
 
 def _checkpoint_seconds() -> float:
@@ -145,6 +162,9 @@ class TileJournal:
                 for line in f:
                     try:
                         e = json.loads(line)
+                        e["window"] = [int(v) for v in e["window"]]
+                        if len(e["window"]) != 4:
+                            break
                         tiles[(int(e["row"]), int(e["col"]))] = e
                     except (ValueError, KeyError, TypeError):
                         break  # a line torn by the kill: nothing after it counts
@@ -155,32 +175,37 @@ class TileJournal:
     def stripes_for(self, final: Path) -> Path:
         return self.stripes[Path(final)]
 
-    def verify(self, state: ResumeState, products: Sequence, tiles: Iterable, good: Callable) -> int:
+    def verify(self, state: ResumeState, products: Sequence, tiles: Iterable, good: Callable,
+               window_of: Callable | None = None) -> int:
         """Read every tile back from the stripes and check the journaled ones' CRCs.
 
-        Calls ``good(tile, arrays, skipped)`` for each journaled tile whose pixels check
-        out (``arrays``: the products' ``(count, h, w)`` values, ``None`` for an absent
-        product); the others will be redone. Where a block cannot be read at all (a write
-        cut short by a full disk), the stripes are rebuilt from the good tiles, so that
-        redoing a tile never reads a damaged block. Rewrites the journal with the good
-        tiles only and returns their number.
+        ``window_of(tile)`` is the window the tile writes on the output grid (default: its
+        core). Calls ``good(tile, arrays, skipped)`` for each journaled tile whose window
+        is the journaled one and whose pixels check out (``arrays``: the products'
+        ``(count, h, w)`` values, ``None`` for an absent product); the others will be
+        redone. Where a block cannot be read at all (a write cut short by a full disk), the
+        stripes are rebuilt from the good tiles, so that redoing a tile never reads a
+        damaged block. Rewrites the journal with the good tiles only and returns their number.
         """
         kept, damaged = [], False
         for t in tiles:
             e = state.tiles.get((t.core.row, t.core.col))
+            win = window_of(t) if window_of is not None else t.core
+            if win is None:
+                continue  # writes nothing
             try:
-                arrays = [p.read(t.core) if p is not None else None for p in products]
+                arrays = [p.read(win) if p is not None else None for p in products]
             except Exception:  # noqa: BLE001 - an unreadable block: redo the tile, rebuild the file
                 damaged = True
                 continue
-            if e is None or tile_crc(arrays) != int(e["crc"]):
+            if e is None or e["window"] != _window_list(win) or tile_crc(arrays) != int(e["crc"]):
                 continue  # not finished, written only in part before the kill, or damaged since
             good(t, arrays, bool(e.get("skipped", False)))
-            kept.append((t, {"row": t.core.row, "col": t.core.col, "crc": int(e["crc"]), "skipped": bool(e.get("skipped", False))}))
+            kept.append((win, _entry((t.core.row, t.core.col), win, int(e["crc"]), bool(e.get("skipped", False)))))
         if damaged:
             for p in products:
                 if p is not None:
-                    p.rebuild([t.core for t, _ in kept])
+                    p.rebuild([w for w, _ in kept])
         self._start([e for _, e in kept])
         return len(kept)
 
@@ -202,9 +227,11 @@ class TileJournal:
         self.started = True
 
     # ------------------------------------------------------------------ while running
-    def record(self, core, arrays: Sequence[np.ndarray | None], skipped: bool) -> None:
-        """Note a tile whose products are all written; checkpoint when one is due."""
-        entry = {"row": core.row, "col": core.col, "crc": tile_crc(arrays), "skipped": bool(skipped)}
+    def record(self, key: tuple[int, int], window, arrays: Sequence[np.ndarray | None], skipped: bool) -> None:
+        """Note a tile whose products are all written: ``key``, the ``(row, col)`` of its
+        core on the tile grid, and ``window``, where it wrote them on the output grid;
+        checkpoint when one is due."""
+        entry = _entry(key, window, tile_crc(arrays), skipped)
         with self._lock:
             self._pending.append(entry)
             if time.monotonic() - self._last >= self.interval:

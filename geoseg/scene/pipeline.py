@@ -115,6 +115,15 @@ class TileResult:
     masks: np.ndarray
     skipped: bool
     probabilities: np.ndarray | None = None  # (C, h, w) uint8, with --probabilities
+    #: ``(row, col)`` of the tile's core on the tile grid (the journal's key), when ``core``
+    #: is where a view mapped it on the output grid (SceneView.finish); None: ``core`` is it
+    tile: tuple[int, int] | None = None
+
+
+def _tile_key(r) -> tuple[int, int]:
+    """The tile a result (a :class:`TileResult`, or a blended core) is of."""
+    key = getattr(r, "tile", None)
+    return key if key is not None else (r.core.row, r.core.col)
 
 
 def check_contract(source: SceneSource, bundle) -> None:
@@ -166,7 +175,8 @@ def predict_batch(
     pred, has_valid = predict_tiles(predictor, tiles, data, valid, tta=tta, probabilities=probabilities)
     results = [
         TileResult(tile.core, pred.classes[k], pred.confidence[k], pred.masks[k], skipped=not bool(has_valid[k]),
-                   probabilities=None if pred.probabilities is None else pred.probabilities[k])
+                   probabilities=None if pred.probabilities is None else pred.probabilities[k],
+                   tile=(tile.core.row, tile.core.col))
         for k, tile in enumerate(tiles)
     ]
     # with a view: tiles of the model grid -> the output grid, masked to the area of interest
@@ -204,9 +214,11 @@ class TileSink:
                 self.mask_counts[:, 1] += (m == 1).sum(axis=1)
             self.skipped += skipped
 
-    def resume(self, journal: TileJournal, state, tiles: list[Tile]) -> set[tuple[int, int]]:
+    def resume(self, journal: TileJournal, state, tiles: list[Tile], view: SceneView | None = None) -> set[tuple[int, int]]:
         """Start the journal; with a journal ``state`` from a killed run, keep the tiles
-        whose pixels check out (counted as done) and return their ``(row, col)``."""
+        whose pixels check out (counted as done) and return their cores' ``(row, col)``
+        on the tile grid. With a ``view``, each tile is checked at the window it writes
+        on the output grid (:meth:`SceneView.written_window`), where :meth:`write` wrote it."""
         if state is None:
             journal.start_fresh()
             return self.done
@@ -214,13 +226,15 @@ class TileSink:
             self._add(arrays[0], arrays[2], skipped)
             self.done.add((tile.core.row, tile.core.col))
 
-        journal.verify(state, [self.classes, self.confidence, self.masks], tiles, good)
+        journal.verify(state, [self.classes, self.confidence, self.masks], tiles, good,
+                       None if view is None else view.written_window)
         self.progress.update(len(self.done))
         return self.done
 
     def write(self, results: list[TileResult]) -> None:
         for r in results:
-            if (r.core.row, r.core.col) in self.done:
+            key = _tile_key(r)
+            if key in self.done:
                 continue  # resumed: already written and checked
             self.classes.write(r.core, r.classes)
             self.confidence.write(r.core, r.confidence)
@@ -230,7 +244,7 @@ class TileSink:
                 self.probabilities.write(r.core, r.probabilities)
             self._add(r.classes, r.masks if self.masks is not None else None, r.skipped)
             if self.journal is not None:
-                self.journal.record(r.core, [r.classes, r.confidence, r.masks if self.masks is not None else None], r.skipped)
+                self.journal.record(key, r.core, [r.classes, r.confidence, r.masks if self.masks is not None else None], r.skipped)
             self.progress.update(1)
 
 
@@ -388,9 +402,9 @@ def run_scene(
     # the resume journal: finished tiles of the hidden stripes files (geoseg.scene.journal)
     journal = TileJournal(out, stem, _journal_key(source, bundle, opts, grid), [f for k, f in finals.items() if k in PRODUCTS])
     try:
-        # a resampled scene or an area of interest writes tiles mapped onto the output grid: its
-        # journal cannot be checked tile by tile against the grid, so such runs start afresh
-        state = journal.open(opts.resume and view.trivial)
+        # a resampled scene or an area of interest writes each tile at the window the view maps
+        # it to on the output grid: the journal records and checks the tile there
+        state = journal.open(opts.resume)
         try:
             products = _create_products(finals, view.output, outputs, bundle, journal.stripes, reopen=state is not None)
         except OutputError:
@@ -412,7 +426,7 @@ def run_scene(
         t1 = time.perf_counter()
         with Progress(total=len(tiles), desc=f"{stem}: tiles", disable=opts.quiet) as progress:
             sink = TileSink(classes, confidence, masks, progress, journal, probs)
-            done = sink.resume(journal, state, tiles)
+            done = sink.resume(journal, state, tiles, tile_view)
             # the same batches as an uninterrupted run (the same bytes), less those all done;
             # blended seams need every window's probabilities, so they rerun all windows and
             # the sink skips the tiles already written

@@ -78,6 +78,24 @@ class SceneView:
         """Where ``tile``'s core lands on the full output grid."""
         return output_window(self.warp, tile.core) if self._back() else tile.core
 
+    def written_window(self, tile: Tile) -> PixelWindow | None:
+        """Where :meth:`finish` writes ``tile``'s products on the :attr:`output` grid (the
+        window the resume journal checks), or None when the tile writes nothing.
+
+        The windows of different tiles never overlap: the cores partition the tile grid;
+        mapped back to the scene grid, every scene pixel takes its products from the one
+        model pixel its centre falls in (:func:`geoseg.io.warp.output_window`); the area's
+        mask changes values, not windows; and cropping cuts every window by the same one.
+        """
+        core = self.tile_output_window(tile)
+        if core.height == 0 or core.width == 0:
+            return None
+        win = self.window
+        if win is None:
+            return core
+        cut = core.intersection(win)
+        return None if cut is None else cut.shift(-win.row, -win.col)
+
     def select(self, grid: TileGrid) -> list[Tile]:
         """The tiles of ``grid`` (on :attr:`tile_geobox`) whose products reach the output
         window and that touch the area (a model-grid core can also own no scene pixel: a
