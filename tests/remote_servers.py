@@ -36,7 +36,22 @@ from pathlib import Path
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 
 
-class RangeServer:
+class _ServedInThread:
+    """``with server:`` runs ``self.httpd`` (an HTTP server on loopback) in a daemon thread."""
+
+    httpd: ThreadingHTTPServer
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class RangeServer(_ServedInThread):
     """``with RangeServer(root) as srv: srv.url + "/file.tif"``; see the module docstring."""
 
     def __init__(self, root: Path) -> None:
@@ -123,14 +138,6 @@ class RangeServer:
     def gets(self, suffix: str = "") -> list:
         return [r for r in self.requests if r[0] == "GET" and r[1].endswith(suffix)]
 
-    def __enter__(self) -> RangeServer:  # noqa: PYI034
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_S3_ENDPOINT",
@@ -215,7 +222,7 @@ class S3Server:
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
 
 
-class FaultProxy:
+class FaultProxy(_ServedInThread):
     """An HTTP proxy on loopback in front of ``upstream`` (``host:port``, e.g. moto's S3).
 
     Forwards every request unchanged (the Host header too, so S3 signatures still verify)
@@ -294,14 +301,6 @@ class FaultProxy:
         self.httpd = Server(("127.0.0.1", 0), Handler)
         self.endpoint = f"127.0.0.1:{self.httpd.server_address[1]}"
 
-    def __enter__(self) -> FaultProxy:  # noqa: PYI034
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def _free_port() -> int:

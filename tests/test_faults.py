@@ -63,18 +63,23 @@ def final_names(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir() if not p.name.startswith((".", "ballast")))
 
 
-def _fill_before(monkeypatch, owner, name: str, directory: Path) -> None:
-    """Fill the disk the first time ``owner.name`` is called, then call it."""
+def _once_before(monkeypatch, owner, name: str, action) -> None:
+    """Run ``action()`` the first time ``owner.name`` is called, then call it."""
     real = getattr(owner, name)
     state = {"done": False}
 
     def wrapper(*a, **kw):
         if not state["done"]:
             state["done"] = True
-            fill(directory)
+            action()
         return real(*a, **kw)
 
     monkeypatch.setattr(owner, name, wrapper)
+
+
+def _fill_before(monkeypatch, owner, name: str, directory: Path) -> None:
+    """Fill the disk the first time ``owner.name`` is called, then call it."""
+    _once_before(monkeypatch, owner, name, lambda: fill(directory))
 
 
 @pytest.fixture
@@ -115,16 +120,7 @@ def turn_read_only(d: Path) -> None:
 
 def _read_only_before(monkeypatch, owner, name: str, directory: Path) -> None:
     """Turn the disk read-only the first time ``owner.name`` is called, then call it."""
-    real = getattr(owner, name)
-    state = {"done": False}
-
-    def wrapper(*a, **kw):
-        if not state["done"]:
-            state["done"] = True
-            turn_read_only(directory)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(owner, name, wrapper)
+    _once_before(monkeypatch, owner, name, lambda: turn_read_only(directory))
 
 
 def _stages():
