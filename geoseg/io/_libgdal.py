@@ -6,10 +6,12 @@ that must act on rasterio's GDAL state (its VSI caches, its datasets) have to us
 
 from __future__ import annotations
 
+import ctypes
 import glob
+import os
 from pathlib import Path
 
-__all__ = ["gdal_library_path"]
+__all__ = ["GdalBindings", "gdal_library_path"]
 
 
 def gdal_library_path() -> str | None:
@@ -27,3 +29,29 @@ def gdal_library_path() -> str | None:
     if not candidates:
         candidates = sorted(glob.glob(str(rasterio_libs / "libgdal*")))
     return candidates[0] if candidates else None
+
+
+class GdalBindings:
+    """Prototypes of some GDAL C functions, bound with ctypes in a subclass's ``__init__``
+    (``self.fn(name, restype, *argtypes)``), over rasterio's libgdal."""
+
+    def __init__(self, path: str) -> None:
+        self.lib = ctypes.CDLL(path)
+
+    def fn(self, name: str, restype, *argtypes):
+        f = getattr(self.lib, name)
+        f.restype, f.argtypes = restype, list(argtypes)
+        return f
+
+    @classmethod
+    def load(cls):
+        """The bindings, or None where callers fall back to another route: rasterio's
+        libgdal not found, ``GEOSEG_GDAL_CTYPES=0`` in the environment, or a function or
+        driver the subclass needs missing (an older GDAL)."""
+        path = gdal_library_path()
+        if path is None or os.environ.get("GEOSEG_GDAL_CTYPES", "1") == "0":
+            return None
+        try:
+            return cls(path)
+        except (OSError, AttributeError):
+            return None

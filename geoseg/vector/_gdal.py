@@ -13,7 +13,6 @@ when that library cannot be found (or with ``GEOSEG_GDAL_CTYPES=0`` in the envir
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 import warnings
 from functools import lru_cache
@@ -21,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 
 from geoseg.errors import GeosegError
-from geoseg.io._libgdal import gdal_library_path
+from geoseg.io._libgdal import GdalBindings
 
 _GDT_BYTE, _GDT_INT32 = 1, 5
 _GF_READ, _GF_WRITE = 0, 1
@@ -29,17 +28,13 @@ _WKB_POLYGON, _WKB_NDR = 3, 1
 _OFT_INTEGER = 0
 
 
-class _Gdal:
+class _Gdal(GdalBindings):
     """Prototypes of the few GDAL C functions used here."""
 
     def __init__(self, path: str) -> None:
-        lib = ctypes.CDLL(path)
+        super().__init__(path)
         vp, ci, cd, cs = ctypes.c_void_p, ctypes.c_int, ctypes.c_double, ctypes.c_char_p
-
-        def fn(name, restype, *argtypes):
-            f = getattr(lib, name)
-            f.restype, f.argtypes = restype, list(argtypes)
-            return f
+        fn = self.fn
 
         self.get_driver = fn("GDALGetDriverByName", vp, cs)
         self.create = fn("GDALCreate", vp, vp, cs, ci, ci, ci, ci, vp)
@@ -71,13 +66,7 @@ class _Gdal:
 
 @lru_cache(maxsize=1)
 def _gdal() -> _Gdal | None:
-    path = gdal_library_path()
-    if path is None or os.environ.get("GEOSEG_GDAL_CTYPES", "1") == "0":
-        return None
-    try:
-        return _Gdal(path)
-    except (OSError, AttributeError):
-        return None
+    return _Gdal.load()
 
 
 _INIT_LOCK = threading.Lock()

@@ -22,14 +22,13 @@ end up in :class:`~geoseg.io.faults.GdalWriteError`, which
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from geoseg.io._libgdal import gdal_library_path
+from geoseg.io._libgdal import GdalBindings
 from geoseg.io.faults import GdalWriteError
 
 __all__ = ["GpkgLayer", "available"]
@@ -78,18 +77,14 @@ _RELEASE_SCHEMA, _RELEASE_ARRAY = _released(_ArrowSchema), _released(_ArrowArray
 _ERROR_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_char_p)
 
 
-class _Ogr:
+class _Ogr(GdalBindings):
     """Prototypes of the GDAL/OGR C functions used here."""
 
     def __init__(self, path: str) -> None:
-        lib = ctypes.CDLL(path)
+        super().__init__(path)
         vp, ci, cs = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
         pp = ctypes.POINTER(ctypes.c_char_p)
-
-        def fn(name, restype, *argtypes):
-            f = getattr(lib, name)
-            f.restype, f.argtypes = restype, list(argtypes)
-            return f
+        fn = self.fn
 
         self.get_driver = fn("GDALGetDriverByName", vp, cs)
         self.create = fn("GDALCreate", vp, vp, cs, ci, ci, ci, ci, pp)
@@ -121,13 +116,7 @@ class _Ogr:
 
 @lru_cache(maxsize=1)
 def _ogr() -> _Ogr | None:
-    path = gdal_library_path()
-    if path is None or os.environ.get("GEOSEG_GDAL_CTYPES", "1") == "0":
-        return None
-    try:
-        return _Ogr(path)
-    except (OSError, AttributeError):  # no such library, no GPKG driver, or GDAL < 3.8
-        return None
+    return _Ogr.load()
 
 
 _INIT_LOCK = threading.Lock()
