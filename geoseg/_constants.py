@@ -23,8 +23,17 @@ DEFAULT_TILE_SIZE: Final = 1024
 #: the blocks in flight: a speckled 512^2 block holds ~65k polygons (~70 MB); few cross-block merges.
 DEFAULT_BLOCK_SIZE: Final = 512
 
-#: GDAL settings for every read: bounded block cache, no sidecar scanning. Mind that
-#: rasterio.Env takes GDAL_CACHEMAX in *bytes* (a bare 256 meant 256 bytes: every
-#: scanline read decompressed its block again, 3-6x slower polygonizing, measured).
-GDAL_CACHE_BYTES: Final = 256 * 1024 * 1024
-GDAL_ENV: Final = {"GDAL_CACHEMAX": GDAL_CACHE_BYTES, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+#: GDAL's block cache (one per process, sized by :func:`geoseg.io.raster.size_block_cache`)
+#: while only local rasters are read: the blocks a row of tiles' halo shares with the next
+#: row, and the blocks products write between flushes (``geoseg.io.cog.FLUSH_BYTES`` each).
+#: At 256 MiB the cache kept input blocks nobody read again: to_cog's 8192^2 peak was 1.38x
+#: the 2048^2 one; at 96 MiB 1.21x, for the same speed (BENCHMARKS.md).
+GDAL_CACHE_BYTES: Final = 96 * 2**20
+#: ... once a remote source is read: the shared handle's read-ahead and prefetch keep up to
+#: three rows of blocks of every file of the source (an 8192^2 Item of four COGs: 96 MiB)
+#: until the tiles read them; with 96 MiB they were evicted and fetched again (1.87x the bytes).
+REMOTE_GDAL_CACHE_BYTES: Final = 256 * 2**20
+#: GDAL settings for every read: no sidecar scanning. (Not GDAL_CACHEMAX: GDAL's block cache
+#: is one per process, and a ``rasterio.Env`` that sets it resizes it for every thread on
+#: entry and again on exit, evicting what other threads' reads had cached.)
+GDAL_ENV: Final = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}

@@ -20,6 +20,9 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import sys
+
+from geoseg._constants import GDAL_CACHE_BYTES
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -45,19 +48,35 @@ _allocator_tuned: bool | None = None
 #:   another process holds a core (measured on a 2-vCPU machine); sleeping waiters cost
 #:   nothing measurable for our model sizes. libgomp reads it once, when torch is first
 #:   imported, so it only takes effect before that.
-#: - ``GDAL_CACHEMAX`` (MB): GDAL sizes its block cache once, at the first raster I/O of
-#:   the process, from this variable (default: 5% of RAM); most resident memory of a run
-#:   was that cache, so it is bounded unless the user chose a size.
-PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "GDAL_CACHEMAX": "256"}
+#: - ``GDAL_CACHEMAX`` (MB): GDAL sizes its block cache at the first raster I/O of the
+#:   process from this variable (default: 5% of RAM); most resident memory of a run was
+#:   that cache, so it is bounded (:data:`geoseg._constants.GDAL_CACHE_BYTES`; raised for
+#:   remote sources by :func:`geoseg.io.raster.size_block_cache`) unless the user chose a size.
+PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "GDAL_CACHEMAX": str(GDAL_CACHE_BYTES // 2**20)}
+
+#: the names of :data:`PROCESS_ENV` the environment held before :func:`configure_process` ran
+_user_set: frozenset[str] | None = None
 
 
 def configure_process() -> None:
     """Apply geoseg's process settings: :data:`PROCESS_ENV` defaults and the allocator
     tuning (:func:`tune_cpu_allocator`). Idempotent; best called before torch is imported
     and before any thread starts."""
+    global _user_set
+    if _user_set is None:
+        _user_set = frozenset(name for name in PROCESS_ENV if name in os.environ)
     for name, value in PROCESS_ENV.items():
         os.environ.setdefault(name, value)
     tune_cpu_allocator()
+    if "rasterio" in sys.modules:  # GDAL may have sized its block cache already
+        from geoseg.io.raster import size_block_cache
+
+        size_block_cache()
+
+
+def chosen_by_user(name: str) -> bool:
+    """Whether the user set the environment variable ``name`` (not :func:`configure_process`)."""
+    return name in (_user_set if _user_set is not None else os.environ)
 
 
 def tune_cpu_allocator() -> bool:

@@ -392,3 +392,93 @@ def test_aoi_over_http_fetches_each_block_once(tmp_path):
     assert sent < needed * 1.1 + 2 * 32768, (sent, needed)
     # merged: the shared handle reads each row of blocks under the tiles ahead, in one request
     assert len(pixel_ranges) == len({by for by, _ in blocks}), pixel_ranges
+
+
+def test_prefetch_fetches_the_next_strip_in_the_background(tmp_path):
+    """After a tile of one strip of the read plan is read, the shared handle fetches the
+    next strip's planned blocks in the background (one request per row of blocks): the
+    next strip's tiles then read without a request, and the pixels equal a local read."""
+    import dataclasses
+
+    from rasterio.shutil import copy
+
+    from geoseg.grid import PixelWindow
+    from geoseg.io.raster import _prefetcher, open_scene
+    from geoseg.synthetic import synthesize
+
+    served = tmp_path / "served"
+    served.mkdir()
+    base = synthesize(tmp_path / "base.tif", 512, seed=3, block=256).path
+    copy(base, served / "s.tif", driver="GTiff", tiled=True, blockxsize=64, blockysize=64, compress="deflate")
+    strip1, strip2 = PixelWindow(0, 0, 160, 512), PixelWindow(128, 0, 160, 512)  # rows of blocks 0-2, 2-4
+    local = open_scene(served / "s.tif")
+    with RangeServer(served) as srv:
+        source = open_scene(f"{srv.url}/s.tif")
+        source = dataclasses.replace(source, read_plan=(strip1, strip2))
+        try:
+            first = source.read_windows([PixelWindow(0, 0, 160, 200)])[0]
+            _prefetcher().submit(lambda: None).result()  # the prefetch queued before it has run
+            ranges = [r for r in _fetched(list(srv.requests), "s.tif") if r[0] > 0]
+            with rasterio.open(served / "s.tif") as ds:
+                offsets = {(by, bx): int(ds.get_tag_item(f"BLOCK_OFFSET_{bx}_{by}", "TIFF", bidx=1))
+                           for by in range(8) for bx in range(8)}
+            fetched_rows = [{by for (by, _), off in offsets.items() if a <= off < b} for a, b in ranges]
+            # rows 0-2 by the tile's read-ahead, 3 and 4 by the prefetch; a request may reach
+            # into the next row (/vsicurl/ rounds to 16 KB), but no byte is fetched twice
+            assert len(ranges) == 5 and set().union(*fetched_rows) >= {0, 1, 2, 3, 4}, fetched_rows
+            covered = np.zeros(max(b for _, b in ranges), np.uint8)
+            for a, b in ranges:
+                covered[a:b] += 1
+            assert covered.max() == 1
+            n = len(srv.requests)
+            second = source.read_windows([PixelWindow(128, 300, 160, 212)])[0]
+            assert len(srv.requests) == n, srv.requests[n:]  # all from the block cache
+        finally:
+            source.release()
+    for got, window in ((first, PixelWindow(0, 0, 160, 200)), (second, PixelWindow(128, 300, 160, 212))):
+        want = local.read_windows([window])[0]
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+_CACHE_PROBE = """
+import ctypes, sys
+sys.path.insert(0, {tests!r})
+from geoseg.allocator import configure_process
+configure_process()
+from geoseg.io._libgdal import GdalBindings
+from geoseg.io.raster import open_scene
+from geoseg.grid import PixelWindow
+from remote_servers import RangeServer
+cache = GdalBindings.load().fn("GDALGetCacheMax64", ctypes.c_int64)
+w = [PixelWindow(0, 0, 64, 64)]
+open_scene({path!r}).read_windows(w)
+sizes = [cache()]
+with RangeServer({served!r}) as srv:
+    remote = open_scene(srv.url + "/s.tif")
+    remote.read_windows(w)
+    remote.release()
+sizes.append(cache())
+open_scene({path!r}).read_windows(w)
+sizes.append(cache())
+print(*(s // 2**20 for s in sizes))
+"""
+
+
+@pytest.mark.parametrize("user", [None, "40"])
+def test_block_cache_is_small_for_local_reads_and_raised_for_remote_ones(tmp_path, user):
+    """GDAL's block cache (one per process) is 96 MiB while only local rasters were read and
+    256 MiB from the first remote read on (the shared handle's read-ahead keeps rows of
+    blocks there); a GDAL_CACHEMAX the user set is left alone."""
+    from geoseg.synthetic import synthesize
+
+    served = tmp_path / "served"
+    served.mkdir()
+    path = synthesize(served / "s.tif", 256, seed=1).path
+    env = {k: v for k, v in os.environ.items() if k != "GDAL_CACHEMAX"}
+    if user:
+        env["GDAL_CACHEMAX"] = user
+    code = _CACHE_PROBE.format(tests=str(Path(__file__).parent), path=str(path), served=str(served))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == (["96", "256", "256"] if user is None else ["40", "40", "40"])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geoseg._constants import GDAL_CACHE_BYTES, NODATA
+from geoseg._constants import NODATA
 from geoseg._files import OutputSet, remove_files
 from geoseg.classes import hex_to_rgb
 from geoseg.errors import OutputError
@@ -45,7 +45,7 @@ COG_OPTIONS = {
 
 #: Bytes a :class:`RasterProduct` writes before it flushes them to its stripes file. GDAL
 #: keeps written blocks in its block cache until the file is closed (or the cache, up to
-#: ``GDAL_CACHEMAX``, is full): without a flush an 8192^2 scene's products (192 MiB) stayed
+#: ``geoseg._constants.GDAL_CACHE_BYTES``, is full): without a flush an 8192^2 scene's products (192 MiB) stayed
 #: resident until the end, and ``to_cog``'s peak memory grew with the scene (``run_scene``
 #: was spared only by its journal's checkpoints, every 10 s). Only writes from the thread
 #: that opened the stripes flush them (rasterio's datasets are bound to that thread).
@@ -206,9 +206,7 @@ class RasterProduct:
         self.close()
         cog = self.outputs.temp_for(self.final, "cog-")
         try:
-            with writing(f"{self.final.name} (COG)", self.final.parent), rasterio.Env(
-                GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_NUM_THREADS="ALL_CPUS"
-            ):
+            with writing(f"{self.final.name} (COG)", self.final.parent), rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
                 rio_copy(self.tmp, cog, driver="COG", **{**COG_OPTIONS, "OVERVIEW_RESAMPLING": self.overview_resampling})
         except BaseException:
             remove_files([cog])

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from geoseg._constants import GDAL_CACHE_BYTES, GDAL_ENV
+from geoseg._constants import GDAL_CACHE_BYTES, GDAL_ENV, REMOTE_GDAL_CACHE_BYTES
 from geoseg.errors import InputError, RasterReadError
 from geoseg.grid import GeoBox, PixelWindow
 
@@ -35,6 +35,7 @@ __all__ = [
     "open_raster",
     "open_scene",
     "read_band",
+    "size_block_cache",
 ]
 
 T = TypeVar("T")
@@ -59,8 +60,8 @@ def open_raster(path, mode: str = "r", *, env: bool = True, quiet: bool = False,
     Args:
         path: the file (or a GDAL path).
         mode: ``"r"``, ``"r+"`` or ``"w"`` (then ``profile`` holds the creation options).
-        env: open (and use) it under :data:`geoseg._constants.GDAL_ENV` (bounded block
-            cache, no directory listing).
+        env: open (and use) it under :data:`geoseg._constants.GDAL_ENV` (no directory
+            listing; GDAL's block cache is sized per process, :func:`size_block_cache`).
         quiet: silence rasterio's ``NotGeoreferencedWarning`` (for callers that check
             georeferencing themselves).
 
@@ -317,9 +318,54 @@ class SceneSource:
             ) from exc
 
 
-#: The most a shared handle's read-ahead decodes at once (:meth:`SharedDataset._read_ahead`):
-#: a quarter of GDAL's block cache, which must keep those blocks until the tiles read them.
-READ_AHEAD_BYTES = GDAL_CACHE_BYTES // 4
+#: The most a shared handle's read-ahead (or prefetch) decodes at once
+#: (:meth:`SharedDataset._read_ahead`): a quarter of GDAL's block cache while a remote source
+#: is read, which must keep those blocks until the tiles read them.
+READ_AHEAD_BYTES = REMOTE_GDAL_CACHE_BYTES // 4
+
+_cache_lock = threading.Lock()
+_cache_floor = GDAL_CACHE_BYTES
+_cache_bindings: Any = False  # not loaded yet
+
+
+def size_block_cache(at_least: int = GDAL_CACHE_BYTES) -> int:
+    """Size GDAL's block cache, which is one per process, for geoseg's reads.
+
+    :data:`~geoseg._constants.GDAL_CACHE_BYTES` while only local rasters have been read;
+    a remote source raises it to :data:`~geoseg._constants.REMOTE_GDAL_CACHE_BYTES` when
+    its shared handle opens, and it stays there (another thread may be reading one). Nothing
+    changes when the user chose the size (``GDAL_CACHEMAX`` in the environment before
+    :func:`geoseg.allocator.configure_process`).
+
+    Returns:
+        The size geoseg wants now, in bytes.
+    """
+    global _cache_floor, _cache_bindings
+    from geoseg.allocator import chosen_by_user
+
+    with _cache_lock:
+        _cache_floor = max(_cache_floor, at_least)
+        if chosen_by_user("GDAL_CACHEMAX"):
+            return _cache_floor
+        if _cache_bindings is False:
+            from ._libgdal import GdalBindings
+
+            class _Cache(GdalBindings):
+                def __init__(self, path: str) -> None:
+                    import ctypes
+
+                    super().__init__(path)
+                    self.get = self.fn("GDALGetCacheMax64", ctypes.c_int64)
+                    self.set = self.fn("GDALSetCacheMax64", None, ctypes.c_int64)
+
+            _cache_bindings = _Cache.load()
+        if _cache_bindings is None:  # GDAL applies the option at once (a process-wide setting)
+            from rasterio.env import set_gdal_config
+
+            set_gdal_config("GDAL_CACHEMAX", _cache_floor)
+        elif _cache_bindings.get() != _cache_floor:
+            _cache_bindings.set(_cache_floor)
+        return _cache_floor
 
 
 class SharedDataset:
@@ -337,7 +383,10 @@ class SharedDataset:
     With the run's read plan (:attr:`SceneSource.read_plan`), :meth:`read` first reads ahead
     the planned blocks of the window's rows of blocks (:meth:`_read_ahead`): one request per
     row of blocks and file instead of one per row, file and tile (an 8192^2 Item of four
-    COGs: ~80 requests instead of ~500).
+    COGs: ~80 requests instead of ~500). After a read it also fetches, in the background,
+    the blocks of the plan's next strip (:meth:`_prefetch`): the next row of tiles then
+    finds its blocks cached, and the requests' latency (and the server's time) overlaps
+    the model's work on the current row instead of stalling a tile.
     """
 
     _registry: dict[tuple[str, float], SharedDataset] = {}
@@ -353,12 +402,15 @@ class SharedDataset:
         self._plan: tuple[PixelWindow, ...] = ()
         self._planned: dict[int, set[int]] | None = None  # block row -> planned block columns
         self._fetched: set[tuple[int, int]] = set()  # (block row, block column) read ahead
+        self._prefetching: set[int] = set()  # first rows of the strips handed to the prefetcher
+        self._generation = 0  # bumped by close() and a new plan: a prefetch of an older one stops
 
     def plan(self, windows: tuple[PixelWindow, ...]) -> None:
         """The windows (strips) the run will read: the blocks :meth:`read` may fetch ahead."""
         with self.lock:
             if windows != self._plan:
                 self._plan, self._planned, self._fetched = windows, None, set()
+                self._prefetching, self._generation = set(), self._generation + 1
 
     @classmethod
     def of(cls, source: SceneSource) -> SharedDataset:
@@ -375,6 +427,7 @@ class SharedDataset:
 
     def _dataset(self):
         if self._ds is None:
+            size_block_cache(REMOTE_GDAL_CACHE_BYTES)  # the read-ahead keeps rows of blocks there
             cm = open_raster(self.path, env=False)
             self._ds = cm.__enter__()
             self._cm = cm
@@ -385,7 +438,80 @@ class SharedDataset:
             ds = self._dataset()
             if self._plan:
                 self._read_ahead(ds, indexes, window)
-            return ds.read(indexes, window=window, **kwargs)
+            out = ds.read(indexes, window=window, **kwargs)
+            upcoming = self._next_strips(int(window.row_off)) if self._plan else ()
+            if upcoming:
+                self._prefetching.add(upcoming[0].row)
+                generation = self._generation
+        if upcoming:
+            _prefetcher().submit(self._prefetch, indexes, upcoming, generation)
+        return out
+
+    def _next_strips(self, row: int) -> tuple[PixelWindow, ...]:
+        """The plan's strips that start on the first row after ``row`` (the next row of tiles),
+        unless the prefetcher already has them."""
+        nxt = min((s.row for s in self._plan if s.row > row), default=None)
+        if nxt is None or nxt in self._prefetching:
+            return ()
+        return tuple(s for s in self._plan if s.row == nxt)
+
+    def _prefetch(self, indexes, strips: tuple[PixelWindow, ...], generation: int) -> None:
+        """Read the planned blocks of ``strips`` that are not cached yet into GDAL's block
+        cache, one row of blocks (one request per file) at a time, the lock released between
+        rows so that tiles read meanwhile; at most :data:`READ_AHEAD_BYTES` decoded (whole
+        rows, at least one; the tiles' own reads fetch the rest). Stops when the handle is
+        closed or given a new plan. A failure closes the handle: the tiles' reads, which are
+        retried and report by URL, fetch those blocks again."""
+        import rasterio
+        from rasterio.windows import Window
+
+        from .remote import remote_env
+
+        try:
+            with rasterio.Env(**{**GDAL_ENV, **remote_env()}):
+                with self.lock:
+                    if generation != self._generation or self._ds is None:
+                        return
+                    ds = self._ds
+                    bh, bw = ds.block_shapes[0]
+                    n_bands = len(indexes) if isinstance(indexes, (list, tuple)) else 1
+                    row_bytes = bh * bw * n_bands * np.dtype(ds.dtypes[0]).itemsize
+                    runs: list[tuple[int, int, int]] = []  # (block row, first col, last col)
+                    budget = READ_AHEAD_BYTES
+                    for br in sorted({br for s in strips for br in range(s.row // bh, (s.row_end - 1) // bh + 1)}):
+                        cols = sorted(c for c in (self._planned or {}).get(br, ()) if (br, c) not in self._fetched)
+                        if not cols:
+                            continue
+                        if runs and budget < len(cols) * row_bytes:
+                            break
+                        budget -= len(cols) * row_bytes
+                        start = prev = cols[0]
+                        for c in [*cols[1:], None]:
+                            if c is None or c != prev + 1:
+                                runs.append((br, start, prev))
+                                start = c
+                            prev = c
+                # the last row first, as _read_ahead (no range starts where the previous one ended);
+                # one band (one file of an Item) per hold of the lock: a tile's read waits for one
+                # request at most
+                bands = list(indexes) if isinstance(indexes, (list, tuple)) else [indexes]
+                for br, c0, c1 in sorted(runs, reverse=True):
+                    r, c = br * bh, c0 * bw
+                    window = Window(c, r, min((c1 + 1) * bw, ds.width) - c, min(r + bh, ds.height) - r)
+                    for band in bands:
+                        time.sleep(0.001)  # a tile's read waiting for the lock takes it first
+                        with self.lock:
+                            if generation != self._generation or self._ds is None:
+                                return
+                            if all((br, bc) in self._fetched for bc in range(c0, c1 + 1)):
+                                break  # a tile's read-ahead took the row meanwhile
+                            ds.read(band, window=window)
+                    with self.lock:
+                        if generation == self._generation:
+                            self._fetched.update((br, bc) for bc in range(c0, c1 + 1))
+        except Exception:  # noqa: BLE001 - the tiles' reads fetch, retry and report
+            if generation == self._generation:
+                self.close()
 
     def _read_ahead(self, ds, indexes, window) -> None:
         """Before reading ``window``, read into GDAL's block cache the planned blocks of its
@@ -443,6 +569,7 @@ class SharedDataset:
         with self.lock:
             cm, self._cm, self._ds = self._cm, None, None
             self._fetched = set()  # the block cache goes with the handle
+            self._prefetching, self._generation = set(), self._generation + 1
         if cm is not None:
             with contextlib.suppress(Exception):  # closing a handle that failed
                 cm.__exit__(None, None, None)
@@ -453,6 +580,21 @@ class SharedDataset:
             shared = cls._registry.pop(key, None)
         if shared is not None:
             shared.close()
+
+
+_PREFETCHER = None
+_PREFETCHER_LOCK = threading.Lock()
+
+
+def _prefetcher():
+    """The process's one background thread for :meth:`SharedDataset._prefetch`."""
+    global _PREFETCHER
+    with _PREFETCHER_LOCK:
+        if _PREFETCHER is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _PREFETCHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-prefetch")
+        return _PREFETCHER
 
 
 def _gdal_reason(exc: BaseException) -> str:
