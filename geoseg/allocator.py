@@ -20,7 +20,6 @@ import ctypes
 import ctypes.util
 import os
 import platform
-import sys
 
 from geoseg._constants import GDAL_CACHE_BYTES
 
@@ -67,16 +66,18 @@ def configure_process() -> None:
         _user_set = frozenset(name for name in PROCESS_ENV if name in os.environ)
     for name, value in PROCESS_ENV.items():
         os.environ.setdefault(name, value)
-    tune_cpu_allocator()
-    if "rasterio" in sys.modules:  # GDAL may have sized its block cache already
-        from geoseg.io.raster import size_block_cache
-
-        size_block_cache()
+    tune_cpu_allocator()  # (GDAL's block cache, if GDAL already sized it: the next geoseg open resizes it)
 
 
 def chosen_by_user(name: str) -> bool:
-    """Whether the user set the environment variable ``name`` (not :func:`configure_process`)."""
-    return name in (_user_set if _user_set is not None else os.environ)
+    """Whether the user set the environment variable ``name`` (not :func:`configure_process`).
+
+    In a process where :func:`configure_process` has not run (a Dask worker started by
+    geoseg inherits its environment), a value equal to geoseg's own default counts as geoseg's.
+    """
+    if _user_set is not None:
+        return name in _user_set
+    return name in os.environ and os.environ[name] != PROCESS_ENV.get(name)
 
 
 def tune_cpu_allocator() -> bool:

@@ -445,7 +445,8 @@ _CACHE_PROBE = """
 import ctypes, sys
 sys.path.insert(0, {tests!r})
 from geoseg.allocator import configure_process
-configure_process()
+if {configure}:
+    configure_process()
 from geoseg.io._libgdal import GdalBindings
 from geoseg.io.raster import open_scene
 from geoseg.grid import PixelWindow
@@ -465,11 +466,12 @@ print(*(s // 2**20 for s in sizes))
 """
 
 
-@pytest.mark.parametrize("user", [None, "40"])
-def test_block_cache_is_small_for_local_reads_and_raised_for_remote_ones(tmp_path, user):
+@pytest.mark.parametrize("user,configure", [(None, True), ("40", True), ("96", False)], ids=["geoseg", "user", "worker"])
+def test_block_cache_is_small_for_local_reads_and_raised_for_remote_ones(tmp_path, user, configure):
     """GDAL's block cache (one per process) is 96 MiB while only local rasters were read and
     256 MiB from the first remote read on (the shared handle's read-ahead keeps rows of
-    blocks there); a GDAL_CACHEMAX the user set is left alone."""
+    blocks there); a GDAL_CACHEMAX the user set is left alone. A Dask worker process that
+    inherited geoseg's own 96 (and never ran configure_process) is sized as geoseg's."""
     from geoseg.synthetic import synthesize
 
     served = tmp_path / "served"
@@ -478,7 +480,7 @@ def test_block_cache_is_small_for_local_reads_and_raised_for_remote_ones(tmp_pat
     env = {k: v for k, v in os.environ.items() if k != "GDAL_CACHEMAX"}
     if user:
         env["GDAL_CACHEMAX"] = user
-    code = _CACHE_PROBE.format(tests=str(Path(__file__).parent), path=str(path), served=str(served))
+    code = _CACHE_PROBE.format(tests=str(Path(__file__).parent), path=str(path), served=str(served), configure=configure)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == (["96", "256", "256"] if user is None else ["40", "40", "40"])
+    assert out.stdout.split() == (["40", "40", "40"] if user == "40" else ["96", "256", "256"])

@@ -462,6 +462,39 @@ def test_blending_holds_a_band_of_rows_not_the_scene() -> None:
     assert peaks[0] <= 2 * (2 * 16) * 384 * (2 + 1 + 1)  # about one band of rows, float32 values
 
 
+def test_blending_sums_do_not_depend_on_the_order_windows_arrive_in(monkeypatch) -> None:
+    """Where four windows overlap, float sums depend on the order of the terms: the sink
+    adds them in tile order whatever order the windows arrive in (threads, a cluster), so
+    ``geoseg run`` and ``geoseg.segment`` give the same bytes on any scheduler."""
+    from geoseg.grid import PixelWindow, TileGrid
+    from geoseg.scene.blend import BlendLayout, BlendSink, blend_pieces
+
+    grid = TileGrid(192, 192, 64, halo=16, factor=8)
+    layout = BlendLayout(grid, num_classes=3, num_masks=1)
+    rng = np.random.default_rng(0)
+    pieces = []
+    for tile in grid:
+        h, w = tile.read.height, tile.read.width
+        probs = rng.random((1, 3, h, w), dtype=np.float32)
+        pieces += blend_pieces(layout, [tile], probs, rng.random((1, 1, h, w), dtype=np.float32),
+                               np.ones((1, h, w), bool), np.array([True]))
+    sums = {}
+    original = BlendSink._finish
+
+    def record(self, cell_win, cell, done):
+        sums.setdefault(self.order, {})[(cell_win.row, cell_win.col)] = cell.probs.tobytes() + cell.weight.tobytes()
+        return original(self, cell_win, cell, done)
+
+    monkeypatch.setattr(BlendSink, "_finish", record)
+    for order, seq in (("rows", pieces), ("reversed", pieces[::-1]), ("shuffled", [pieces[i] for i in rng.permutation(len(pieces))])):
+        sink = BlendSink(layout, lambda cores: None)
+        sink.order = order
+        for piece in seq:
+            sink.add([piece])
+    assert len(sums["rows"]) == len(layout.cells(PixelWindow(0, 0, 192, 192)))
+    assert sums["rows"] == sums["reversed"] == sums["shuffled"]
+
+
 # --------------------------------------------------------------------------- pickled payloads never run
 
 
@@ -546,3 +579,47 @@ def test_pt2_carrying_a_pickled_payload_is_refused_and_never_runs(work: dict, tm
     config["config"][first]["use_pickle"] = True
     _rewrite_zip(good, tmp_path / "weights.pt2", {config_name.split("/", 1)[1]: json.dumps(config).encode()})
     _refused(tmp_path / "weights.pt2", work, tmp_path, "pickled Python payload", first)
+
+
+# --------------------------------------------------------------------------- geoseg.segment with these models
+
+
+def _segment_equals_run(scene: Path, model: Path, out: Path, chunks: int, tile_size: int, heads=()) -> dict:
+    """``geoseg.segment`` of the scene (read by rioxarray in ``chunks``-px blocks, and as a
+    numpy-backed array) gives ``run_scene``'s class, confidence and mask COGs byte for byte."""
+    rioxarray = pytest.importorskip("rioxarray")
+    manifest = geoseg.run_scene(scene, out, model=str(model), tile_size=tile_size, vectorize=False, quiet=True,
+                                device="cpu", threads=2)  # windows arrive in any order: the same bytes
+    want = {k: read(out / f"{scene.stem}.{k}.tif") for k in ("classes", "confidence", *(["mask"] if heads else []))}
+    for data in (rioxarray.open_rasterio(scene, chunks=chunks, lock=False), rioxarray.open_rasterio(scene).load()):
+        got = geoseg.segment(data, model=str(model), tile_size=tile_size, device="cpu").compute()
+        assert np.array_equal(got["classes"].values, want["classes"][0])
+        assert np.array_equal(got["confidence"].values, want["confidence"][0])
+        for m, head in enumerate(heads):
+            assert np.array_equal(got[head].values, want["mask"][m]), head
+    return manifest
+
+
+def test_segment_runs_a_fixed_input_size_model_as_run_scene(work: dict, tmp_path: Path) -> None:
+    pytest.importorskip("xarray")
+    path = to_onnx(work["bundle"], tmp_path / "fixed.onnx", deepness_metadata(), size=96)  # onnxruntime: 96x96 only
+    (tmp_path / "fixed.geoseg.json").write_text(json.dumps({"mask_heads": ["bright"]}))
+    manifest = _segment_equals_run(work["scene"], path, tmp_path / "out", chunks=70, tile_size=500, heads=("bright",))
+    assert manifest["parameters"]["input_size"] == [96, 96]
+
+
+def test_segment_blends_the_seams_of_a_global_pooling_model_as_run_scene(tmp_path: Path) -> None:
+    pytest.importorskip("xarray")
+    rioxarray = pytest.importorskip("rioxarray")
+    scene = rgb_scene(tmp_path / "scene.tif", 200, 232, seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.trace(GlobalContext().eval(), torch.randn(1, 3, 64, 64))
+    torch.jit.save(module, str(tmp_path / "global.ts"))
+    (tmp_path / "global.geoseg.json").write_text(json.dumps({
+        "bands": list(RGB), "normalization": {"mean": MEAN, "std": STD}, "classes": ["a", "b", "c"]}))
+    manifest = _segment_equals_run(scene, tmp_path / "global.ts", tmp_path / "out", chunks=50, tile_size=64)
+    assert manifest["parameters"]["seams"] == "blended"
+    with pytest.raises(geoseg.errors.InputError, match="blended seams"):
+        geoseg.segment(rioxarray.open_rasterio(scene, chunks=64), model=str(tmp_path / "global.ts"), tile_size=64,
+                       probabilities=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -70,6 +71,7 @@ def open_raster(path, mode: str = "r", *, env: bool = True, quiet: bool = False,
     """
     import rasterio
 
+    size_block_cache()  # bounded in every process that reads (a Dask worker never ran configure_process)
     with warnings.catch_warnings():
         if quiet:
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
@@ -345,8 +347,6 @@ def size_block_cache(at_least: int = GDAL_CACHE_BYTES) -> int:
 
     with _cache_lock:
         _cache_floor = max(_cache_floor, at_least)
-        if chosen_by_user("GDAL_CACHEMAX"):
-            return _cache_floor
         if _cache_bindings is False:
             from ._libgdal import GdalBindings
 
@@ -359,6 +359,8 @@ def size_block_cache(at_least: int = GDAL_CACHE_BYTES) -> int:
                     self.set = self.fn("GDALSetCacheMax64", None, ctypes.c_int64)
 
             _cache_bindings = _Cache.load()
+        if chosen_by_user("GDAL_CACHEMAX"):
+            return _cache_floor
         if _cache_bindings is None:  # GDAL applies the option at once (a process-wide setting)
             from rasterio.env import set_gdal_config
 
@@ -366,6 +368,14 @@ def size_block_cache(at_least: int = GDAL_CACHE_BYTES) -> int:
         elif _cache_bindings.get() != _cache_floor:
             _cache_bindings.set(_cache_floor)
         return _cache_floor
+
+
+def _read_ahead_budget() -> int:
+    """:data:`READ_AHEAD_BYTES`, or a quarter of GDAL's block cache when the user chose a smaller one."""
+    size = size_block_cache(REMOTE_GDAL_CACHE_BYTES)
+    if _cache_bindings:
+        size = int(_cache_bindings.get())
+    return max(1, min(READ_AHEAD_BYTES, size // 4))
 
 
 class SharedDataset:
@@ -419,8 +429,8 @@ class SharedDataset:
         with cls._registry_lock:
             shared = cls._registry.pop(key, None) or cls(source.gdal_path)
             cls._registry[key] = shared  # most recently used last
-            shared.plan(source.read_plan)
             evicted = [cls._registry.pop(k) for k in list(cls._registry)[: max(0, len(cls._registry) - cls.KEEP)]]
+        shared.plan(source.read_plan)  # waits for the handle's lock: not under the registry's
         for old in evicted:
             old.close()
         return shared
@@ -444,7 +454,8 @@ class SharedDataset:
                 self._prefetching.add(upcoming[0].row)
                 generation = self._generation
         if upcoming:
-            _prefetcher().submit(self._prefetch, indexes, upcoming, generation)
+            with contextlib.suppress(RuntimeError):  # the interpreter is shutting down: no prefetch
+                _prefetcher().submit(self._prefetch, indexes, upcoming, generation)
         return out
 
     def _next_strips(self, row: int) -> tuple[PixelWindow, ...]:
@@ -460,8 +471,8 @@ class SharedDataset:
         cache, one row of blocks (one request per file) at a time, the lock released between
         rows so that tiles read meanwhile; at most :data:`READ_AHEAD_BYTES` decoded (whole
         rows, at least one; the tiles' own reads fetch the rest). Stops when the handle is
-        closed or given a new plan. A failure closes the handle: the tiles' reads, which are
-        retried and report by URL, fetch those blocks again."""
+        closed or given a new plan, and at a read error: the tiles' own reads, which are
+        retried and report by URL, fetch those blocks."""
         import rasterio
         from rasterio.windows import Window
 
@@ -477,7 +488,7 @@ class SharedDataset:
                     n_bands = len(indexes) if isinstance(indexes, (list, tuple)) else 1
                     row_bytes = bh * bw * n_bands * np.dtype(ds.dtypes[0]).itemsize
                     runs: list[tuple[int, int, int]] = []  # (block row, first col, last col)
-                    budget = READ_AHEAD_BYTES
+                    budget = _read_ahead_budget()
                     for br in sorted({br for s in strips for br in range(s.row // bh, (s.row_end - 1) // bh + 1)}):
                         cols = sorted(c for c in (self._planned or {}).get(br, ()) if (br, c) not in self._fetched)
                         if not cols:
@@ -509,9 +520,10 @@ class SharedDataset:
                     with self.lock:
                         if generation == self._generation:
                             self._fetched.update((br, bc) for bc in range(c0, c1 + 1))
-        except Exception:  # noqa: BLE001 - the tiles' reads fetch, retry and report
-            if generation == self._generation:
-                self.close()
+        except rasterio.errors.RasterioError:
+            pass  # a remote fault: the tiles' own reads fetch those blocks, retried and reported by URL
+        except Exception:  # noqa: BLE001 - a bug here must not fail the run, whose reads do not depend on it
+            logging.getLogger(__name__).warning("prefetch of %s failed", self.path, exc_info=True)
 
     def _read_ahead(self, ds, indexes, window) -> None:
         """Before reading ``window``, read into GDAL's block cache the planned blocks of its
@@ -538,7 +550,7 @@ class SharedDataset:
             return
         n_bands = len(indexes) if isinstance(indexes, (list, tuple)) else 1
         block_bytes = bh * bw * n_bands * np.dtype(ds.dtypes[0]).itemsize
-        per_row = max(last - first + 1, READ_AHEAD_BYTES // block_bytes // len(todo))
+        per_row = max(last - first + 1, _read_ahead_budget() // block_bytes // len(todo))
         runs: dict[tuple[int, int], list[int]] = {}  # (first col, last col) -> block rows
         for br in todo:
             wanted = [c for c in self._planned.get(br, set()) | set(range(first, last + 1)) if (br, c) not in self._fetched]

@@ -8,7 +8,12 @@ pystac-client sends the search; geoseg checks what it can before and after it:
   the API advertises one (else a GET), and pystac-client sends the filter in the
   language of the method (cql2-text for GET, cql2-json for POST);
 - a ``query`` (the Query extension: ``{"eo:cloud_cover": {"lt": 20}}``) must use the
-  extension's operators;
+  extension's operators. It is sent as such to an API that declares the Query extension,
+  as the equivalent CQL2 filter (and-ed with the ``filter``) to one that declares only the
+  Filter extension, and to an API that declares neither as such first, then, if the API
+  refuses or ignores it, as that filter (rustac's API declares neither, answers a query with
+  "query is not implemented" and evaluates filters; the Query extension is deprecated in
+  favour of Filter);
 - an API that refuses the search (HTTP 4xx/5xx, e.g. one without the Query extension) is
   a one-line error with the status and the server's message;
 - when the API does not declare the Filter (Query) extension in its conformance classes,
@@ -94,7 +99,8 @@ def query_filter(query: dict) -> dict:
             if op in _CQL2_OPS:
                 args.append({"op": _CQL2_OPS[op], "args": [ref, value]})
             elif op in ("startsWith", "endsWith", "contains") and isinstance(value, str):
-                pattern = {"startsWith": "{}%", "endsWith": "%{}", "contains": "%{}%"}[op].format(value)
+                literal = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")  # CQL2 LIKE's escapes
+                pattern = {"startsWith": "{}%", "endsWith": "%{}", "contains": "%{}%"}[op].format(literal)
                 args.append({"op": "like", "args": [ref, pattern]})
             elif op == "in" and isinstance(value, list):
                 args.append({"op": "in", "args": [ref, value]})
@@ -155,43 +161,85 @@ def search(
         from pystac_client import Client
     except ImportError:
         raise InputError("stac_search needs pystac-client: pip install 'geoseg[stac]'") from None
-    checks = []  # (what, the catalog's text, expression, conformance class)
+    checks = []  # (what, the catalog's text, expression)
     if filter is not None:
-        checks.append(("filter", filter, parse_filter(filter), "FILTER"))
+        checks.append(("filter", filter, parse_filter(filter)))
+    as_filter = None
     if query is not None:
-        checks.append(("query", query, _cql2().parse_json(json.dumps(query_filter(query))), "QUERY"))
-    kw = {k: v for k, v in {
-        "collections": collections, "bbox": bbox, "intersects": intersects, "datetime": datetime,
-        "query": query, "filter": filter, "max_items": max_items,
+        as_filter = query_filter(query)
+        checks.append(("query", query, _cql2().parse_json(json.dumps(as_filter))))
+        if filter is not None:
+            as_filter = {"op": "and", "args": [checks[0][2].to_json(), as_filter]}
+    common = {k: v for k, v in {
+        "collections": collections, "bbox": bbox, "intersects": intersects, "datetime": datetime, "max_items": max_items,
     }.items() if v is not None}
     where = display_url(url)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pystac-client's "does not conform" warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pystac-client's "does not conform" warnings
+        try:
             client = Client.open(url)
-            items = list(client.search(method=_method(client), **kw).items_as_dicts())
-    except Exception as exc:  # noqa: BLE001 - pystac-client raises many kinds
-        status, message = _api_problem(exc)
-        said = f"HTTP {status}: {message}" if status else message
-        if status in (400, 422, 500, 501) and checks:
-            names = " and ".join(c[0] for c in checks)
-            hint = (f"the API refused the search: check the {names} and that the API implements "
-                    f"the {' and '.join(c[0].capitalize() for c in checks)} extension (its /conformance)")
-        elif status == 404:
-            hint = "check the url: it must be the API's root (its landing page)"
-        else:
-            hint = "check the url and the search fields"
-        raise InputError(f"STAC API search at {where} failed ({said}): {hint}") from None
-    from pystac_client.conformance import ConformanceClasses
+        except Exception as exc:  # noqa: BLE001 - pystac-client raises many kinds
+            raise _refused(exc, where, ()) from None
+        from pystac_client.conformance import ConformanceClasses
 
-    for what, given, expr, conformance in checks:
-        if client.conforms_to(ConformanceClasses[conformance]):
+        declares = {c: client.conforms_to(ConformanceClasses[c]) for c in ("FILTER", "QUERY")}
+        # how to send a query: as such to an API with the Query extension, as the equivalent
+        # CQL2 filter to one with only the Filter extension, and to an API that declares
+        # neither (some implement one without saying so: rustac's answers a query with
+        # "query is not implemented" and evaluates filters) as such, then as a filter
+        if query is None or declares["QUERY"]:
+            attempts = [(query, filter)]
+        elif declares["FILTER"]:
+            attempts = [(None, as_filter)]
+        else:
+            attempts = [(query, filter), (None, as_filter)]
+        for n, (sent_query, sent_filter) in enumerate(attempts):
+            last = n == len(attempts) - 1
+            kw = {**common, **{k: v for k, v in (("query", sent_query), ("filter", sent_filter)) if v is not None}}
+            try:
+                items = list(client.search(method=_method(client), **kw).items_as_dicts())
+            except Exception as exc:  # noqa: BLE001 - pystac-client raises many kinds
+                if last:
+                    raise _refused(exc, where, checks, as_filter=query is not None and sent_query is None) from None
+                continue
+            ignored = _ignored(items, checks, where, declares, as_filter=query is not None and sent_query is None)
+            if ignored is None:
+                return items
+            if last:
+                raise InputError(ignored)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _refused(exc: BaseException, where: str, checks, as_filter: bool = False) -> InputError:
+    """The one-line error of a search the API refused or that could not be sent."""
+    status, message = _api_problem(exc)
+    said = f"HTTP {status}: {message}" if status else message
+    if status in (400, 422, 500, 501) and checks:
+        names = " and ".join(c[0] for c in checks)
+        sent = " (sent as a CQL2 filter, the API not declaring the Query extension)" if as_filter else ""
+        extensions = "Filter" if as_filter else " and ".join(c[0].capitalize() for c in checks)
+        hint = (f"the API refused the search: check the {names}{sent} and that the API implements "
+                f"the {extensions} extension (its /conformance)")
+    elif status == 404:
+        hint = "check the url: it must be the API's root (its landing page)"
+    else:
+        hint = "check the url and the search fields"
+    return InputError(f"STAC API search at {where} failed ({said}): {hint}")
+
+
+def _ignored(items: list[dict], checks, where: str, declares: dict[str, bool], as_filter: bool) -> str | None:
+    """Why the Items show that the API ignored the filter or query, or None. An API that
+    declares the extension a check went out through is trusted."""
+    for what, given, expr in checks:
+        extension = "Filter" if what == "filter" or as_filter else "Query"
+        if declares[extension.upper()]:
             continue
         bad = [item.get("id", "?") for item in items if _matches(expr, item) is False]
         if bad:
-            raise InputError(
-                f"the STAC API at {where} ignored the {what} {_short(given)}: {len(bad)} of the {len(items)} Items it "
-                f"returned do not match it (e.g. {bad[0]}); it does not implement the {what.capitalize()} extension: "
+            sent = " (sent as given and as a CQL2 filter)" if what == "query" and as_filter else ""
+            return (
+                f"the STAC API at {where} ignored the {what} {_short(given)}{sent}: {len(bad)} of the {len(items)} Items "
+                f"it returned do not match it (e.g. {bad[0]}); it does not implement the {extension} extension: "
                 f"search an API that does, or leave out {what}: and pick the scenes otherwise"
             )
-    return items
+    return None

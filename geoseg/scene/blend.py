@@ -11,7 +11,9 @@ window keeps that window's probabilities, and no seam shows where windows meet.
 Streaming, in bounded memory: each axis is cut into *segments* (the bands, covered by two
 windows, and the interiors between them, covered by one); a rectangle of segments is a
 *cell*, covered by 1, 2 or 4 windows. :class:`BlendSink` sums a cell's weighted
-probabilities only until its last window arrived, then turns them into uint8 products;
+probabilities only until its last window arrived, then turns them into uint8 products
+(four windows' in tile order, so that the bytes do not depend on the order the windows
+arrive in: float sums of four terms depend on it, of two they do not);
 a core's products are written when all its cells are. Only the bands of the tiles in
 flight and of their unfinished neighbours are held (float32), never the scene.
 """
@@ -123,11 +125,19 @@ class BlendPiece:
 
 @dataclass
 class _Cell:
-    probs: np.ndarray
-    masks: np.ndarray
-    weight: np.ndarray
-    valid: np.ndarray
+    probs: np.ndarray | None
+    masks: np.ndarray | None
+    weight: np.ndarray | None
+    valid: np.ndarray | None
     left: int
+    #: a cell four windows cover: their contributions until the last arrives, then summed in
+    #: tile order (float sums of four terms depend on the order; of two they do not)
+    parts: list | None = None
+
+    def values(self) -> int:
+        if self.parts is not None:
+            return sum(p.size + m.size + w.size for _, p, m, w, _ in self.parts)
+        return self.probs.size + self.masks.size + self.weight.size
 
 
 @dataclass
@@ -216,6 +226,23 @@ class BlendSink:
                     key = (cell_win.row, cell_win.col)
                     cell = self._cells.pop(key, None)
                     p, m = piece.probs[(slice(None), *sl)], piece.masks[(slice(None), *sl)]
+                    if expected > 2:  # the same bytes whatever order the windows arrive in
+                        cell = cell or _Cell(None, None, None, None, expected, [])
+                        cell.parts.append(((piece.window.row, piece.window.col), p.copy(), m.copy(),
+                                           piece.weight[sl].copy(), piece.valid[sl].copy()))
+                        if len(cell.parts) == expected:
+                            parts = sorted(cell.parts, key=lambda part: part[0])
+                            cell.probs, cell.masks, cell.weight, cell.valid = parts[0][1:]
+                            for _, pp, mm, ww, vv in parts[1:]:
+                                cell.probs += pp
+                                cell.masks += mm
+                                cell.weight += ww
+                                cell.valid |= vv
+                            cell.parts, cell.left = None, 0
+                            self._finish(cell_win, cell, done)
+                        else:
+                            self._cells[key] = cell
+                        continue
                     if cell is None:
                         cell = _Cell(p.copy(), m.copy(), piece.weight[sl].copy(), piece.valid[sl].copy(), expected)
                     else:
@@ -228,7 +255,7 @@ class BlendSink:
                         self._finish(cell_win, cell, done)
                     else:
                         self._cells[key] = cell
-                held = sum(c.probs.size + c.masks.size + c.weight.size for c in self._cells.values())
+                held = sum(c.values() for c in self._cells.values())
                 self.peak_values = max(self.peak_values, held)
         if done:
             self._write(done)

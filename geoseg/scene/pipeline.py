@@ -438,7 +438,8 @@ def run_scene(
                           precision, tile_view) for b in plan]
             else:  # blended seams: probabilities of overlapping windows
                 task = blend_batch
-                tasks = [(source, b, model_ref, device, torch_threads, bundle.checksum, tiling.layout) for b in plan]
+                tasks = [(source, b, model_ref, device, torch_threads, bundle.checksum, tiling.layout, precision)
+                         for b in plan]
             writer = tiling.writer(sink)
             if distributed:
                 sched_info = _run_distributed(writer, tasks, opts.scheduler, opts.workers, client, resources, task)

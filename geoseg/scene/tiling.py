@@ -25,7 +25,7 @@ from geoseg.errors import InputError
 from geoseg.grid import PixelWindow, Tile, TileGrid
 from geoseg.scene.blend import BlendLayout, BlendPiece, BlendSink, blend_pieces
 
-__all__ = ["Tiling", "plan_tiles", "fixed_size_tiles", "blend_batch"]
+__all__ = ["Tiling", "plan_tiles", "fixed_size_tiles", "blend_batch", "blend_tiles"]
 
 
 @dataclass
@@ -126,14 +126,25 @@ def blend_batch(
     torch_threads: int | None,
     checksum: str | None,
     layout: BlendLayout,
+    precision: str = "fp32",
 ) -> list[BlendPiece]:
     """Dask task of blended runs: read the windows, predict probabilities, weight them."""
     from geoseg.scene.predict import get_predictor, resolve_device
 
-    predictor = get_predictor(model, checksum, resolve_device(device), torch_threads)
+    predictor = get_predictor(model, checksum, resolve_device(device), torch_threads, precision)
     reads = source.read_windows([t.read for t in tiles])
     data = np.stack([r[0] for r in reads])
     valid = np.stack([r[1] for r in reads])
+    return blend_tiles(predictor, tiles, data, valid, layout)
+
+
+def blend_tiles(predictor: Any, tiles: list[Tile], data: np.ndarray, valid: np.ndarray, layout: BlendLayout) -> list[BlendPiece]:
+    """The weighted probabilities of a batch of tiles' used windows (``run_scene`` and
+    ``geoseg.segment`` alike), the model skipped for tiles without a valid pixel there.
+
+    Args:
+        data, valid: the tiles' read windows, ``(N, bands, H, W)`` float32 and ``(N, H, W)`` bool.
+    """
     ran = np.array([valid[k][layout.used(t).relative_to(t.read)].any() for k, t in enumerate(tiles)])
     n, _, h, w = data.shape
     probs = np.zeros((n, layout.num_classes, h, w), np.float32)

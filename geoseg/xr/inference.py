@@ -11,6 +11,12 @@ overlap (:mod:`geoseg.xr.windows`); either way every output block is computed fr
 the input window ``run_scene`` reads for that core: the outputs equal ``geoseg run``'s COGs
 byte for byte, whatever the chunking. The output blocks are the tiles' cores.
 
+Models that ``run_scene`` cuts otherwise are cut the same way here
+(:func:`~geoseg.scene.tiling.plan_tiles`): a fixed input size gets windows of exactly that
+size; a model with blended seams gets one task per batch of windows (their weighted
+probabilities, :func:`~geoseg.scene.tiling.blend_tiles`) and one per core, which blends the
+windows over it as ``geoseg run`` does.
+
 A task carries the model *reference* (a built-in name or an absolute path), never the
 model: every worker process loads it once (:func:`~geoseg.scene.predict.get_predictor`).
 """
@@ -27,7 +33,8 @@ import numpy as np
 
 from geoseg._constants import DEFAULT_TILE_SIZE, NODATA
 from geoseg.errors import ContractError, InputError
-from geoseg.grid import Tile, TileGrid, batches
+from geoseg.grid import Tile, batches
+from geoseg.scene.tiling import plan_tiles
 from geoseg.xr._deps import require
 from geoseg.xr._inputs import band_stack, geo_info
 from geoseg.xr.windows import values, windows_for
@@ -85,6 +92,51 @@ def _predict(kernel: _Kernel, windows, tiles: list[Tile], *where) -> list[np.nda
     return [out[k] for k in range(len(tiles))]
 
 
+def _blend(kernel: _Kernel, windows, tiles: list[Tile], layout, *where) -> list:
+    """Dask task of blended-seam models: the :class:`~geoseg.scene.blend.BlendPiece` of each
+    tile of a batch (its window's probabilities, weighted), as ``run_scene``'s ``blend_batch``."""
+    import torch
+
+    from geoseg.scene.predict import get_predictor, resolve_device
+    from geoseg.scene.tiling import blend_tiles
+
+    predictor = get_predictor(kernel.model, kernel.checksum, resolve_device(kernel.device), precision=kernel.precision)
+    reads = [values(raw, kernel.nodata) for raw in windows.raws(tiles, *where)]
+    data = np.stack([r[0] for r in reads])
+    valid = np.stack([r[1] for r in reads])
+    del reads
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as _predict
+    try:
+        return blend_tiles(predictor, tiles, data, valid, layout)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _blend_core(layout, core, batches_near: list[list], nlead: int) -> np.ndarray:
+    """Dask task: the products ``(2 + masks, h, w)`` of one core of a blended-seam model,
+    blended from the pieces of the windows over it (``batches_near``: their batches), each
+    cut to the core (the core's edges are cell edges), as ``run_scene``'s sink blends them:
+    the same bytes (:class:`~geoseg.scene.blend.BlendSink` sums four windows in tile order)."""
+    from dataclasses import replace
+
+    from geoseg.scene.blend import BlendSink
+
+    pieces = []
+    for batch in batches_near:
+        for p in batch:
+            win = p.window.intersection(core)
+            if win is not None:
+                sl = win.relative_to(p.window)
+                pieces.append(replace(p, window=win, probs=p.probs[(slice(None), *sl)], masks=p.masks[(slice(None), *sl)],
+                                      weight=p.weight[sl], valid=p.valid[sl]))
+    done: list = []
+    BlendSink(layout, done.extend).add(pieces)
+    (res,) = done
+    out = np.concatenate([res.classes[None], res.confidence[None], res.masks], axis=0)
+    return out.reshape((1,) * nlead + out.shape)
+
+
 def _pick(results: list, k: int, nlead: int) -> np.ndarray:
     """Tile ``k`` of a batch, with the leading dimensions' axes (length 1)."""
     return results[k].reshape((1,) * nlead + results[k].shape)
@@ -115,7 +167,8 @@ def segment(
             variable names) or 1-based positions. Default: the model's band names when the
             data names them all, else all bands in order.
         tile_size: core tile size in px (default 1024, as ``geoseg run``): outputs equal
-            ``geoseg run --tile-size`` with the same value. Output chunks are the tiles.
+            ``geoseg run --tile-size`` with the same value. Output chunks are the tiles
+            (a model with a fixed input size sets its own, as in ``geoseg run``).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (resolved where the tasks run).
         batch_size: tiles per forward (default: 1 on CPU, 4 on CUDA, as ``geoseg run``).
         tta: average the probabilities of the 8 flips/rotations of every window, as
@@ -149,6 +202,9 @@ def segment(
     from geoseg.allocator import configure_process
 
     configure_process()  # the process defaults run_scene sets: bounded GDAL block cache, allocator (no-op when set)
+    from geoseg.io.raster import size_block_cache
+
+    size_block_cache()  # GDAL's, if the caller's reads had sized it already (rioxarray's reads are not geoseg's)
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 
@@ -179,8 +235,14 @@ def segment(
     precision = check_precision(precision, local_device)
     batch_size = int(batch_size) if batch_size else (1 if local_device == "cpu" else 4)
     height, width = arr.sizes[stack.ydim], arr.sizes[stack.xdim]
-    grid = TileGrid(height, width, tile_size, halo=int(bundle.halo), factor=int(bundle.downsampling))
-    plan = batches(list(grid), batch_size)
+    tiling = plan_tiles(bundle, height, width, tile_size)  # exact, fixed-size or blended seams, as run_scene
+    grid, layout = tiling.grid, tiling.layout
+    if layout is not None and (tta or probabilities):
+        raise InputError(
+            f"model '{bundle.name}' runs with blended seams (its receptive field exceeds the exact-halo limit): "
+            "tta and probabilities are available for exact-seam models only; segment without them"
+        )
+    plan = batches(tiling.tiles, batch_size)
 
     src = arr.data
     if not isinstance(src, da.Array):
@@ -199,10 +261,22 @@ def segment(
     for t in product(*(range(n) for n in lead_shape)):
         for b, tiles in enumerate(plan):
             bkey = (batch_name, *t, b)
-            dsk[bkey] = (_predict, kernel, windows, tiles, *windows.task_args(t, tiles))
-            for k, tile in enumerate(tiles):
+            if layout is None:
+                dsk[bkey] = (_predict, kernel, windows, tiles, *windows.task_args(t, tiles))
+                for k, tile in enumerate(tiles):
+                    i, j = divmod(tile.index, grid.cols)
+                    dsk[(name, *t, 0, i, j)] = (_pick, bkey, k, nlead)
+            else:  # the windows' weighted probabilities; a core blends those of the windows over it
+                dsk[bkey] = (_blend, kernel, windows, tiles, layout, *windows.task_args(t, tiles))
+        if layout is not None:  # an overlap is at most half a tile: the windows over a core are its neighbours'
+            batch_of = {tile.index: b for b, tiles in enumerate(plan) for tile in tiles}
+            for tile in tiling.tiles:
                 i, j = divmod(tile.index, grid.cols)
-                dsk[(name, *t, 0, i, j)] = (_pick, bkey, k, nlead)
+                near = sorted({batch_of[grid.tile(a, c).index]
+                               for a in range(max(0, i - 1), min(grid.rows, i + 2))
+                               for c in range(max(0, j - 1), min(grid.cols, j + 2))
+                               if layout.used(grid.tile(a, c)).intersection(tile.core) is not None})
+                dsk[(name, *t, 0, i, j)] = (_blend_core, layout, tile.core, [(batch_name, *t, b) for b in near], nlead)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[src])
     chunks = (
         *((1,) * n for n in lead_shape),
@@ -211,7 +285,7 @@ def segment(
         tuple(grid.tile(0, j).core.width for j in range(grid.cols)),
     )
     out = da.Array(graph, name, chunks=chunks, dtype=np.uint8)
-    return _dataset(xr, out, stack, bundle, model_ref, tile_size, data, bool(tta), bool(probabilities))
+    return _dataset(xr, out, stack, bundle, model_ref, grid.tile_size, data, bool(tta), bool(probabilities))
 
 
 def _cf_name(name: str) -> str:
@@ -250,7 +324,7 @@ def _dataset(xr, out, stack, bundle, model_ref: str, tile_size: int, data, tta: 
                 "long_name": f"class probability x {PROBABILITY_SCALE}", "units": f"probability x {PROBABILITY_SCALE}",
                 "valid_range": np.array([0, PROBABILITY_SCALE], dtype=np.uint8), "_FillValue": np.uint8(NODATA),
                 **grid_mapping})
-    spec = bundle.spec
+    norm = bundle.normalization  # a bundle's or an external model's contract
     attrs = {
         "title": f"geoseg segmentation by model {bundle.name}",
         "geoseg_model": model_ref,
@@ -262,10 +336,10 @@ def _dataset(xr, out, stack, bundle, model_ref: str, tile_size: int, data, tta: 
         "geoseg_mask_heads": json.dumps(heads),
         "geoseg_halo": int(bundle.halo),
         "geoseg_downsampling": int(bundle.downsampling),
-        "geoseg_tile_size": int(tile_size),
+        "geoseg_tile_size": int(tile_size),  # the grid's (a fixed-input-size model sets its own)
         "geoseg_tta": int(tta),
         "geoseg_value_range": json.dumps(list(bundle.value_range) if bundle.value_range is not None else None),
-        "geoseg_normalization": json.dumps({"mean": list(spec.normalization.mean), "std": list(spec.normalization.std)}),
+        "geoseg_normalization": json.dumps({"mean": list(norm.mean), "std": list(norm.std)}),
     }
     ds = xr.Dataset(variables, coords=coords, attrs=attrs)
     crs, transform = geo_info(data)
