@@ -405,14 +405,20 @@ class GlobalContext(torch.nn.Module):
         return self.local(x) + 0.3 * self.context(x.mean(dim=(2, 3)))[:, :, None, None]
 
 
-def test_global_pooling_model_runs_blended_and_matches_whole_image(tmp_path: Path) -> None:
-    scene = rgb_scene(tmp_path / "scene.tif", 256, 256, seed=4)
+def global_pooling_model(d: Path):
+    """:class:`GlobalContext` as TorchScript ``d/global.ts`` with its sidecar; the traced module."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torch.jit.trace(GlobalContext().eval(), torch.randn(1, 3, 64, 64))
-    torch.jit.save(module, str(tmp_path / "global.ts"))
-    (tmp_path / "global.geoseg.json").write_text(json.dumps({
+    torch.jit.save(module, str(d / "global.ts"))
+    (d / "global.geoseg.json").write_text(json.dumps({
         "bands": list(RGB), "normalization": {"mean": MEAN, "std": STD}, "classes": ["a", "b", "c"]}))
+    return module
+
+
+def test_global_pooling_model_runs_blended_and_matches_whole_image(tmp_path: Path) -> None:
+    scene = rgb_scene(tmp_path / "scene.tif", 256, 256, seed=4)
+    module = global_pooling_model(tmp_path)
     model = load_model(tmp_path / "global.ts")
     assert model.seams == "blended"
     manifest = geoseg.run_scene(scene, tmp_path / "out", model=str(tmp_path / "global.ts"), tile_size=64,
@@ -612,12 +618,7 @@ def test_segment_blends_the_seams_of_a_global_pooling_model_as_run_scene(tmp_pat
     pytest.importorskip("xarray")
     rioxarray = pytest.importorskip("rioxarray")
     scene = rgb_scene(tmp_path / "scene.tif", 200, 232, seed=4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        module = torch.jit.trace(GlobalContext().eval(), torch.randn(1, 3, 64, 64))
-    torch.jit.save(module, str(tmp_path / "global.ts"))
-    (tmp_path / "global.geoseg.json").write_text(json.dumps({
-        "bands": list(RGB), "normalization": {"mean": MEAN, "std": STD}, "classes": ["a", "b", "c"]}))
+    global_pooling_model(tmp_path)
     manifest = _segment_equals_run(scene, tmp_path / "global.ts", tmp_path / "out", chunks=50, tile_size=64)
     assert manifest["parameters"]["seams"] == "blended"
     with pytest.raises(geoseg.errors.InputError, match="blended seams"):

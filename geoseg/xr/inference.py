@@ -61,16 +61,13 @@ class _Kernel:
     precision: str = "fp32"  # fp16/bf16: autocast on CUDA (checked against the client's device)
 
 
-def _predict(kernel: _Kernel, windows, tiles: list[Tile], *where) -> list[np.ndarray]:
-    """Dask task: the products ``(P, core_h, core_w)`` uint8 of a batch of tiles (a list).
-
-    ``windows`` (:mod:`geoseg.xr.windows`) reads each tile's window from ``where`` (the
-    source array, or the input blocks the window overlaps, resolved by Dask); the model
-    runs as in :func:`geoseg.scene.pipeline.predict_batch`, on the same windows.
-    """
+def _on_windows(kernel: _Kernel, windows, tiles: list[Tile], where: tuple, fn):
+    """``fn(predictor, data, valid)`` on a batch of tiles' read windows, read from ``where``
+    (the source array, or the input blocks the windows overlap, resolved by Dask; see
+    :mod:`geoseg.xr.windows`), with one torch thread, as ``geoseg run``'s tasks."""
     import torch
 
-    from geoseg.scene.predict import get_predictor, predict_tiles, resolve_device
+    from geoseg.scene.predict import get_predictor, resolve_device
 
     predictor = get_predictor(kernel.model, kernel.checksum, resolve_device(kernel.device), precision=kernel.precision)
     reads = [values(raw, kernel.nodata) for raw in windows.raws(tiles, *where)]
@@ -82,9 +79,18 @@ def _predict(kernel: _Kernel, windows, tiles: list[Tile], *where) -> list[np.nda
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        pred, _ = predict_tiles(predictor, tiles, data, valid, tta=kernel.tta, probabilities=kernel.probabilities)
+        return fn(predictor, data, valid)
     finally:
         torch.set_num_threads(before)
+
+
+def _predict(kernel: _Kernel, windows, tiles: list[Tile], *where) -> list[np.ndarray]:
+    """Dask task: the products ``(P, core_h, core_w)`` uint8 of a batch of tiles (a list),
+    as :func:`geoseg.scene.pipeline.predict_batch` computes them, on the same windows."""
+    from geoseg.scene.predict import predict_tiles
+
+    pred, _ = _on_windows(kernel, windows, tiles, where, lambda predictor, data, valid: predict_tiles(
+        predictor, tiles, data, valid, tta=kernel.tta, probabilities=kernel.probabilities))
     parts = [pred.classes[:, None], pred.confidence[:, None], pred.masks]
     if pred.probabilities is not None:
         parts.append(pred.probabilities)
@@ -95,22 +101,10 @@ def _predict(kernel: _Kernel, windows, tiles: list[Tile], *where) -> list[np.nda
 def _blend(kernel: _Kernel, windows, tiles: list[Tile], layout, *where) -> list:
     """Dask task of blended-seam models: the :class:`~geoseg.scene.blend.BlendPiece` of each
     tile of a batch (its window's probabilities, weighted), as ``run_scene``'s ``blend_batch``."""
-    import torch
-
-    from geoseg.scene.predict import get_predictor, resolve_device
     from geoseg.scene.tiling import blend_tiles
 
-    predictor = get_predictor(kernel.model, kernel.checksum, resolve_device(kernel.device), precision=kernel.precision)
-    reads = [values(raw, kernel.nodata) for raw in windows.raws(tiles, *where)]
-    data = np.stack([r[0] for r in reads])
-    valid = np.stack([r[1] for r in reads])
-    del reads
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as _predict
-    try:
-        return blend_tiles(predictor, tiles, data, valid, layout)
-    finally:
-        torch.set_num_threads(before)
+    return _on_windows(kernel, windows, tiles, where,
+                       lambda predictor, data, valid: blend_tiles(predictor, tiles, data, valid, layout))
 
 
 def _blend_core(layout, core, batches_near: list[list], nlead: int) -> np.ndarray:
