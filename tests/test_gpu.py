@@ -92,3 +92,21 @@ def test_segment_fp16_on_cuda_agrees_with_run_scene(tmp_path, synth_scene, small
     ds = geoseg.segment(data, str(small_unet), tile_size=128, device="cuda", precision="fp16").compute()
     assert isinstance(ds, xr.Dataset)
     assert (ds.classes.values == read(tmp_path / "gpu" / "scene.classes.tif")).mean() >= 0.999
+
+
+def test_blended_seams_take_the_precision_on_cuda(tmp_path) -> None:
+    """--precision reaches the forward of a blended-seam model (its windows' probabilities),
+    and fp16 agrees with fp32 there as it does for exact seams."""
+    from test_runtimes import global_pooling_model, rgb_scene
+
+    scene = rgb_scene(tmp_path / "scene.tif", 256, 256, seed=4)
+    global_pooling_model(tmp_path)
+    out = {}
+    for precision in ("fp32", "fp16"):
+        manifest = geoseg.run_scene(scene, tmp_path / precision, model=str(tmp_path / "global.ts"), tile_size=64,
+                                    vectorize=False, quiet=True, device="cuda", precision=precision)
+        assert manifest["parameters"]["seams"] == "blended" and manifest["options"]["precision"] == precision
+        out[precision] = {k: read(tmp_path / precision / f"scene.{k}.tif") for k in ("classes", "confidence")}
+    assert (out["fp32"]["classes"] == out["fp16"]["classes"]).mean() >= 0.99
+    # fp16 did run: half-precision convolutions move some confidences (fp32 all through would not)
+    assert (out["fp32"]["confidence"] != out["fp16"]["confidence"]).any()

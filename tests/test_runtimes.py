@@ -590,15 +590,16 @@ def test_pt2_carrying_a_pickled_payload_is_refused_and_never_runs(work: dict, tm
 # --------------------------------------------------------------------------- geoseg.segment with these models
 
 
-def _segment_equals_run(scene: Path, model: Path, out: Path, chunks: int, tile_size: int, heads=()) -> dict:
+def _segment_equals_run(scene: Path, model: Path, out: Path, chunks: int, tile_size: int, heads=(),
+                        batch_size: int | None = None) -> dict:
     """``geoseg.segment`` of the scene (read by rioxarray in ``chunks``-px blocks, and as a
     numpy-backed array) gives ``run_scene``'s class, confidence and mask COGs byte for byte."""
     rioxarray = pytest.importorskip("rioxarray")
     manifest = geoseg.run_scene(scene, out, model=str(model), tile_size=tile_size, vectorize=False, quiet=True,
-                                device="cpu", threads=2)  # windows arrive in any order: the same bytes
+                                device="cpu", threads=2, batch_size=batch_size)  # windows arrive in any order
     want = {k: read(out / f"{scene.stem}.{k}.tif") for k in ("classes", "confidence", *(["mask"] if heads else []))}
     for data in (rioxarray.open_rasterio(scene, chunks=chunks, lock=False), rioxarray.open_rasterio(scene).load()):
-        got = geoseg.segment(data, model=str(model), tile_size=tile_size, device="cpu").compute()
+        got = geoseg.segment(data, model=str(model), tile_size=tile_size, device="cpu", batch_size=batch_size).compute()
         assert np.array_equal(got["classes"].values, want["classes"][0])
         assert np.array_equal(got["confidence"].values, want["confidence"][0])
         for m, head in enumerate(heads):
@@ -621,6 +622,7 @@ def test_segment_blends_the_seams_of_a_global_pooling_model_as_run_scene(tmp_pat
     global_pooling_model(tmp_path)
     manifest = _segment_equals_run(scene, tmp_path / "global.ts", tmp_path / "out", chunks=50, tile_size=64)
     assert manifest["parameters"]["seams"] == "blended"
+    _segment_equals_run(scene, tmp_path / "global.ts", tmp_path / "out3", chunks=50, tile_size=64, batch_size=3)
     with pytest.raises(geoseg.errors.InputError, match="blended seams"):
         geoseg.segment(rioxarray.open_rasterio(scene, chunks=64), model=str(tmp_path / "global.ts"), tile_size=64,
                        probabilities=True)

@@ -297,12 +297,11 @@ class Predictor:
         x = self._pad(self.normalize(data, valid))
         with self.lock, torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device).contiguous(memory_format=torch.channels_last)
-            out = self.module(t)
-            logits, mask_logits = (out if isinstance(out, tuple) else (out, None))
-            prob = torch.softmax(logits[..., :h, :w].float(), dim=1).cpu().numpy()
+            logits, mask_logits = self._forward(t)  # under --precision's autocast, as predict()
+            prob = torch.softmax(logits[..., :h, :w], dim=1).cpu().numpy()
             masks = None
             if mask_logits is not None and mask_logits.shape[1]:
-                masks = torch.sigmoid(mask_logits[..., :h, :w].float()).cpu().numpy()
+                masks = torch.sigmoid(mask_logits[..., :h, :w]).cpu().numpy()
         return prob, masks
 
     def _tiled(self, shape: tuple[int, int], context: tuple[int, int, int, int], inner: tuple[bool, bool, bool, bool]) -> bool:

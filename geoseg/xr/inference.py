@@ -107,28 +107,33 @@ def _blend(kernel: _Kernel, windows, tiles: list[Tile], layout, *where) -> list:
                        lambda predictor, data, valid: blend_tiles(predictor, tiles, data, valid, layout))
 
 
-def _blend_core(layout, core, batches_near: list[list], nlead: int) -> np.ndarray:
+def _blend_core(layout, core, pieces_near: list, nlead: int) -> np.ndarray:
     """Dask task: the products ``(2 + masks, h, w)`` of one core of a blended-seam model,
-    blended from the pieces of the windows over it (``batches_near``: their batches), each
-    cut to the core (the core's edges are cell edges), as ``run_scene``'s sink blends them:
-    the same bytes (:class:`~geoseg.scene.blend.BlendSink` sums four windows in tile order)."""
+    blended from the pieces of the windows over it (``pieces_near``: at most nine, each a
+    tile's :class:`~geoseg.scene.blend.BlendPiece`), each cut to the core (the core's edges
+    are cell edges), as ``run_scene``'s sink blends them: the same bytes
+    (:class:`~geoseg.scene.blend.BlendSink` sums four windows in tile order)."""
     from dataclasses import replace
 
     from geoseg.scene.blend import BlendSink
 
     pieces = []
-    for batch in batches_near:
-        for p in batch:
-            win = p.window.intersection(core)
-            if win is not None:
-                sl = win.relative_to(p.window)
-                pieces.append(replace(p, window=win, probs=p.probs[(slice(None), *sl)], masks=p.masks[(slice(None), *sl)],
-                                      weight=p.weight[sl], valid=p.valid[sl]))
+    for p in pieces_near:
+        win = p.window.intersection(core)
+        if win is not None:
+            sl = win.relative_to(p.window)
+            pieces.append(replace(p, window=win, probs=p.probs[(slice(None), *sl)], masks=p.masks[(slice(None), *sl)],
+                                  weight=p.weight[sl], valid=p.valid[sl]))
     done: list = []
     BlendSink(layout, done.extend).add(pieces)
     (res,) = done
     out = np.concatenate([res.classes[None], res.confidence[None], res.masks], axis=0)
     return out.reshape((1,) * nlead + out.shape)
+
+
+def _item(results: list, k: int):
+    """Element ``k`` of a batch task's list (one tile's piece)."""
+    return results[k]
 
 
 def _pick(results: list, k: int, nlead: int) -> np.ndarray:
@@ -251,6 +256,7 @@ def segment(
     token = tokenize(src.name, kernel, tile_size, batch_size)
     name = f"geoseg-segment-{token}"
     batch_name = f"geoseg-batch-{token}"
+    piece_name = f"geoseg-piece-{token}"
     dsk: dict = {}
     for t in product(*(range(n) for n in lead_shape)):
         for b, tiles in enumerate(plan):
@@ -260,17 +266,18 @@ def segment(
                 for k, tile in enumerate(tiles):
                     i, j = divmod(tile.index, grid.cols)
                     dsk[(name, *t, 0, i, j)] = (_pick, bkey, k, nlead)
-            else:  # the windows' weighted probabilities; a core blends those of the windows over it
+            else:  # the windows' weighted probabilities, one key per tile; a core blends those over it
                 dsk[bkey] = (_blend, kernel, windows, tiles, layout, *windows.task_args(t, tiles))
+                for k, tile in enumerate(tiles):
+                    dsk[(piece_name, *t, tile.index)] = (_item, bkey, k)
         if layout is not None:  # an overlap is at most half a tile: the windows over a core are its neighbours'
-            batch_of = {tile.index: b for b, tiles in enumerate(plan) for tile in tiles}
             for tile in tiling.tiles:
                 i, j = divmod(tile.index, grid.cols)
-                near = sorted({batch_of[grid.tile(a, c).index]
-                               for a in range(max(0, i - 1), min(grid.rows, i + 2))
-                               for c in range(max(0, j - 1), min(grid.cols, j + 2))
-                               if layout.used(grid.tile(a, c)).intersection(tile.core) is not None})
-                dsk[(name, *t, 0, i, j)] = (_blend_core, layout, tile.core, [(batch_name, *t, b) for b in near], nlead)
+                near = [(piece_name, *t, grid.tile(a, c).index)
+                        for a in range(max(0, i - 1), min(grid.rows, i + 2))
+                        for c in range(max(0, j - 1), min(grid.cols, j + 2))
+                        if layout.used(grid.tile(a, c)).intersection(tile.core) is not None]
+                dsk[(name, *t, 0, i, j)] = (_blend_core, layout, tile.core, near, nlead)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[src])
     chunks = (
         *((1,) * n for n in lead_shape),
