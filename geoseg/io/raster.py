@@ -371,11 +371,36 @@ def size_block_cache(at_least: int = GDAL_CACHE_BYTES) -> int:
 
 
 def _read_ahead_budget() -> int:
-    """:data:`READ_AHEAD_BYTES`, or a quarter of GDAL's block cache when the user chose a smaller one."""
-    size = size_block_cache(REMOTE_GDAL_CACHE_BYTES)
-    if _cache_bindings:
-        size = int(_cache_bindings.get())
+    """:data:`READ_AHEAD_BYTES`, or a quarter of GDAL's block cache when the user chose a
+    smaller one (the shared handle sized the cache when it opened)."""
+    size = int(_cache_bindings.get()) if _cache_bindings else _cache_floor
     return max(1, min(READ_AHEAD_BYTES, size // 4))
+
+
+def _col_runs(cols: list[int]) -> list[tuple[int, int]]:
+    """Sorted block columns as runs of contiguous ones, ``(first, last)``."""
+    runs = []
+    start = prev = cols[0]
+    for c in [*cols[1:], None]:
+        if c is None or c != prev + 1:
+            runs.append((start, prev))
+            start = c
+        prev = c
+    return runs
+
+
+def _row_window(ds, br: int, c0: int, c1: int):
+    """The rasterio window of block row ``br``, block columns ``c0..c1`` (clipped to ``ds``)."""
+    from rasterio.windows import Window
+
+    bh, bw = ds.block_shapes[0]
+    r, c = br * bh, c0 * bw
+    return Window(c, r, min((c1 + 1) * bw, ds.width) - c, min(r + bh, ds.height) - r)
+
+
+def _bands(indexes) -> list:
+    """Band indexes as a list (``ds.read`` takes one or several)."""
+    return list(indexes) if isinstance(indexes, (list, tuple)) else [indexes]
 
 
 class SharedDataset:
@@ -474,7 +499,6 @@ class SharedDataset:
         closed or given a new plan, and at a read error: the tiles' own reads, which are
         retried and report by URL, fetch those blocks."""
         import rasterio
-        from rasterio.windows import Window
 
         from .remote import remote_env
 
@@ -484,32 +508,24 @@ class SharedDataset:
                     if generation != self._generation or self._ds is None:
                         return
                     ds = self._ds
-                    bh, bw = ds.block_shapes[0]
-                    n_bands = len(indexes) if isinstance(indexes, (list, tuple)) else 1
-                    row_bytes = bh * bw * n_bands * np.dtype(ds.dtypes[0]).itemsize
+                    bh = ds.block_shapes[0][0]
+                    block_bytes = self._block_bytes(ds, indexes)
                     runs: list[tuple[int, int, int]] = []  # (block row, first col, last col)
                     budget = _read_ahead_budget()
                     for br in sorted({br for s in strips for br in range(s.row // bh, (s.row_end - 1) // bh + 1)}):
                         cols = sorted(c for c in (self._planned or {}).get(br, ()) if (br, c) not in self._fetched)
                         if not cols:
                             continue
-                        if runs and budget < len(cols) * row_bytes:
+                        if runs and budget < len(cols) * block_bytes:
                             break
-                        budget -= len(cols) * row_bytes
-                        start = prev = cols[0]
-                        for c in [*cols[1:], None]:
-                            if c is None or c != prev + 1:
-                                runs.append((br, start, prev))
-                                start = c
-                            prev = c
+                        budget -= len(cols) * block_bytes
+                        runs += [(br, c0, c1) for c0, c1 in _col_runs(cols)]
                 # the last row first, as _read_ahead (no range starts where the previous one ended);
                 # one band (one file of an Item) per hold of the lock: a tile's read waits for one
                 # request at most
-                bands = list(indexes) if isinstance(indexes, (list, tuple)) else [indexes]
                 for br, c0, c1 in sorted(runs, reverse=True):
-                    r, c = br * bh, c0 * bw
-                    window = Window(c, r, min((c1 + 1) * bw, ds.width) - c, min(r + bh, ds.height) - r)
-                    for band in bands:
+                    window = _row_window(ds, br, c0, c1)
+                    for band in _bands(indexes):
                         time.sleep(0.001)  # a tile's read waiting for the lock takes it first
                         with self.lock:
                             if generation != self._generation or self._ds is None:
@@ -532,8 +548,6 @@ class SharedDataset:
         request per band, row of blocks and tile. What one read-ahead decodes is bounded by
         :data:`READ_AHEAD_BYTES` (the window's blocks first, then those right of it, then left);
         whatever GDAL's cache drops before a tile reads it is fetched again by that tile's read."""
-        from rasterio.windows import Window
-
         bh, bw = ds.block_shapes[0]
         if self._planned is None:
             self._planned = {}
@@ -548,19 +562,13 @@ class SharedDataset:
         todo = [br for br in rows if any((br, bc) not in self._fetched for bc in range(first, last + 1))]
         if not todo:
             return
-        n_bands = len(indexes) if isinstance(indexes, (list, tuple)) else 1
-        block_bytes = bh * bw * n_bands * np.dtype(ds.dtypes[0]).itemsize
-        per_row = max(last - first + 1, _read_ahead_budget() // block_bytes // len(todo))
+        per_row = max(last - first + 1, _read_ahead_budget() // self._block_bytes(ds, indexes) // len(todo))
         runs: dict[tuple[int, int], list[int]] = {}  # (first col, last col) -> block rows
         for br in todo:
             wanted = [c for c in self._planned.get(br, set()) | set(range(first, last + 1)) if (br, c) not in self._fetched]
             cols = sorted(sorted(wanted, key=lambda c: (c < first, abs(c - first)))[:per_row])  # the window's first
-            start = prev = cols[0]
-            for c in [*cols[1:], None]:
-                if c is None or c != prev + 1:
-                    runs.setdefault((start, prev), []).append(br)
-                    start = c
-                prev = c
+            for run in _col_runs(cols):
+                runs.setdefault(run, []).append(br)
         # One read per row of blocks, the last row first: each is one exact range request.
         # A read of several whole rows is one contiguous range, which GDAL fetches through
         # /vsicurl/'s sequential reader, and a range that starts where the previous download
@@ -569,9 +577,14 @@ class SharedDataset:
         # tile row read it, 1.04x the blocks' bytes at 4096^2).
         for (c0, c1), brs in runs.items():
             for br in sorted(brs, reverse=True):
-                r, c = br * bh, c0 * bw
-                ds.read(indexes, window=Window(c, r, min((c1 + 1) * bw, ds.width) - c, min(r + bh, ds.height) - r))
+                ds.read(indexes, window=_row_window(ds, br, c0, c1))
                 self._fetched.update((br, bc) for bc in range(c0, c1 + 1))
+
+    @staticmethod
+    def _block_bytes(ds, indexes) -> int:
+        """Decoded bytes of one block of the bands ``indexes``."""
+        bh, bw = ds.block_shapes[0]
+        return bh * bw * len(_bands(indexes)) * np.dtype(ds.dtypes[0]).itemsize
 
     def read_masks(self, *args, **kwargs) -> np.ndarray:
         with self.lock:

@@ -195,14 +195,15 @@ def search(
             attempts = [(query, filter), (None, as_filter)]
         for n, (sent_query, sent_filter) in enumerate(attempts):
             last = n == len(attempts) - 1
+            query_as_filter = query is not None and sent_query is None
             kw = {**common, **{k: v for k, v in (("query", sent_query), ("filter", sent_filter)) if v is not None}}
             try:
                 items = list(client.search(method=_method(client), **kw).items_as_dicts())
             except Exception as exc:  # noqa: BLE001 - pystac-client raises many kinds
                 if last:
-                    raise _refused(exc, where, checks, as_filter=query is not None and sent_query is None) from None
+                    raise _refused(exc, where, checks, as_filter=query_as_filter) from None
                 continue
-            ignored = _ignored(items, checks, where, declares, as_filter=query is not None and sent_query is None)
+            ignored = _ignored(items, checks, where, declares, as_filter=query_as_filter)
             if ignored is None:
                 return items
             if last:
