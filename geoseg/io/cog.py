@@ -132,6 +132,12 @@ class RasterProduct:
             if self._unflushed >= FLUSH_BYTES and threading.get_ident() == self._owner:
                 self._reopen()  # (only the thread that opened the stripes may close them)
 
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        """``(height, width)`` of the stripes' blocks (tiles, or strips of rows)."""
+        with self._lock:
+            return tuple(self._ds.block_shapes[0])
+
     def read(self, window: PixelWindow) -> np.ndarray:
         """Read ``(count, h, w)`` values back from the stripes at ``window``."""
         with self._lock:

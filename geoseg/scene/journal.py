@@ -9,8 +9,19 @@ While a scene runs, its tiles are written into hidden "stripes" GeoTIFFs
   are the tiles written so far appended to the journal
   (``.<stem>.run.json.journal.partial.jsonl``, one JSON line per tile: the tile's
   ``row``/``col`` on the tile grid, the ``window`` it wrote on the output grid and a
-  CRC-32 of those pixels), and the journal is ``fsync``-ed. A tile in the journal is
-  therefore on disk; a tile written after the last checkpoint is not in it and is simply redone.
+  CRC-32 of those pixels), and the journal is ``fsync``-ed. A tile in the journal was
+  therefore on disk, in a file whose tile index points at it, when its line was written;
+  a tile written after the last checkpoint is not in it and is simply redone.
+- A tile is journaled only once its blocks are *sealed*: the stripes' blocks (512 px tiles,
+  or strips of rows in small files) can hold several tiles, and GDAL (libtiff) rewrites a
+  block that a later tile writes into, *in place* when its new compressed size fits the
+  old one, before the next checkpoint updates the tile index: a kill in between would
+  leave a block whose bytes no longer match the index. So :meth:`TileJournal.plan` counts
+  the tiles that write into each block, and a finished tile waits (in memory) until every
+  block it touches has all its tiles; only then can a checkpoint journal it, and no later
+  write touches its blocks again. What holds after a kill: every journaled tile reads
+  back with its CRC (unless the file was damaged since, which the CRC check catches and
+  redoes); tiles in blocks not yet complete are redone.
 - The journal's first line is a key: the input file (path, size, mtime), the model
   checksum, every output-shaping option, the tile grid and geoseg's version. A run with
   ``resume`` whose key differs discards the journal and the stripes and starts over.
@@ -123,7 +134,8 @@ class TileJournal:
     """The journal of one scene run (see the module docstring).
 
     Use: :meth:`open` (reads a matching journal when resuming, else starts a new one),
-    create the products on :meth:`stripes_for` paths, :meth:`verify` the journaled tiles
+    create the products on the :attr:`stripes` paths, :meth:`plan` the windows the tiles
+    will write, :meth:`verify` the journaled tiles
     against the reopened stripes, then :meth:`record` tiles as they are written,
     :meth:`checkpoint` at the end of inference, and :meth:`remove` after the commit.
     """
@@ -135,7 +147,10 @@ class TileJournal:
         self.stripes = {Path(f): stripes_path(Path(f)) for f in finals}
         self.interval = _checkpoint_seconds()
         self.products: list = []
-        self._pending: list[dict] = []
+        self._pending: list[dict] = []  # sealed tiles' entries, journaled at the next checkpoint
+        self._blocks: Callable | None = None  # window -> the ids of the stripes' blocks it touches
+        self._left: dict = {}  # block id -> tiles still to write into it
+        self._waiting: dict = {}  # block id -> [[entry, blocks not yet sealed], ...] of finished tiles
         self._last = time.monotonic()
         self._lock = threading.Lock()
         self._fh = None
@@ -172,8 +187,46 @@ class TileJournal:
             return None
         return ResumeState(tiles)
 
-    def stripes_for(self, final: Path) -> Path:
-        return self.stripes[Path(final)]
+    def plan(self, windows: Iterable, block_shapes: Sequence[tuple[int, int]]) -> None:
+        """Declare the windows the run's tiles will write (resumed ones included) and the
+        stripes' block shapes, ``(height, width)`` per product: a finished tile is then
+        journaled only once every block it touches has all its tiles (see the module docstring)."""
+        shapes = list(dict.fromkeys(tuple(int(v) for v in b) for b in block_shapes))
+
+        def blocks(w) -> list[tuple]:
+            return [(k, i, j) for k, (bh, bw) in enumerate(shapes)
+                    for i in range(w.row // bh, (w.row + w.height - 1) // bh + 1)
+                    for j in range(w.col // bw, (w.col + w.width - 1) // bw + 1)]
+
+        left: dict = {}
+        for w in windows:
+            for b in blocks(w):
+                left[b] = left.get(b, 0) + 1
+        with self._lock:
+            self._blocks, self._left, self._waiting = blocks, left, {}
+
+    def _written(self, window, entry: dict) -> list[dict]:
+        """Count ``window`` as written; return the entries of the finished tiles whose
+        blocks are now all sealed (this one's included, when its are). Holds ``_lock``."""
+        if self._blocks is None:
+            return [entry]
+        mine = self._blocks(window)
+        item = [entry, 0]
+        ready = []
+        for b in mine:
+            self._left[b] -= 1
+            if self._left[b] > 0:
+                item[1] += 1
+                self._waiting.setdefault(b, []).append(item)
+        if item[1] == 0:
+            ready.append(entry)
+        for b in mine:
+            if self._left[b] == 0:
+                for other in self._waiting.pop(b, ()):
+                    other[1] -= 1
+                    if other[1] == 0:
+                        ready.append(other[0])
+        return ready
 
     def verify(self, state: ResumeState, products: Sequence, tiles: Iterable, good: Callable,
                window_of: Callable | None = None) -> int:
@@ -206,7 +259,9 @@ class TileJournal:
             for p in products:
                 if p is not None:
                     p.rebuild([w for w, _ in kept])
-        self._start([e for _, e in kept])
+        with self._lock:  # the kept tiles count as written; those in blocks still to be completed wait
+            sealed = [r for w, e in kept for r in self._written(w, e)]
+        self._start(sealed)
         return len(kept)
 
     def start_fresh(self) -> None:
@@ -233,7 +288,7 @@ class TileJournal:
         checkpoint when one is due."""
         entry = _entry(key, window, tile_crc(arrays), skipped)
         with self._lock:
-            self._pending.append(entry)
+            self._pending += self._written(window, entry)
             if time.monotonic() - self._last >= self.interval:
                 self._checkpoint_locked()
 

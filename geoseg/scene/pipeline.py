@@ -219,9 +219,13 @@ class TileSink:
         whose pixels check out (counted as done) and return their cores' ``(row, col)``
         on the tile grid. With a ``view``, each tile is checked at the window it writes
         on the output grid (:meth:`SceneView.written_window`), where :meth:`write` wrote it."""
+        window_of = (lambda t: t.core) if view is None else view.written_window
+        journal.plan([w for w in map(window_of, tiles) if w is not None],
+                     [p.block_shape for p in (self.classes, self.confidence, self.masks, self.probabilities) if p is not None])
         if state is None:
             journal.start_fresh()
             return self.done
+
         def good(tile: Tile, arrays: list, skipped: bool) -> None:
             self._add(arrays[0], arrays[2], skipped)
             self.done.add((tile.core.row, tile.core.col))
