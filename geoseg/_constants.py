@@ -19,9 +19,17 @@ IGNORE: Final = NODATA
 #: 2.7 GB instead of 4.5 GB peak RSS (whole-run peaks, with the earlier in-memory vectorizer).
 DEFAULT_TILE_SIZE: Final = 1024
 
-#: Default polygonize block edge in pixels. Polygons stream out block by block, so memory is
-#: the blocks in flight: a speckled 512^2 block holds ~65k polygons (~70 MB); few cross-block merges.
-DEFAULT_BLOCK_SIZE: Final = 512
+#: Polygonize block edges in pixels, chosen per map (``geoseg.vector.polygonize.choose_block_size``).
+#: Polygons stream out block by block, so memory is the blocks in flight: a speckled 512^2
+#: block holds ~65k polygons (~70 MB). Regions that cross block edges are joined, so maps of
+#: few large regions (fields, water, building masks) want large blocks: an 8192^2 map of
+#: 11.6k blobs took 11.4 s at 512 px and 6.5 s at 2048 px (BENCHMARKS.md).
+BLOCK_SIZES: Final = (512, 1024, 2048)
+#: ... the largest size whose blocks hold at most this many boundary pixel pairs (neighbours
+#: of different values), from the map's sampled boundary density: speckle (0.37 of the pairs
+#: differ: 195k in a 512^2 block) gets 512, the default model's map (0.023) and a blob map
+#: (0.020) 2048 (190k and 168k pairs per block).
+BLOCK_BOUNDARY_PAIRS: Final = 250_000
 
 #: GDAL's block cache (one per process, sized by :func:`geoseg.io.raster.size_block_cache`)
 #: while only local rasters are read: the blocks a row of tiles' halo shares with the next

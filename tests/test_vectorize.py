@@ -393,3 +393,62 @@ def test_connected_components_match_scipy(n, edges) -> None:
     assert len({(x, y) for x, y in zip(ours, ref)}) == len(set(ours)) == len(set(ref))
     for label in set(ours.tolist()):
         assert label == np.flatnonzero(ours == label).min()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([0.03, 0.3, 0.5]), st.sampled_from([4, 5, 8]))
+def test_stitched_pieces_equal_the_union_of_the_pieces(seed, p, block) -> None:
+    """Edge cancellation along block lines (geoseg.vector.stitch) gives the union GEOS gives,
+    valid, on binary noise: holes cut by block lines, holes and pieces touching the shell
+    or each other at single pixel corners, inside blocks and on the block lines, and
+    (sparse noise) whole blocks inside a region, whose every edge cancels."""
+    from geoseg.vector import stitch
+    from geoseg.vector.polygonize import block_grid
+    from geoseg.vector.stitch import stitch_pieces
+
+    rng = np.random.default_rng(seed)
+    classes = (rng.random((24, 24)) < p).astype(np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        shapes = list(features.shapes(classes, connectivity=4))
+    # the pieces of each whole-map region: the region cut by the block lines
+    grid = block_grid(24, 24, block)
+    pieces, group, whole = [], [], []
+    for g, (geom, _) in enumerate(shapes):
+        region = shapely.geometry.shape(geom)
+        whole.append(region)
+        for i in range(grid.rows):
+            for j in range(grid.cols):
+                w = grid.tile(i, j).core
+                cut = shapely.intersection(region, shapely.box(w.col, w.row, w.col + w.width, w.row + w.height))
+                for part in getattr(cut, "geoms", [cut]):
+                    if part.geom_type == "Polygon" and part.area > 0:
+                        pieces.append(shapely.normalize(part))
+                        group.append(g)
+    lines = np.arange(block, 24, block)
+    with pytest.MonkeyPatch.context() as mp:  # never GEOS's union: 4-connected regions always stitch
+        mp.setattr(stitch, "_union", lambda p: pytest.fail(f"fell back to a GEOS union of {len(p)} pieces"))
+        out = stitch_pieces(np.array(pieces, dtype=object), np.array(group), len(shapes), lines, lines)
+    assert shapely.is_valid(out).all()
+    assert shapely.equals(out, np.array(whole, dtype=object)).all()
+    assert (shapely.get_type_id(out) == 3).all()  # one polygon per 4-connected region
+
+
+def test_block_size_follows_the_boundary_density(tmp_path) -> None:
+    """Speckle gets small blocks (memory), a map of large regions large ones (fewer joins);
+    the polygons are the same either way."""
+    from geoseg.vector.polygonize import choose_block_size
+
+    rng = np.random.default_rng(3)
+    speckle = np.kron(rng.integers(0, 6, (512, 512)), np.ones((2, 2))).astype(np.uint8)
+    low = ndimage.zoom(rng.random((9, 9)), 1024 / 9, order=1)[:1024, :1024]
+    blobs = np.digitize(low, np.quantile(low, [0.3, 0.6])).astype(np.uint8)
+    sp = write_raster(tmp_path / "speckle.tif", speckle, nodata=255)
+    bl = write_raster(tmp_path / "blobs.tif", blobs, nodata=255)
+    assert choose_block_size(sp) == 512
+    assert choose_block_size(bl) == 2048
+    auto = polygonize(bl, workers=2)  # one block: the whole map
+    small = polygonize(bl, block_size=128, workers=2)
+    a, av = _sorted(auto.geometry, auto.values)
+    b, bv = _sorted(small.geometry, small.values)
+    assert (av == bv).all() and shapely.equals(a, b).all() and small.pieces > auto.pieces

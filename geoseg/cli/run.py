@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from geoseg._constants import DEFAULT_BLOCK_SIZE
 from geoseg.cli._errors import handle_errors
 from geoseg.cli._options import (
     CONTEXT,
@@ -167,8 +166,10 @@ def format_summary(manifest: dict) -> str:
 @click.option("--band", type=click.IntRange(min=1), default=1, show_default=True, help="Band of the class map.")
 @click.option("--format", "fmt", type=click.Choice(["GPKG", "FlatGeobuf", "GeoParquet"], case_sensitive=False),
               default="GPKG", show_default=True, help="Output format (OUT's suffix: .gpkg, .fgb, .parquet).")
-@click.option("--block-size", type=click.IntRange(min=16), default=DEFAULT_BLOCK_SIZE, show_default=True,
-              help="Block edge in pixels. Results do not depend on it; memory grows with it.")
+@click.option("--block-size", type=click.IntRange(min=16), default=None,
+              help="Block edge in pixels [default: 512 to 2048, from the map's boundary density: small blocks "
+                   "bound the memory of speckled maps, large ones save joins on maps of large regions]. "
+                   "Results do not depend on it.")
 @overwrite_option()
 @quiet_option()
 @json_option("Print the summary as JSON on stdout.")

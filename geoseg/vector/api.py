@@ -27,14 +27,20 @@ from pathlib import Path
 
 import numpy as np
 
-from geoseg._constants import DEFAULT_BLOCK_SIZE
 from geoseg._naming import sibling_confidence
 from geoseg.classes import rgb_to_hex
 from geoseg.errors import InputError
 from geoseg.io.raster import check_path, open_raster
 from geoseg.vector.areas import AreaCalculator
 from geoseg.vector.formats import FORMATS, LayerData, LayerWriter, check_format, layer_path
-from geoseg.vector.polygonize import Regions, block_grid, concat_regions, polygonize, polygonize_stream
+from geoseg.vector.polygonize import (
+    Regions,
+    block_grid,
+    choose_block_size,
+    concat_regions,
+    polygonize,
+    polygonize_stream,
+)
 from geoseg.vector.styles import categorized_qml, categorized_sld, single_qml
 
 #: Colour of mask layers.
@@ -64,7 +70,7 @@ class VectorizeOptions:
     simplify: float = 0.0  # metres; 0 keeps the exact pixel boundaries
     workers: int | None = None  # parallel block tasks on local threads (default: all cores)
     scheduler: str | None = None  # address of an existing Dask scheduler
-    block_size: int = DEFAULT_BLOCK_SIZE
+    block_size: int | None = None  # None: chosen from the map (polygonize.choose_block_size)
     format: str = "GPKG"
 
     def __post_init__(self) -> None:
@@ -76,7 +82,7 @@ class VectorizeOptions:
             raise InputError(f"--simplify must be >= 0 metres, got {self.simplify}")
         if self.workers is not None and self.workers < 1:
             raise InputError(f"--workers must be >= 1, got {self.workers}")
-        if self.block_size < 16:
+        if self.block_size is not None and self.block_size < 16:
             raise InputError(f"--block-size must be at least 16 pixels, got {self.block_size}")
         object.__setattr__(self, "format", check_format(self.format))
 
@@ -453,6 +459,8 @@ def vectorize(
     temps: dict[Path, Path] = {}
     stats: list[LayerStats] = []
     try:
+        if opts.block_size is None:  # chosen once, for the progress bar and the summary
+            opts = replace(opts, block_size=choose_block_size(raster, band))
         blocks = len(block_grid(src.height, src.width, opts.block_size))
         with Progress(total=blocks * len(layers), desc=f"{Path(raster).name}: blocks",
                       disable=quiet, unit="block") as progress:

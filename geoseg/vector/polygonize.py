@@ -28,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from geoseg._constants import DEFAULT_BLOCK_SIZE
+from geoseg._constants import BLOCK_BOUNDARY_PAIRS, BLOCK_SIZES
 from geoseg._dask import connect_cluster, run_tasks
 from geoseg.grid import PixelWindow, TileGrid
 from geoseg.io.raster import open_raster, read_band
 from geoseg.vector import _gdal
 from geoseg.vector.areas import vertex_chunks
+from geoseg.vector.stitch import stitch_pieces
 
 
 @dataclass
@@ -215,9 +216,37 @@ def edge_labels(geoms: np.ndarray, window: PixelWindow) -> tuple[np.ndarray, np.
     return tuple(out)
 
 
-def block_grid(height: int, width: int, block_size: int = DEFAULT_BLOCK_SIZE) -> TileGrid:
+def block_grid(height: int, width: int, block_size: int) -> TileGrid:
     """The blocks of a ``height`` x ``width`` raster (no halo: regions are joined instead)."""
     return TileGrid(height, width, block_size, halo=0, factor=1)
+
+
+def choose_block_size(path: str | os.PathLike, band: int = 1, samples: int = 4, side: int = 256) -> int:
+    """The block edge for polygonizing a raster band, from its boundary density.
+
+    Reads ``samples`` x ``samples`` windows of ``side`` px spread over the band (at full
+    resolution: an overview would smooth speckle away) and measures the share of
+    neighbouring pixel pairs that differ (value or validity). Returns the largest of
+    :data:`~geoseg._constants.BLOCK_SIZES` whose blocks hold at most
+    :data:`~geoseg._constants.BLOCK_BOUNDARY_PAIRS` such pairs: small blocks bound the
+    memory of speckled maps, large ones save the joins of maps of few large regions. The
+    polygons do not depend on the choice.
+    """
+    with open_raster(str(path), env=False) as ds:
+        height, width = ds.height, ds.width
+    h, w = min(side, height), min(side, width)
+    rows = np.unique(np.linspace(0, height - h, samples).astype(int))
+    cols = np.unique(np.linspace(0, width - w, samples).astype(int))
+    differ = pairs = 0
+    for r in rows:
+        for c in cols:
+            values, valid = read_band(str(path), band, PixelWindow(int(r), int(c), h, w), masks=True)
+            v = np.where(valid, values.astype(np.int64), -1)
+            differ += int((v[:, 1:] != v[:, :-1]).sum() + (v[1:] != v[:-1]).sum())
+            pairs += v[:, 1:].size + v[1:].size
+    density = differ / max(pairs, 1)
+    fits = [b for b in BLOCK_SIZES if 2 * density * b * b <= BLOCK_BOUNDARY_PAIRS]
+    return max(fits) if fits else min(BLOCK_SIZES)
 
 
 def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -260,7 +289,10 @@ class _Joiner:
 
     def __init__(self, grid: TileGrid, width: int, connectivity: int, emit: Callable[[Regions], None],
                  threads: int = 1) -> None:
-        self.grid, self.emit, self.threads = grid, emit, threads
+        self.grid, self.emit, self.threads, self.connectivity = grid, emit, threads, connectivity
+        # the block lines: columns and rows where blocks meet
+        self.lines = (np.array([grid.tile(0, j).core.col for j in range(1, grid.cols)], dtype=np.int64),
+                      np.array([grid.tile(i, 0).core.row for i in range(1, grid.rows)], dtype=np.int64))
         self.shifts = (0, 1, -1) if connectivity == 8 else (0,)
         self.below = np.full(width, -1, dtype=np.int64)  # open bottom boundary (piece ids)
         self.above = self.below.copy()  # the previous block row's bottoms, for this row's top edges
@@ -358,7 +390,10 @@ class _Joiner:
         if len(multi):
             order = multi[np.argsort(comp[multi], kind="stable")]
             groups = np.split(order, np.flatnonzero(np.diff(comp[order])) + 1)
-            if len(groups) > 8 and self.threads > 1:  # GEOS releases the GIL: unions in parallel
+            if self.connectivity == 4:  # pixel-aligned polygons: edge cancellation along the block lines
+                group_of = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+                merged = stitch_pieces(self.geoms[idx[order]], group_of, len(groups), *self.lines)
+            elif len(groups) > 8 and self.threads > 1:  # GEOS releases the GIL: unions in parallel
                 from concurrent.futures import ThreadPoolExecutor
 
                 with ThreadPoolExecutor(self.threads) as pool:
@@ -399,7 +434,7 @@ def polygonize_stream(
     include: Sequence[int] | None = None,
     weights: tuple[str | os.PathLike, int] | None = None,
     areas=None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
     on_block: Callable[[], None] | None = None,
@@ -422,7 +457,7 @@ def polygonize_stream(
         weights: ``(path, band)`` of a raster on the same grid; its mean per region is returned.
         areas: an :class:`~geoseg.vector.areas.AreaCalculator` of the raster's grid: each
             region then carries its ground area and perimeter.
-        block_size: block edge in pixels.
+        block_size: block edge in pixels (default: :func:`choose_block_size`).
         workers: parallel block tasks on local threads (default: all cores).
         scheduler: address of an existing Dask scheduler to run the blocks on instead.
         on_block: called after each block (progress).
@@ -435,7 +470,7 @@ def polygonize_stream(
     path = str(Path(path))
     with open_raster(path, env=False) as ds:
         height, width = ds.height, ds.width
-    grid = block_grid(height, width, block_size)
+    grid = block_grid(height, width, block_size or choose_block_size(path, band))
     wspec = (str(weights[0]), int(weights[1])) if weights is not None else None
     inc = None if include is None else [int(v) for v in include]
     keys = [(i, j) for i in range(grid.rows) for j in range(grid.cols)]
@@ -483,7 +518,7 @@ def polygonize(
     include: Sequence[int] | None = None,
     weights: tuple[str | os.PathLike, int] | None = None,
     areas=None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
     on_block: Callable[[], None] | None = None,

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from geoseg._constants import DEFAULT_BLOCK_SIZE
 from geoseg.errors import InputError
 from geoseg.xr._deps import require
 
@@ -66,7 +65,7 @@ def polygons(
     min_area: float = 0.0,
     simplify: float = 0.0,
     connectivity: int = 4,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int | None = None,
     workers: int | None = None,
     scratch_dir: str | os.PathLike | None = None,
 ):
@@ -88,7 +87,8 @@ def polygons(
         min_area: drop polygons smaller than this many square metres.
         simplify: simplify boundaries by this many metres, as a coverage (no gaps or overlaps).
         connectivity: 4 or 8.
-        block_size, workers: polygonizer blocks (px) and parallel threads.
+        block_size, workers: polygonizer blocks (px; default: from the map's boundary density)
+            and parallel threads.
         scratch_dir: where in-memory class maps are written for the polygonizer (default:
             the system's temporary directory).
 
