@@ -16,12 +16,13 @@ import tempfile
 import time
 
 
-def measure(cmd: list[str]) -> tuple[float, float, str]:
-    """Run ``cmd``; return its wall seconds, its own peak RSS in MiB and its stdout."""
+def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
+    """Run ``cmd`` (in ``env``, default: this environment); return its wall seconds, its own
+    peak RSS in MiB and its stdout."""
     parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t
         proc.returncode = os.waitstatus_to_exitcode(status)

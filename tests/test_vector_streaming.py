@@ -256,7 +256,7 @@ def test_measures_in_pieces_equal_the_whole(monkeypatch) -> None:
     (bounded temporaries); piece by piece they are bit for bit the one-piece results."""
     from geoseg.grid import PixelWindow
     from geoseg.vector import _gdal, areas
-    from geoseg.vector.polygonize import ring_sums
+    from geoseg.vector.polygonize import array_prefix, ring_sums
 
     classes = tricky_map(4).astype(np.int32)
     valid = classes != 255
@@ -265,9 +265,29 @@ def test_measures_in_pieces_equal_the_whole(monkeypatch) -> None:
     window = PixelWindow(0, 0, *classes.shape)
     t = Affine(10.0, 0, 1e6, 0, -10.0, _mercator_y(60))
     calc = AreaCalculator("EPSG:3857", t, *classes.shape)
-    weights = np.random.default_rng(0).random(classes.shape)
+    weights = array_prefix(np.random.default_rng(0).random(classes.shape))
     whole = ring_sums(geoms, window, weights), calc.lengths(geoms)
     monkeypatch.setattr(areas, "CHUNK_VERTICES", 7)
     assert len(areas.vertex_chunks(geoms)) > 100
     pieces = ring_sums(geoms, window, weights), calc.lengths(geoms)
     assert np.array_equal(whole[0], pieces[0]) and np.array_equal(whole[1], pieces[1])
+
+
+def test_prefix_sums_without_the_blocks_array() -> None:
+    """A block's ground-area prefix sums come from a small table of node rows (no block-sized
+    float64 arrays) and equal the prefix sums of the pixel areas; integer weights are summed
+    exactly in int32."""
+    from geoseg.vector.polygonize import array_prefix
+
+    t = Affine(10.0, 0, 1e6, 0, -10.0, _mercator_y(60))  # Web Mercator at 60N: areas change along rows
+    calc = AreaCalculator("EPSG:3857", t, 2000, 1500)
+    assert len(calc._ys) > 3  # the block spans several node rows
+    row0, col0, h, w = 300, 200, 900, 700
+    ref = np.zeros((h, w + 1))
+    np.cumsum(calc.pixel_areas(row0, col0, h, w), axis=1, out=ref[:, 1:])
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w + 1), indexing="ij")
+    got = calc.area_prefix(row0, col0, h, w)(rows.ravel(), cols.ravel()).reshape(h, w + 1)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-6)
+    conf = np.random.default_rng(1).integers(0, 101, (64, 2048)).astype(np.uint8)
+    at = array_prefix(conf)
+    assert at(np.array([5]), np.array([2048]))[0] == int(conf[5].astype(np.int64).sum())

@@ -150,6 +150,25 @@ class AreaCalculator:
         wx = _weights(self._xs, np.arange(col0, col0 + width) + 0.5)
         return wy @ det @ wx.T
 
+    def area_prefix(self, row0: int, col0: int, height: int, width: int):
+        """Row prefix sums of :meth:`pixel_areas` of a block, without the block's array:
+        ``at(rows, cols)`` is the ground area of the pixels of block row ``rows`` left of
+        block column ``cols`` (``0 .. width``). Each pixel's area is bilinear in the nodes,
+        so a row's prefix is a blend of two rows of a small ``(nodes, width + 1)`` table."""
+        det = np.abs(_det(self._nodes))
+        i, t = _bracket(self._ys, np.arange(row0, row0 + height) + 0.5)
+        lo = int(i.min()) if len(i) else 0
+        rows_used = det[lo: int(i.max()) + 2] if len(i) else det[:1]
+        cw = np.zeros((width + 1, det.shape[1]))
+        np.cumsum(_weights(self._xs, np.arange(col0, col0 + width) + 0.5), axis=0, out=cw[1:])
+        table = rows_used @ cw.T  # (node rows, width + 1)
+        nxt = np.minimum(i - lo + 1, len(table) - 1)
+
+        def at(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            return (1 - t[rows]) * table[i[rows] - lo, cols] + t[rows] * table[nxt[rows], cols]
+
+        return at
+
     def __getstate__(self) -> dict:  # block tasks on a cluster need the nodes, not the transformer
         state = dict(self.__dict__)
         state["_to_lonlat"] = None
@@ -203,18 +222,24 @@ class AreaCalculator:
         return shapely.area(geoms) * np.abs(_det(self.jacobian(c[:, 0], c[:, 1])))
 
 
+def _bracket(nodes: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each position ``at``: the node ``i`` before it and its weight ``t`` towards node
+    ``i + 1`` (linear interpolation; a single node: ``i = 0``, ``t = 0``)."""
+    if len(nodes) < 2:
+        return np.zeros(len(at), dtype=np.int64), np.zeros(len(at))
+    at = np.clip(at, nodes[0], nodes[-1])
+    i = np.clip(np.searchsorted(nodes, at, "right") - 1, 0, len(nodes) - 2)
+    return i, (at - nodes[i]) / (nodes[i + 1] - nodes[i])
+
+
 def _weights(nodes: np.ndarray, at: np.ndarray) -> np.ndarray:
     """``(len(at), len(nodes))`` bilinear interpolation weights of positions ``at`` between ``nodes``."""
     out = np.zeros((len(at), len(nodes)))
-    if len(nodes) < 2:
-        out[:, 0] = 1
-        return out
-    at = np.clip(at, nodes[0], nodes[-1])
-    i = np.clip(np.searchsorted(nodes, at, "right") - 1, 0, len(nodes) - 2)
-    t = (at - nodes[i]) / (nodes[i + 1] - nodes[i])
+    i, t = _bracket(nodes, at)
     rows = np.arange(len(at))
     out[rows, i] = 1 - t
-    out[rows, i + 1] += t
+    if len(nodes) > 1:
+        out[rows, i + 1] += t
     return out
 
 

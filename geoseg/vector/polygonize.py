@@ -103,11 +103,10 @@ def polygonize_window(
     top, bottom, left, right = edge_labels(geoms, window)
     sums = None
     if weights is not None:
-        w = read_band(weights[0], weights[1], window)[0].astype(np.float64)
-        sums = ring_sums(geoms, window, w)
+        sums = ring_sums(geoms, window, array_prefix(read_band(weights[0], weights[1], window)[0]))
     area = perimeter = None
     if areas is not None:  # before make_valid: ring_sums wants GDAL's one-part polygons
-        area = ring_sums(geoms, window, areas.pixel_areas(window.row, window.col, window.height, window.width))
+        area = ring_sums(geoms, window, areas.area_prefix(window.row, window.col, window.height, window.width))
     if connectivity == 8:  # GDAL's 8-connected rings touch themselves at corners: make them valid
         bad = ~shapely.is_valid(geoms)
         geoms[bad] = shapely.make_valid(geoms[bad])
@@ -138,26 +137,37 @@ def run_offsets(lengths: np.ndarray) -> np.ndarray:
     return np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
 
-def ring_sums(geoms: np.ndarray, window: PixelWindow, weights: np.ndarray) -> np.ndarray:
-    """Sum of ``weights`` (the block's array) over the pixels of each polygon.
+def array_prefix(weights: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Row prefix sums of a block's array, as :func:`ring_sums` takes them: integer weights
+    (e.g. a uint8 confidence map) are summed exactly in int32 where they fit (a quarter of
+    a float64 table), others in float64."""
+    h, w = weights.shape
+    big = int(np.abs(weights).max(initial=0)) * w >= 2**31 if weights.dtype.kind in "iub" else True
+    prefix = np.zeros((h, w + 1), dtype=np.float64 if big else np.int32)
+    np.cumsum(weights, axis=1, out=prefix[:, 1:])
+    return lambda rows, cols: prefix[rows, cols]
+
+
+def ring_sums(geoms: np.ndarray, window: PixelWindow, prefix: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Sum of a weight over the pixels of each polygon, from the weight's row prefix sums.
 
     Green's theorem on the pixel grid: with row prefix sums ``P`` (``P[y, x]`` = sum of
-    ``weights[y, :x]``), a vertical boundary edge at column ``x`` from row ``a`` to ``b``
+    ``weights[y, :x]``; ``prefix(rows, cols)`` returns them, block-relative: see
+    :func:`array_prefix`, or :meth:`~geoseg.vector.areas.AreaCalculator.area_prefix` for
+    ground areas), a vertical boundary edge at column ``x`` from row ``a`` to ``b``
     contributes ``P[a:b, x].sum()``; around a ring these add up to the sum inside it,
     signed by the ring's orientation (unit weights give its signed area). Exterior rings
-    add, holes subtract. The work is one prefix sum plus the rings' vertical length: no
-    per-pixel labelling, so polygons with thousands of holes cost no more than their edges.
+    add, holes subtract. The work is the rings' vertical length: no per-pixel labelling, so
+    polygons with thousands of holes cost no more than their edges.
     """
     n = len(geoms)
     if not n:
         return np.zeros(0)
-    prefix = np.zeros((weights.shape[0], weights.shape[1] + 1))
-    np.cumsum(weights, axis=1, out=prefix[:, 1:])
     # piece by piece (the same sums): the per-vertex temporaries of a whole block are large
     return np.concatenate([_ring_sums(geoms[part], window, prefix) for part in vertex_chunks(geoms)])
 
 
-def _ring_sums(geoms: np.ndarray, window: PixelWindow, prefix: np.ndarray) -> np.ndarray:
+def _ring_sums(geoms: np.ndarray, window: PixelWindow, prefix: Callable) -> np.ndarray:
     import shapely
 
     n = len(geoms)
@@ -169,7 +179,7 @@ def _ring_sums(geoms: np.ndarray, window: PixelWindow, prefix: np.ndarray) -> np
     xs, ya, yb = x[seg], y[seg], y[seg + 1]
     length = np.abs(yb - ya)
     rows = np.repeat(np.minimum(ya, yb), length) + run_offsets(length)
-    per_edge = np.bincount(np.repeat(np.arange(len(seg)), length), weights=prefix[rows, np.repeat(xs, length)],
+    per_edge = np.bincount(np.repeat(np.arange(len(seg)), length), weights=prefix(rows, np.repeat(xs, length)),
                            minlength=len(seg))
     direction = np.sign(yb - ya)
     n_rings = len(rings)
