@@ -24,7 +24,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "geoseg"
 LAYERS = {
     "geoseg._constants": 0, "geoseg._lazy": 0, "geoseg.errors": 0, "geoseg.grid": 0, "geoseg.classes": 0,
     "geoseg.progress": 0, "geoseg.allocator": 0, "geoseg._signals": 0,
-    "geoseg._files": 1, "geoseg._dask": 1, "geoseg._naming": 1,
+    "geoseg._files": 1, "geoseg._dask": 1,
     "geoseg.io": 2, "geoseg.models": 2,
     "geoseg.vector": 3, "geoseg.synthetic": 3,
     "geoseg.scene": 4, "geoseg.xr": 4,
