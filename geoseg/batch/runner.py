@@ -249,7 +249,6 @@ def _run_one(plan: Plan, client, where: dict, quiet: bool) -> SceneResult:
     t = time.perf_counter()
     store = store_of(job)
     try:
-        store.clean_partials(job.stem)
         store.delete(manifest_name(job))  # not done until a new manifest says so
         manifest = run_scene(
             job.input,

@@ -140,8 +140,7 @@ def parse_destination(dest) -> tuple[str, str, str]:
     scheme = m.group(1).lower()
     if scheme not in SCHEMES:
         raise OutputError(
-            f"cannot write to {text}: geoseg writes to a local directory or s3://bucket/prefix, not {scheme}:// "
-            "(for a local path with a colon in its first part, write ./" + text + ")"
+            f"cannot write to {text}: unsupported scheme {scheme}://: give a local directory or s3://bucket/prefix"
         )
     rest = text[m.end():]
     if not rest.startswith("//") or not rest[2:].split("/", 1)[0]:
@@ -178,6 +177,9 @@ class _Backend:
         raise NotImplementedError
 
     def put(self, name: str, local: Path, create_only: bool = False) -> dict:  # -> {"etag": ...}
+        raise NotImplementedError
+
+    def put_bytes(self, name: str, data: bytes) -> None:
         raise NotImplementedError
 
     def get_bytes(self, name: str) -> bytes:
@@ -260,6 +262,11 @@ class _S3Backend(_Backend):
             res = obstore.put(self.store, name, f, mode="create" if create_only else "overwrite",
                               use_multipart=size > _SINGLE_PUT_BYTES)
         return {"etag": res.get("e_tag")}
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        import obstore
+
+        obstore.put(self.store, name, data, use_multipart=False)
 
     def get_bytes(self, name: str) -> bytes:
         import obstore
@@ -417,9 +424,11 @@ class OutputStore:
         except OSError as exc:
             hint = "choose a writable -o/--out" if not self.remote else "set GEOSEG_SCRATCH to a writable directory"
             raise OutputError(f"cannot write to {label} ({exc.strerror or exc}): {hint}") from exc
-        if self.remote:
+        if self.remote:  # a bucket that refuses writes fails now, not after the inference
+            probe_name = f".geoseg-write-test-{uuid.uuid4().hex}"
             with self._remote("write to"):
-                self.backend.head(f".geoseg-probe-{uuid.uuid4().hex[:8]}")  # 404 fine; 403/no bucket raise
+                self.backend.put_bytes(probe_name, b"")
+                self.backend.delete(probe_name)
         self._prepared = True
         return self
 
@@ -491,14 +500,13 @@ class OutputStore:
         done = []
         try:
             if not self.remote:
-                for final, tmp in self._pending.items():
-                    os.replace(tmp, final)
-                    done.append(final)
-                if manifest is not None:
+                if manifest is not None:  # written before any rename, renamed last
                     final, content = manifest
-                    tmp = self.write_text(final, json.dumps(content, indent=2) + "\n", what=f"the run manifest {final.name}")
-                    os.replace(tmp, final)
-                    done.append(final)
+                    self.write_text(final, json.dumps(content, indent=2) + "\n", what=f"the run manifest {final.name}")
+                with self.writing("the outputs (renaming them into place)"):
+                    for final, tmp in self._pending.items():
+                        os.replace(tmp, final)
+                        done.append(final)
             else:
                 if manifest is not None:
                     with self._remote("replace", manifest[0].name):

@@ -458,6 +458,7 @@ def _plan(path, out_dir, model: str, opts: RunOptions, client, resources, stac_i
     store.prepare()
     finals = store.scene_outputs(stem, len(bundle.mask_heads) > 0, opts.vectorize, opts.stac, opts.probabilities)
     store.check_free(list(finals.values()))
+    store.clean_partials(stem)  # what a killed run left in the scratch directory (its resume state stays)
     # the resume journal: finished tiles of the hidden stripes files, on the store's local scratch disk
     journal = TileJournal(store.scratch, stem, _journal_key(source, bundle, opts, tiling.grid),
                           [f for k, f in finals.items() if k in PRODUCTS])
@@ -580,12 +581,7 @@ def _commit(run: _SceneRun, input_sha) -> dict:
     if not run.view.trivial:
         manifest.update(run.view.describe())  # output_grid, gsd, aoi
     if run.opts.stac:
-        from geoseg.io.stac import scene_item
-
-        final = run.finals["stac"]
-        tmp = store.write_text(final, json.dumps(scene_item(manifest, **(run.stac_item or {})), indent=2) + "\n",
-                               what=f"the STAC Item {final.name}")
-        manifest["outputs"]["stac.json"] = store.entry(final, tmp)
+        _stage_stac_item(store, run.finals["stac"], manifest, run.stac_item)
     # everything is staged: the stripes and the journal go first, so that a kill after
     # the commit leaves no resume state behind a finished scene
     for p in run.products:
@@ -645,6 +641,15 @@ def _journal_key(source: SceneSource, bundle, opts: RunOptions, grid: TileGrid) 
             "geoseg": geoseg_version,
         }
     )
+
+
+def _stage_stac_item(store: OutputStore, final: Path, manifest: dict, fields: dict | None) -> None:
+    """Stage the STAC Item of the outputs and list it in the manifest."""
+    from geoseg.io.stac import scene_item
+
+    tmp = store.write_text(final, json.dumps(scene_item(manifest, **(fields or {})), indent=2) + "\n",
+                           what=f"the STAC Item {final.name}")
+    manifest["outputs"]["stac.json"] = store.entry(final, tmp)
 
 
 def _stage_legends(finals: dict[str, Path], bundle, sink: TileSink, outputs: OutputStore) -> None:
