@@ -239,3 +239,38 @@ def test_vectorize_and_to_cog_to_s3(s3, local_run, tmp_path):
     got = geoseg.to_cog(classes.astype("uint8"), f"s3://{BUCKET}/cog/c.tif")
     assert got == {"classes": f"s3://{BUCKET}/cog/c.tif"}
     assert set(_keys(s3, "cog/")) == {"c.tif"}
+
+
+def test_tile_resume_with_a_store_destination(s3, small_unet, tmp_path):
+    """The journal and the stripes live on the local scratch disk: SIGKILL mid-inference,
+    then ``--resume`` to the same s3:// prefix redoes only the missing tiles, same bytes."""
+    import time
+
+    from geoseg.io.store import OutputStore, journal_path
+    from geoseg.synthetic import synthesize
+
+    scene = Path(synthesize(tmp_path / "big.tif", 512, seed=11).path)
+    run = ("-m", small_unet, "--tile-size", "64", "--threads", "2", "--quiet", "--json")
+    env = {**os.environ, "GEOSEG_CHECKPOINT_SECONDS": "0"}
+    ref = _geoseg("run", scene, "-o", tmp_path / "ref", *run, env=env)
+    assert ref.returncode == 0, ref.stderr
+    dest = f"s3://{BUCKET}/r/big"
+    journal = journal_path(OutputStore(dest).scratch, "big")
+    p = subprocess.Popen([sys.executable, "-m", "geoseg", "run", str(scene), "-o", dest, *run], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not journal.exists() or len(journal.read_text().splitlines()) < 9:  # the key and 8 tiles
+        assert p.poll() is None, p.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait(30)
+    assert "big.run.json" not in _keys(s3, "r/big/")
+    r = _geoseg("run", scene, "-o", dest, *run, "--resume", "--overwrite", env=env)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads(r.stdout)
+    assert manifest["execution"]["tiles_resumed"] >= 8
+    got = _download(s3, "r/big/", tmp_path / "got")
+    for kind in ("classes.tif", "confidence.tif", "mask.tif", "classes.tif.aux.xml", "classes.qml"):
+        assert (got / f"big.{kind}").read_bytes() == (tmp_path / "ref" / f"big.{kind}").read_bytes(), kind
+    assert not _scratch_files(tmp_path / "scratch")

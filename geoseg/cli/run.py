@@ -98,7 +98,8 @@ def run_cmd(scene, out_dir, model, bands, assets, grid_asset, scale_offset, tile
     band order.
 
     \b
-    Writes, in the output directory, with exactly the input's CRS and grid:
+    Writes, in the output directory (or object-store prefix s3://bucket/prefix: built in a
+    local scratch directory, $GEOSEG_SCRATCH, and uploaded), with exactly the input's CRS and grid:
       <stem>.classes.tif     uint8 COG of class ids (255 = nodata), colour table, class names
       <stem>.classes.tif.aux.xml  its legend for GDAL and ArcGIS (category names, attribute table)
       <stem>.classes.qml     its QGIS style: the legend lists exactly the classes by name
