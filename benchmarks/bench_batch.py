@@ -11,10 +11,17 @@ It also counts the pixels in which the two batches' class maps, masks and confid
 (the scheduling does not change outputs; torch's float sums can, with 1 thread per worker
 process against 2 in one process, by 1 percentage point of confidence here and there).
 
+With ``--outputs-s3`` it measures instead the output store (issue 21): the same threaded
+``geoseg batch`` with ``out:`` to a local directory and to ``s3://bench/out/{id}`` on
+moto's S3 server on loopback (started here, in this process), alternated ``--repeat``
+times; the ratio S3 / local of the fastest runs (target <= 1.15), and the rerun that skips
+every scene from the bucket.
+
 Usage::
 
     python benchmarks/bench_batch.py                                 # 8 scenes of 2048x2048, model default
     python benchmarks/bench_batch.py --size 512 --scenes 2 --no-write
+    python benchmarks/bench_batch.py --outputs-s3 --scenes 4 --repeat 2
 
 Results go into BENCHMARKS.md between the markers of this benchmark.
 """
@@ -63,11 +70,76 @@ def make_scenes(work: Path, size: int, n: int) -> Path:
     return d
 
 
-def catalog(work: Path, name: str, model: str) -> Path:
+def catalog(work: Path, name: str, model: str, out: str | None = None) -> Path:
     path = work / f"{name}.yaml"
-    path.write_text(f"defaults:\n  model: {model}\n  out: out_{name}/{{id}}\nscenes:\n  - glob: scenes/scene_*.tif\n")
+    out = out or f"out_{name}/{{id}}"
+    path.write_text(f"defaults:\n  model: {model}\n  out: \"{out}\"\nscenes:\n  - glob: scenes/scene_*.tif\n")
     shutil.rmtree(work / f"out_{name}", ignore_errors=True)
     return path
+
+
+def outputs_s3(args, work: Path) -> None:
+    """The same threaded batch with outputs to a local directory and to moto's S3 on loopback."""
+    import hashlib
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench-secret", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_S3_ENDPOINT=f"{host}:{port}", AWS_HTTPS="NO", AWS_VIRTUAL_HOSTING="FALSE",
+                      GEOSEG_SCRATCH=str(work / "scratch"))
+    s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1")
+    s3.create_bucket(Bucket="bench")
+    try:
+        local_s, s3_s = [], []
+        for k in range(args.repeat):
+            cat = catalog(work, "local", args.model)
+            local_s.append(batch(cat, work / "report_local.json", [])[0])
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket="bench"):
+                for o in page.get("Contents", []):
+                    s3.delete_object(Bucket="bench", Key=o["Key"])
+            cat_s3 = catalog(work, "s3", args.model, "s3://bench/out/{id}")
+            wall, rep = batch(cat_s3, work / "report_s3.json", [])
+            s3_s.append(wall)
+            if rep["counts"] != {"done": args.scenes}:
+                raise SystemExit(f"s3: expected {args.scenes} scenes done, got {rep['counts']}")
+        rerun_s, rep = batch(cat_s3, work / "report_s3_rerun.json", [])
+        if rep["counts"] != {"skipped": args.scenes}:
+            raise SystemExit(f"s3 rerun: expected {args.scenes} scenes skipped, got {rep['counts']}")
+        same = all(
+            hashlib.sha256(s3.get_object(Bucket="bench", Key=f"out/{sid}/{sid}.classes.tif")["Body"].read()).digest()
+            == hashlib.sha256((work / "out_local" / sid / f"{sid}.classes.tif").read_bytes()).digest()
+            for sid in (s["id"] for s in rep["scenes"]))
+    finally:
+        server.stop()
+    res = {"size": args.size, "scenes": args.scenes, "model": args.model, "repeat": args.repeat,
+           "local_s": local_s, "s3_s": s3_s, "ratio": min(s3_s) / min(local_s), "rerun_s": rerun_s,
+           "identical_class_maps": same}
+    print(json.dumps(res, indent=2))
+    if not args.no_write:
+        n, size = args.scenes, args.size
+        body = f"""
+## Outputs to object storage: S3 (moto, loopback) vs a local directory (issue 21)
+
+Command: `{" ".join(["python", "benchmarks/bench_batch.py", *sys.argv[1:]])}` ({time.strftime('%Y-%m-%d')},
+{platform.machine()}, {os.cpu_count()} CPUs, model `{args.model}`; one threaded `geoseg batch` of {n} synthetic
+{size}x{size} scenes, `out:` a local directory or `s3://bench/out/{{id}}` on moto's S3 server in the
+benchmark's process; the two alternated {args.repeat} time(s), fastest of each; every figure from this one run).
+
+| measure | value |
+|---|---|
+| batch, outputs to a local directory | {", ".join(f"{x:.1f}" for x in local_s)} s |
+| batch, outputs to S3 (COGs, GeoPackage, STAC Item built in local scratch, uploaded, manifest last) | {", ".join(f"{x:.1f}" for x in s3_s)} s |
+| **S3 / local** (target <= 1.15) | **{res['ratio']:.3f}** |
+| rerun from the bucket, every scene skipped (one listing + the manifests, no pixel GET) | {rerun_s:.2f} s |
+| class maps in the bucket byte-identical to the local ones | {"yes" if same else "NO"} |
+"""
+        write_section("issue21_store", body)
 
 
 def batch(cat: Path, report: Path, extra: list[str]) -> tuple[float, dict]:
@@ -99,9 +171,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work")
     ap.add_argument("--no-write", action="store_true", help="Print only; leave BENCHMARKS.md alone.")
+    ap.add_argument("--outputs-s3", action="store_true", help="Outputs to moto's S3 vs a local directory (issue 21).")
+    ap.add_argument("--repeat", type=int, default=1, help="With --outputs-s3: alternate the two batches this often.")
     args = ap.parse_args()
     work = args.work / f"batch_{args.size}"
     scenes = make_scenes(work, args.size, args.scenes)
+    if args.outputs_s3:
+        outputs_s3(args, work)
+        return
 
     single = timed([sys.executable, "-m", "geoseg", "run", str(scenes / "scene_01.tif"), "-o", str(work / "single"),
                     "-m", args.model, "--overwrite", "--quiet"])

@@ -229,6 +229,8 @@ class FaultProxy(_ServedInThread):
     and relays the answer, except the next ``fail_next`` requests: answered 503 with S3's
     ``SlowDown`` error (``fail_mode="503"``) or dropped with a TCP reset
     (``fail_mode="reset"``). Counts requests (``requests``: method, path) and failures.
+    ``hold_put``: a path suffix; the first PUT of a matching path is held (``held`` is
+    set) until ``release`` is set, so a test can kill the client mid-upload.
     """
 
     def __init__(self, upstream: str, fail_next: int = 0, fail_mode: str = "503") -> None:
@@ -238,6 +240,9 @@ class FaultProxy(_ServedInThread):
         self.failures = 0
         self.fail_next = fail_next
         self.fail_mode = fail_mode
+        self.hold_put: str | None = None
+        self.held = threading.Event()
+        self.release = threading.Event()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -259,6 +264,12 @@ class FaultProxy(_ServedInThread):
                     fail = proxy.fail_next > 0
                     proxy.fail_next -= fail
                     proxy.failures += fail
+                    hold = (self.command == "PUT" and proxy.hold_put is not None and not proxy.held.is_set()
+                            and self.path.split("?", 1)[0].endswith(proxy.hold_put))
+                    if hold:
+                        proxy.held.set()
+                if hold:
+                    proxy.release.wait(60)
                 if fail and proxy.fail_mode == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.close_connection = True

@@ -24,7 +24,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "geoseg"
 LAYERS = {
     "geoseg._constants": 0, "geoseg._lazy": 0, "geoseg.errors": 0, "geoseg.grid": 0, "geoseg.classes": 0,
     "geoseg.progress": 0, "geoseg.allocator": 0, "geoseg._signals": 0,
-    "geoseg._files": 1, "geoseg._dask": 1, "geoseg._naming": 1,
+    "geoseg._files": 1, "geoseg._dask": 1,
     "geoseg.io": 2, "geoseg.models": 2,
     "geoseg.vector": 3, "geoseg.synthetic": 3,
     "geoseg.scene": 4, "geoseg.xr": 4,
@@ -123,6 +123,35 @@ def test_only_geoseg_io_opens_rasters() -> None:
                     and node.value.id == "rasterio":
                 offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
     assert not offenders, f"rasterio.open outside geoseg/io (use geoseg.io.raster.open_raster): {offenders}"
+
+
+#: Modules that may rename or delete files, and what: outputs only through the output store.
+RENAMERS = {
+    "geoseg/io/store.py": "outputs: stage, commit, delete, clean",
+    "geoseg/_files.py": "atomic local artefacts (models, checkpoints, reports)",
+    "geoseg/io/cog.py": "the stripes (scratch) when damaged ones are rebuilt",
+    "geoseg/io/faults.py": "its write probe",
+    "geoseg/scene/journal.py": "the resume journal and the stripes (scratch)",
+    "geoseg/batch/lock.py": "its lock file",
+    "geoseg/synthetic.py": "synthetic scenes", "geoseg/models/mlm.py": "model artefacts",
+    "geoseg/models/export.py": "model artefacts", "geoseg/models/mlm_item.py": "model artefacts",
+}
+
+
+def test_outputs_are_renamed_and_deleted_only_by_the_store() -> None:
+    """No ``os.replace``/``os.rename``/``os.unlink``/``Path.unlink`` on outputs outside
+    geoseg/io/store.py (the pipeline, the batch runner, to_cog and vectorize go through it)."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE.parent).as_posix()
+        if rel in RENAMERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("replace", "rename", "unlink", "remove") \
+                    and isinstance(node.value, ast.Name) and node.value.id == "os" or \
+                    isinstance(node, ast.Attribute) and node.attr == "unlink":
+                offenders.append(f"{rel}:{node.lineno}")
+    assert not offenders, f"renames/deletes outside the output store (geoseg.io.store.OutputStore): {offenders}"
 
 
 def test_no_environment_changes_at_import() -> None:

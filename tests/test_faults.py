@@ -126,6 +126,7 @@ def _read_only_before(monkeypatch, owner, name: str, directory: Path) -> None:
 def _stages():
     import geoseg.vector.api as vector_api
     from geoseg.io import cog
+    from geoseg.io.store import OutputStore
     from geoseg.scene import journal, pipeline
 
     return {
@@ -135,7 +136,7 @@ def _stages():
         "geopackage": (vector_api, "vectorize_products", "scene.gpkg"),
         "legends": (pipeline, "stage_legend", "the legend scene."),
         "stac": (pipeline, "_stage_stac_item", "the STAC Item scene.stac.json"),
-        "manifest": (pipeline, "_stage_manifest", "the run manifest scene.run.json"),
+        "manifest": (OutputStore, "commit", "the run manifest scene.run.json"),
     }
 
 
@@ -266,7 +267,7 @@ def test_vectorize_onto_a_disk_turning_read_only_is_one_line(failing_disk, tmp_p
 
 
 @pytest.mark.parametrize("hook,what", [("geoseg.io.cog:RasterProduct.finish", "(COG)"),
-                                       ("geoseg.scene.pipeline:_stage_manifest", "the run manifest scene.run.json")])
+                                       ("geoseg.io.store:OutputStore.commit", "the run manifest scene.run.json")])
 def test_cli_run_onto_a_disk_turning_read_only_is_one_line(hook, what, failing_disk, synth_scene, small_unet) -> None:
     disk = failing_disk()
     out = disk / "out"

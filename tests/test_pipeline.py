@@ -270,12 +270,12 @@ def test_products_flush_written_blocks(tmp_path, monkeypatch) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     import geoseg.io.cog as cog
-    from geoseg._files import OutputSet
+    from geoseg.io.store import OutputStore
     from geoseg.grid import GeoBox, PixelWindow
 
     monkeypatch.setattr(cog, "FLUSH_BYTES", 512 * 512)  # every block written below
     box = GeoBox(1024, 1024, Affine(10, 0, 500000, 0, -10, 5500000), "EPSG:32633")
-    outputs = OutputSet(tmp_path)
+    outputs = OutputStore(tmp_path)
     product = cog.RasterProduct(tmp_path / "c.classes.tif", box, outputs)
     windows = [PixelWindow(r, c, 512, 512) for r in (0, 512) for c in (0, 512)]
     for k in range(3):
@@ -299,14 +299,14 @@ def test_products_flush_written_blocks(tmp_path, monkeypatch) -> None:
 def test_overviews_keep_class_ids_and_average_confidence(tmp_path) -> None:
     """The class map's overviews hold only class ids (mode); the confidence map's are
     means (average): a 1-px checkerboard of classes 1/3 and of confidence 0/100."""
-    from geoseg._files import OutputSet
+    from geoseg.io.store import OutputStore
     from geoseg.grid import GeoBox
     from geoseg.io.cog import RasterProduct
 
     n = 1024  # larger than a COG block: the COG gets overviews
     box = GeoBox(n, n, Affine(10, 0, 500000, 0, -10, 5500000), "EPSG:32633")
     checker = (np.add.outer(np.arange(n), np.arange(n)) % 2).astype(np.uint8)
-    outputs = OutputSet(tmp_path)
+    outputs = OutputStore(tmp_path)
     classes = RasterProduct(tmp_path / "c.classes.tif", box, outputs)
     confidence = RasterProduct(tmp_path / "c.confidence.tif", box, outputs, overview_resampling="AVERAGE")
     classes.write(box.window, 1 + 2 * checker)

@@ -196,7 +196,7 @@ class SceneJob:
 
     id: str
     path: Path  # absolute input raster
-    out_dir: Path  # absolute output directory
+    out_dir: Path | str  # absolute output directory, or an object-store prefix "s3://bucket/prefix"
     model: str  # built-in name or absolute bundle path
     options: dict  # RunOptions fields: tile_size, batch_size, bands, device, vectorize, min_area, ...
     resources: dict | None = None
@@ -405,6 +405,22 @@ def search_items(search: StacSearch, aoi: str | None = None, bbox: str | None = 
     )
 
 
+def _out_dir(text: str, root: Path, catalog, loc) -> Path | str:
+    """A scene's destination from its ``out:`` template: an object-store prefix as a URL,
+    else a local directory relative to the catalog. An unknown scheme is a catalog error
+    (never a local folder named ``s3:`` or ``gs:``)."""
+    from geoseg.errors import OutputError
+    from geoseg.io.store import parse_destination
+
+    try:
+        scheme, bucket, prefix = parse_destination(text)
+    except OutputError as exc:
+        raise catalog.error(loc, str(exc)) from None
+    if scheme != "file":
+        return f"{scheme}://{bucket}/{prefix}".rstrip("/")
+    return (root / text).expanduser().resolve()
+
+
 def resolve(catalog: Catalog) -> list[SceneJob]:
     """One :class:`SceneJob` per scene of the catalog, in catalog order.
 
@@ -486,12 +502,12 @@ def resolve(catalog: Catalog) -> list[SceneJob]:
                 raise catalog.error(src_loc, f"scene id {scene_id!r} is already used on line {ids[scene_id]}: give one of them another id")
             ids[scene_id] = line
             path = path if other else path.resolve()  # other: a URL or an Item, not a local file
-            out_dir = (root / template.format(id=scene_id, stem=path.stem)).expanduser().resolve()
+            out_dir = _out_dir(template.format(id=scene_id, stem=path.stem), root, catalog, out_loc)
             key = (out_dir, path.stem)
             if key in targets:
                 raise catalog.error(
                     out_loc,
-                    f"scenes {targets[key]!r} and {scene_id!r} would both write {out_dir / path.stem}.*: put {{id}} in the out template",
+                    f"scenes {targets[key]!r} and {scene_id!r} would both write {out_dir}/{path.stem}.*: put {{id}} in the out template",
                 )
             targets[key] = scene_id
             bands = _setting("bands", entry, d, None)

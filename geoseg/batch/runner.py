@@ -3,16 +3,20 @@
 :func:`run_batch` resolves a catalog (:mod:`geoseg.batch.catalog`) into scenes and runs each
 through :func:`geoseg.run_scene`, the same pipeline as ``geoseg run``:
 
-- **Skip if done.** A scene is up to date when its run manifest (written last, by an
-  atomic rename, so its presence means the whole set was committed) records the
-  current input sha256, model checksum and output-shaping options, and every output it
-  lists still has the recorded size and mtime (or, when the mtime changed, the recorded
-  sha256). Anything else reruns that scene only.
-- **Resumable.** Outputs are written under hidden ``.partial`` names and renamed when
+- **Skip if done.** A scene is up to date when its run manifest (written last, the
+  commit marker of :class:`geoseg.io.store.OutputStore`, so its presence means the whole
+  set was committed) records the current input sha256, model checksum and
+  output-shaping options, and every output it lists still has the recorded size and
+  mtime (or, when the mtime changed, the recorded sha256) in a local directory, or the
+  recorded size and ETag in an object store (one listing, no download). Anything else
+  reruns that scene only.
+- **Resumable.** Outputs are staged under hidden ``.partial`` names and committed when
   complete; a scene about to (re)run first loses its old manifest and any partial files
   a killed run left behind, so an interrupted batch never leaves a scene looking done;
   a scene killed half-way continues from the tiles its journal holds
-  (:mod:`geoseg.scene.journal`), the same bytes as an uninterrupted run.
+  (:mod:`geoseg.scene.journal`, on the store's local scratch disk), the same bytes as an
+  uninterrupted run.
+- **Destinations.** A scene's ``out:`` is a local directory or ``s3://bucket/prefix``.
 - **Isolated.** A scene's failure is recorded (type and message) and the others go on;
   :attr:`BatchReport.exit_code` is 1 when any failed.
 - **One cluster.** With ``workers`` or ``scheduler`` one ``distributed.Client`` serves
@@ -24,7 +28,6 @@ through :func:`geoseg.run_scene`, the same pipeline as ``geoseg run``:
 
 from __future__ import annotations
 
-import glob as globlib
 import json
 import os
 import time
@@ -36,14 +39,13 @@ from pathlib import Path
 
 from geoseg._dask import connect_cluster
 from geoseg._files import write_json
-from geoseg._naming import SCENE_OUTPUTS, scene_file
-from geoseg.scene.journal import resume_files
 from geoseg.batch.catalog import Catalog, SceneJob, load_catalog, missing_inputs_error, resolve
 from geoseg.batch.lock import BatchLock
 from geoseg.errors import CatalogError, GeosegError, InputError, OutputError
 from geoseg.io.raster import file_sha256
 from geoseg.io.stac import GEOSEG_CATALOG_KEY, ITEM_TYPE, write_catalog
 from geoseg.models.checksum import model_checksum
+from geoseg.io.store import SCENE_OUTPUTS, OutputStore
 from geoseg.progress import Progress
 from geoseg.scene.pipeline import RunOptions, run_scene
 
@@ -133,8 +135,13 @@ class Plan:
     manifest: dict | None = None
 
 
-def manifest_path(job: SceneJob) -> Path:
-    return scene_file(job.out_dir, job.stem, "run.json")
+def store_of(job: SceneJob) -> OutputStore:
+    """The output store of a scene (nothing is created until it is prepared)."""
+    return OutputStore(job.out_dir, overwrite=True)
+
+
+def manifest_name(job: SceneJob) -> str:
+    return f"{job.stem}.run.json"
 
 
 def expected_options(job: SceneJob) -> dict:
@@ -142,36 +149,26 @@ def expected_options(job: SceneJob) -> dict:
     return RunOptions(**job.options, stac=True).output_options()
 
 
-def _output_changed(out_dir: Path, entry: dict) -> bool:
-    p = out_dir / entry["path"]
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        return True
-    if st.st_size != entry.get("bytes"):
-        return True
-    if st.st_mtime_ns == entry.get("mtime_ns"):
-        return False
-    return file_sha256(p) != entry.get("sha256")  # touched or copied: compare the content
-
-
 def check_scene(job: SceneJob, model_sha: str | None, force: bool = False) -> Plan:
     """Decide whether ``job`` must run (see the module docstring for the rule)."""
     if force:
         return Plan(job, True, "forced (--force)")
-    mp = manifest_path(job)
-    if not mp.exists():
-        return Plan(job, True, "no complete run yet")
+    store = store_of(job)
+    try:
+        if not store.exists(manifest_name(job)):
+            return Plan(job, True, "no complete run yet")
+    except OutputError as exc:  # e.g. 403 on the bucket: the run reports it, once
+        return Plan(job, True, f"destination not checked ({exc})")
     if job.local and not job.path.exists():
         return Plan(job, True, "input missing")
     try:
-        manifest = json.loads(mp.read_text())
+        manifest = json.loads(store.read_text(manifest_name(job)))
         recorded_options = manifest.get("options")
         recorded_model = manifest["model"]["sha256"]
         recorded_input = manifest["input"]["sha256"]
         recorded_fp = manifest["input"].get("fingerprint")
         outputs = manifest["outputs"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, OutputError):
         return Plan(job, True, "manifest unreadable")
     want = expected_options(job)
     if recorded_options != want:
@@ -179,9 +176,13 @@ def check_scene(job: SceneJob, model_sha: str | None, force: bool = False) -> Pl
         return Plan(job, True, f"parameters changed: {', '.join(changed)}")
     if model_sha is None or recorded_model != model_sha:
         return Plan(job, True, "model changed")
-    for kind, entry in outputs.items():
-        if _output_changed(job.out_dir, entry):
-            return Plan(job, True, f"output {kind} missing or changed")
+    try:
+        changed = store.unchanged(outputs.values(), job.stem)
+    except OutputError:
+        changed = "?"
+    if changed is not None:
+        kind = next((k for k, e in outputs.items() if e.get("path") == changed), changed)
+        return Plan(job, True, f"output {kind} missing or changed")
     if job.local:
         if file_sha256(job.path) != recorded_input:
             return Plan(job, True, "input changed")
@@ -211,25 +212,6 @@ def plan_scenes(jobs: list[SceneJob], force: bool = False) -> list[Plan]:
     return plans
 
 
-def clean_partials(out_dir: Path, stem: str) -> list[Path]:
-    """Remove what a killed run of scene ``stem`` left behind: its hidden ``.partial`` files,
-    except its resume journal and stripes (``run_scene(resume=True)`` checks and reuses them)."""
-    removed: list[Path] = []
-    if not out_dir.is_dir():
-        return removed
-    stem_pat = globlib.escape(stem)
-    keep = set(resume_files(out_dir, stem))
-    for kind in SCENE_OUTPUTS:
-        for p in out_dir.glob(f".{stem_pat}.{globlib.escape(kind)}.*.partial*"):
-            if p in keep:
-                continue
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    for p in out_dir.glob(".geoseg-write-test-*"):
-        p.unlink(missing_ok=True)
-    return removed
-
-
 # --------------------------------------------------------------------------- running
 
 
@@ -256,7 +238,8 @@ def _item_fields(job: SceneJob) -> dict:
         if src.get("properties"):
             fields["properties"] = dict(src["properties"])
         if src.get("item"):
-            href = Path(os.path.relpath(src["path"], job.out_dir)).as_posix()
+            local = isinstance(job.out_dir, Path)  # else an object store: the Item's own path
+            href = Path(os.path.relpath(src["path"], job.out_dir)).as_posix() if local else str(src["path"])
             fields["links"] = [{"rel": "derived_from", "href": href, "type": ITEM_TYPE}]
     return fields
 
@@ -264,9 +247,9 @@ def _item_fields(job: SceneJob) -> dict:
 def _run_one(plan: Plan, client, where: dict, quiet: bool) -> SceneResult:
     job = plan.job
     t = time.perf_counter()
+    store = store_of(job)
     try:
-        clean_partials(job.out_dir, job.stem)
-        manifest_path(job).unlink(missing_ok=True)  # not done until a new manifest says so
+        store.delete(manifest_name(job))  # not done until a new manifest says so
         manifest = run_scene(
             job.input,
             job.out_dir,
@@ -285,9 +268,13 @@ def _run_one(plan: Plan, client, where: dict, quiet: bool) -> SceneResult:
         return _result(plan, "failed", seconds=round(time.perf_counter() - t, 3),
                        error={"type": type(exc).__name__, "message": str(exc)})
     secs = time.perf_counter() - t
-    for kind in SCENE_OUTPUTS:  # e.g. the GeoPackage of an earlier run with vectorize on
-        if kind not in manifest["outputs"] and kind != "run.json":
-            (job.out_dir / f"{job.stem}.{kind}").unlink(missing_ok=True)
+    try:
+        for kind in SCENE_OUTPUTS:  # e.g. the GeoPackage of an earlier run with vectorize on
+            if kind not in manifest["outputs"] and kind != "run.json":
+                store.delete(f"{job.stem}.{kind}")
+    except OutputError as exc:
+        return _result(plan, "failed", seconds=round(time.perf_counter() - t, 3),
+                       error={"type": type(exc).__name__, "message": str(exc)})
     mpx = manifest["input"]["width"] * manifest["input"]["height"] / 1e6
     return _result(
         plan,
@@ -296,8 +283,8 @@ def _run_one(plan: Plan, client, where: dict, quiet: bool) -> SceneResult:
         megapixels=round(mpx, 3),
         mpx_s=round(mpx / secs, 3) if secs > 0 else None,
         class_areas_m2=_areas(manifest),
-        manifest=str(manifest_path(job)),
-        stac_item=str(scene_file(job.out_dir, job.stem, "stac.json")),
+        manifest=store.where(manifest_name(job)),
+        stac_item=store.where(f"{job.stem}.stac.json"),
     )
 
 
@@ -305,9 +292,11 @@ def _skipped(plan: Plan) -> SceneResult:
     m = plan.manifest or {}
     inp = m.get("input", {})
     mpx = inp.get("width", 0) * inp.get("height", 0) / 1e6 or None
-    stac = scene_file(plan.job.out_dir, plan.job.stem, "stac.json")
+    store = store_of(plan.job)
+    stac = f"{plan.job.stem}.stac.json"
     return _result(plan, "skipped", megapixels=round(mpx, 3) if mpx else None, class_areas_m2=_areas(m),
-                   manifest=str(manifest_path(plan.job)), stac_item=str(stac) if stac.exists() else None)
+                   manifest=store.where(manifest_name(plan.job)),
+                   stac_item=store.where(stac) if "stac.json" in m.get("outputs", {}) else None)
 
 
 def _execute(plans: list[Plan], scheduler: str | None, workers: int | None, quiet: bool) -> tuple[list[SceneResult], dict]:
@@ -349,8 +338,12 @@ def _execute(plans: list[Plan], scheduler: str | None, workers: int | None, quie
 
 
 def _outputs_catalog(catalog: Catalog, jobs: list[SceneJob]) -> tuple[str | None, list[str]]:
-    """Link every scene's STAC Item into one STAC Catalog; returns its path and warnings."""
-    items = [(j.id, scene_file(j.out_dir, j.stem, "stac.json")) for j in jobs]
+    """Link every scene's STAC Item into one STAC Catalog; returns its path and warnings.
+    Scenes written to an object store are left out (their Items are in the store)."""
+    jobs = [j for j in jobs if isinstance(j.out_dir, Path)]
+    if not jobs:
+        return None, []
+    items = [(j.id, store_of(j).path(f"{j.stem}.stac.json")) for j in jobs]
     items = [(i, p) for i, p in items if p.exists()]
     if not items:
         return None, []

@@ -7,7 +7,6 @@ but threads for ``vectorize``).
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 
@@ -28,8 +27,10 @@ def _parse_bands(ctx, param, value: str | None):
     return out
 
 
-def out_dir_option(help: str = "Output directory [default: ./<stem>_geoseg/]."):
-    return click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None, help=help)
+def out_dir_option(help: str = "Output directory or object-store prefix (s3://bucket/prefix) "
+                   "[default: ./<stem>_geoseg/]."):
+    # a string, not a click.Path: Path("s3://b/p") would become "s3:/b/p"
+    return click.option("-o", "--out", "out_dir", default=None, help=help)
 
 
 def model_option(help: str, required: bool = False):

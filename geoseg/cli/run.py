@@ -97,7 +97,8 @@ def run_cmd(scene, out_dir, model, bands, assets, grid_asset, scale_offset, tile
     band order.
 
     \b
-    Writes, in the output directory, with exactly the input's CRS and grid:
+    Writes, in the output directory (or object-store prefix s3://bucket/prefix: built in a
+    local scratch directory, $GEOSEG_SCRATCH, and uploaded), with exactly the input's CRS and grid:
       <stem>.classes.tif     uint8 COG of class ids (255 = nodata), colour table, class names
       <stem>.classes.tif.aux.xml  its legend for GDAL and ArcGIS (category names, attribute table)
       <stem>.classes.qml     its QGIS style: the legend lists exactly the classes by name
@@ -146,7 +147,7 @@ def format_summary(manifest: dict) -> str:
 
 @click.command("vectorize", context_settings=CONTEXT)
 @click.argument("raster", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out")
 @click.option("--layer", default=None, help="Layer name [default: classes; with --mask: the mask names].")
 @min_area_option("Drop polygons smaller than this many square metres (they are dropped, not merged "
                  "into a neighbour).")
@@ -188,10 +189,11 @@ def vectorize_cmd(raster, out, layer, min_area, simplify, connectivity, workers,
     \b
     Example:  geoseg vectorize out/scene.classes.tif scene.gpkg --min-area 200 --simplify 5
     """
-    from geoseg.io.faults import writing
+    from geoseg.io.store import OutputStore, split_target
     from geoseg.vector.api import vectorize
 
-    with writing(f"the polygons {out.name}", out.resolve().parent, retry="run it again", disk_only=True):
+    dest, name = split_target(out)
+    with OutputStore(dest).writing(f"the polygons {name}", retry="run it again", disk_only=True):
         summary = vectorize(
             raster, out, layer=layer, mask=is_mask, classes_from=classes_from, confidence=confidence, band=band,
             overwrite=overwrite, quiet=quiet or as_json, connectivity=int(connectivity), min_area=min_area,

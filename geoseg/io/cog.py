@@ -3,8 +3,8 @@
 A :class:`RasterProduct` is one uint8 product (class map, masks or confidence). Tiles
 are written into a temporary tiled GeoTIFF as they arrive; :meth:`RasterProduct.finish`
 turns it into a Cloud-Optimized GeoTIFF (overviews with mode resampling, the input's
-exact grid), staged in a :class:`geoseg._files.OutputSet` that renames every file of a
-run to its final name only when all of them are complete.
+exact grid), staged in a :class:`geoseg.io.store.OutputStore` that commits every file of a
+run (rename, or upload to an object store) only when all of them are complete.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from geoseg._constants import NODATA
-from geoseg._files import OutputSet, remove_files
+from geoseg._files import remove_files
 from geoseg.classes import hex_to_rgb
 from geoseg.errors import OutputError
 from geoseg.grid import GeoBox, PixelWindow
-from geoseg.io.faults import writing
 from geoseg.io.legend import BandLegend, aux_xml, paletted_qml
 from geoseg.io.raster import open_raster
+from geoseg.io.store import OutputStore
 
 __all__ = ["COG_OPTIONS", "RasterProduct", "class_tags", "stage_legend"]
 
@@ -61,7 +61,7 @@ class RasterProduct:
         self,
         final: Path,
         geobox: GeoBox,
-        outputs: OutputSet,
+        outputs: OutputStore,
         *,
         count: int = 1,
         descriptions: list[str] | None = None,
@@ -79,13 +79,13 @@ class RasterProduct:
         self.count = count
         # ``stripes``: a fixed hidden path (the resume journal's); ``reopen``: continue the
         # stripes a killed run left there (geoseg.scene.journal) instead of creating them
-        self.tmp = stripes if stripes is not None else outputs.temp_for(final, "stripes-")
+        self.tmp = stripes if stripes is not None else outputs.temp(final, "stripes-")
         self._lock = threading.Lock()
         self._file = ExitStack()
         self._unflushed = 0  # bytes written since the stripes were last closed
         if reopen:
             try:
-                with writing(f"the partial {final.name}", final.parent):
+                with outputs.writing(f"the partial {final.name}"):
                     self._ds = self._open("r+")
             except TypeError as exc:  # rasterio's error for a file GDAL cannot recognise (killed before its header)
                 raise OutputError(f"the partial {final.name} in {final.parent} is unreadable ({exc})") from exc
@@ -110,7 +110,7 @@ class RasterProduct:
         if not profile["tiled"]:
             for k in ("tiled", "blockxsize", "blockysize"):
                 profile.pop(k)
-        with writing(f"the partial {final.name}", final.parent):
+        with outputs.writing(f"the partial {final.name}"):
             self._ds = self._open("w", **profile)
             if descriptions:
                 for i, d in enumerate(descriptions, 1):
@@ -126,7 +126,7 @@ class RasterProduct:
         """Write ``(count, h, w)`` or ``(h, w)`` uint8 values at ``window``."""
         if array.ndim == 2:
             array = array[None]
-        with self._lock, writing(f"the partial {self.final.name}", self.final.parent):
+        with self._lock, self.outputs.writing(f"the partial {self.final.name}"):
             self._ds.write(array, window=window.to_rasterio())
             self._unflushed += array.nbytes
             if self._unflushed >= FLUSH_BYTES and threading.get_ident() == self._owner:
@@ -146,7 +146,7 @@ class RasterProduct:
     def sync(self) -> None:
         """Make everything written so far durable: close the stripes (GDAL writes its cached
         blocks and the tile index), ``fsync`` them, and reopen them for update."""
-        with self._lock, writing(f"the partial {self.final.name}", self.final.parent):
+        with self._lock, self.outputs.writing(f"the partial {self.final.name}"):
             self._reopen(fsync=True)
 
     def _open(self, mode: str, **profile):
@@ -172,35 +172,31 @@ class RasterProduct:
 
     def rebuild(self, windows: list[PixelWindow]) -> None:
         """Replace damaged stripes by a fresh file holding only ``windows`` (read back good)."""
-        with self._lock, writing(f"the partial {self.final.name}", self.final.parent):
+        with self._lock, self.outputs.writing(f"the partial {self.final.name}"):
             old = self._ds
             profile = {**old.profile, "compress": "ZSTD", "ZSTD_LEVEL": 1, "BIGTIFF": "IF_SAFER", "SPARSE_OK": "TRUE"}
-            tmp = self.outputs.temp_for(self.final, "stripes-")
-            try:
-                with open_raster(tmp, "w", env=False, **profile) as new:
-                    for i, d in enumerate(old.descriptions, 1):
-                        if d:
-                            new.set_band_description(i, d)
-                    try:
-                        new.write_colormap(1, old.colormap(1))
-                    except ValueError:  # no colour table
-                        pass
-                    new.update_tags(**old.tags())
-                    for w in windows:
-                        win = w.to_rasterio()
-                        new.write(old.read(window=win), window=win)
-                self._file.close()
-                os.replace(tmp, self.tmp)
-            except BaseException:
-                remove_files([tmp])
-                raise
+            tmp = self.outputs.temp(self.final, "stripes-")  # tracked: a failure discards it
+            with open_raster(tmp, "w", env=False, **profile) as new:
+                for i, d in enumerate(old.descriptions, 1):
+                    if d:
+                        new.set_band_description(i, d)
+                try:
+                    new.write_colormap(1, old.colormap(1))
+                except ValueError:  # no colour table
+                    pass
+                new.update_tags(**old.tags())
+                for w in windows:
+                    win = w.to_rasterio()
+                    new.write(old.read(window=win), window=win)
+            self._file.close()
+            os.replace(tmp, self.tmp)  # scratch (the stripes), not an output
             self._file = ExitStack()
             self._ds = self._open("r+")
             self._unflushed = 0
 
     def close(self) -> Path:
         """Finish writing tiles; the stripes file stays readable until :meth:`discard_stripes`."""
-        with self._lock, writing(f"the partial {self.final.name}", self.final.parent):
+        with self._lock, self.outputs.writing(f"the partial {self.final.name}"):
             self._file.close()
         return self.tmp
 
@@ -210,14 +206,9 @@ class RasterProduct:
         from rasterio.shutil import copy as rio_copy
 
         self.close()
-        cog = self.outputs.temp_for(self.final, "cog-")
-        try:
-            with writing(f"{self.final.name} (COG)", self.final.parent), rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
-                rio_copy(self.tmp, cog, driver="COG", **{**COG_OPTIONS, "OVERVIEW_RESAMPLING": self.overview_resampling})
-        except BaseException:
-            remove_files([cog])
-            raise
-        self.outputs.stage(self.final, cog)
+        with self.outputs.staging(self.final, "cog-", f"{self.final.name} (COG)") as cog, \
+                rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+            rio_copy(self.tmp, cog, driver="COG", **{**COG_OPTIONS, "OVERVIEW_RESAMPLING": self.overview_resampling})
         return cog
 
     def discard_stripes(self) -> None:
@@ -235,13 +226,13 @@ class RasterProduct:
             pass
 
 
-def stage_legend(final: Path, legends: list[BandLegend], outputs: OutputSet) -> list[Path]:
+def stage_legend(final: Path, legends: list[BandLegend], outputs: OutputStore) -> list[Path]:
     """Write the legend side-cars of the categorical raster ``final``; stage them with it.
 
     ``<final>.aux.xml`` (GDAL category names and a thematic RAT per band, which GDAL,
     ArcGIS and QGIS read) and ``<stem>.<kind>.qml`` (a QGIS paletted style with one entry
     per class of the first band, which QGIS loads as the layer's default style) are
-    written under temporary names and renamed with the COG by :meth:`OutputSet.commit`.
+    written under temporary names and committed with the COG by :meth:`OutputStore.commit`.
     Returns their final paths.
     """
     sidecars = {
@@ -249,14 +240,7 @@ def stage_legend(final: Path, legends: list[BandLegend], outputs: OutputSet) -> 
         final.with_suffix(".qml"): paletted_qml(legends[0]),
     }
     for path, text in sidecars.items():
-        tmp = outputs.temp_for(path, "legend-")
-        try:
-            with writing(f"the legend {path.name}", path.parent):
-                tmp.write_text(text, encoding="utf-8")
-        except BaseException:
-            remove_files([tmp])
-            raise
-        outputs.stage(path, tmp)
+        outputs.write_text(path, text, "legend-", what=f"the legend {path.name}")
     return list(sidecars)
 
 

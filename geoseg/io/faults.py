@@ -179,7 +179,8 @@ def _no_space(exc: BaseException, msgs: list[str], directory: Path) -> bool:
 
 @contextmanager
 def writing(
-    what: str, directory: str | os.PathLike, retry: str = "rerun with --resume", *, disk_only: bool = False
+    what: str, directory: str | os.PathLike, retry: str = "rerun with --resume", *, disk_only: bool = False,
+    label: str | None = None,
 ) -> Iterator[None]:
     """Turn a failure to write ``what`` into ``directory`` into one :class:`OutputError` line.
 
@@ -187,6 +188,8 @@ def writing(
     on once the disk is fixed. geoseg's own errors and anything that is not an I/O
     failure pass through unchanged; with ``disk_only`` (around code that also reads
     inputs with rasterio) so does every failure but a full disk and the vector writer's.
+    ``label`` names the place in the message instead of ``directory`` (e.g. the local
+    scratch of an object-store destination, :meth:`geoseg.io.store.OutputStore.writing`).
     """
     capture_libtiff_errors()
     _mark()
@@ -210,5 +213,5 @@ def writing(
             hint = f"check that the directory is writable and has free space, then {retry}"
         detail = "; ".join(m for m in msgs if m)[:600]
         raise OutputError(
-            f"cannot write {what} in {directory}: {reason}" + (f" ({detail})" if detail else "") + f": {hint}"
+            f"cannot write {what} in {label or directory}: {reason}" + (f" ({detail})" if detail else "") + f": {hint}"
         ) from exc

@@ -54,32 +54,15 @@ import numpy as np
 
 from geoseg._signals import critical
 from geoseg.io.faults import writing
+from geoseg.io.store import journal_path, stripes_path  # the store owns the names
 
-__all__ = ["CHECKPOINT_SECONDS", "ResumeState", "TileJournal", "journal_path", "resume_files", "stripes_path", "tile_crc"]
+__all__ = ["CHECKPOINT_SECONDS", "ResumeState", "TileJournal", "tile_crc"]
 
 #: Seconds between checkpoints (a kill loses at most this much finished work, plus the
 #: tiles in flight). ``GEOSEG_CHECKPOINT_SECONDS`` overrides it (0: after every tile).
 CHECKPOINT_SECONDS = 10.0
 
 JOURNAL_VERSION = 2  # 2: entries also carry the window written on the output grid (older journals start over)
-
-
-def journal_path(out_dir: Path, stem: str) -> Path:
-    """The journal of scene ``stem`` in ``out_dir`` (hidden, a ``.partial`` name)."""
-    return Path(out_dir) / f".{stem}.run.json.journal.partial.jsonl"
-
-
-def stripes_path(final: Path) -> Path:
-    """The hidden stripes file a product's tiles are written into (see :mod:`geoseg.io.cog`)."""
-    return final.with_name(f".{final.name}.stripes.partial.tif")
-
-
-def resume_files(out_dir: Path, stem: str, finals: Iterable[Path] | None = None) -> list[Path]:
-    """The files a killed run of ``stem`` keeps for resuming (journal and stripes)."""
-    out_dir = Path(out_dir)
-    if finals is None:
-        finals = [out_dir / f"{stem}.{k}" for k in ("classes.tif", "confidence.tif", "mask.tif")]
-    return [journal_path(out_dir, stem), *(stripes_path(Path(f)) for f in finals)]
 
 
 def tile_crc(arrays: Sequence[np.ndarray | None]) -> int:
@@ -137,7 +120,11 @@ class TileJournal:
     create the products on the :attr:`stripes` paths, :meth:`plan` the windows the tiles
     will write, :meth:`verify` the journaled tiles
     against the reopened stripes, then :meth:`record` tiles as they are written,
-    :meth:`checkpoint` at the end of inference, and :meth:`remove` after the commit.
+    :meth:`checkpoint` at the end of inference, and :meth:`discard` before the commit.
+
+    ``out_dir`` is the output store's local scratch directory (the output directory
+    itself for a local destination): the journal and the stripes need POSIX appends,
+    random writes and ``fsync``, so they stay on a local disk whatever the destination.
     """
 
     def __init__(self, out_dir: Path, stem: str, key: str, finals: Sequence[Path]) -> None:
@@ -331,5 +318,3 @@ class TileJournal:
                     q.unlink()
                 except OSError:  # missing, or a disk gone read-only: the failure at hand is reported
                     pass
-
-    remove = discard

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import platform
 from datetime import datetime, timezone
-from pathlib import Path
-
 import numpy as np
 
-from geoseg._files import OutputSet, write_json
-from geoseg.io.raster import file_sha256
 
 
 def package_versions() -> dict[str, str]:
@@ -51,10 +47,11 @@ def build_manifest(
     skipped: int,
     n_tiles: int,
     vector_stats,
-    staged: dict[Path, Path],
+    outputs: dict[str, dict],
     pixel_geobox=None,
 ) -> dict:
     """Assemble the manifest of a finished run (outputs still under temporary names).
+    ``outputs``: kind -> entry (:meth:`geoseg.io.store.OutputStore.entries`);
     ``pixel_geobox``: the products' grid when it is not the input's (model grid, AOI crop)."""
     gb = source.geobox
     px_area = pixel_area_m2(pixel_geobox or gb)
@@ -74,10 +71,6 @@ def build_manifest(
                 "area_m2": float(poly_area.get(name, counts[i] * px_area)),
             }
         )
-    outputs = {}
-    for final, tmp in staged.items():
-        kind = final.name[len(source.output_stem) + 1 :]
-        outputs[kind] = output_entry(final, tmp)
     mpx = gb.width * gb.height / 1e6
     return {
         "geoseg_manifest": 1,
@@ -134,20 +127,5 @@ def build_manifest(
         "classes": classes,
         "nodata_pixels": int(counts[255]),
         "polygons": n_polys,
-        "outputs": outputs,
+        "outputs": dict(outputs),
     }
-
-
-def output_entry(final: Path, tmp: Path) -> dict:
-    """What the manifest records of one output, from its finished temporary file.
-
-    ``mtime_ns`` survives the rename to ``final``: a later check can trust the recorded
-    ``sha256`` while size and mtime are unchanged, and hash the file again otherwise.
-    """
-    st = tmp.stat()
-    return {"path": final.name, "sha256": file_sha256(tmp), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def write_manifest(manifest: dict, final: Path, outputs: OutputSet) -> None:
-    """Write the manifest under a temporary name, then rename it into place."""
-    write_json(final, manifest)

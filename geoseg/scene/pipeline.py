@@ -1,11 +1,14 @@
-"""The scene pipeline: a Dask graph of per-tile tasks, stitched into COGs and polygons.
+"""The scene pipeline: per-tile tasks, stitched into COGs and polygons, committed to a store.
 
-``run_scene`` validates the scene against the model's contract, cuts the raster into a
-:class:`~geoseg.grid.TileGrid` with the halo the model needs, and builds one task per
-batch of tiles (read window with halo -> predict the core). With the default
-local threads, write tasks in the same graph store each batch's result window by window;
-on a ``dask.distributed`` cluster the results stream back to the client, which writes
-them as they complete. Either way, at most a few tiles are in memory at once.
+``run_scene`` is plan -> infer -> finish -> commit over one
+:class:`~geoseg.io.store.OutputStore`. It validates the scene against the model's
+contract, cuts the raster into a :class:`~geoseg.grid.TileGrid` with the halo the model
+needs, and runs one task per batch of tiles (read window with halo -> predict the core)
+on a pool of local threads (:func:`geoseg._dask.run_tasks`) or on a ``dask.distributed``
+cluster; either way the results come back to the calling thread, which writes them
+window by window into the stripes (:class:`TileSink`), so at most a few tiles are in
+memory at once. The stripes become COGs, the class map becomes polygons, and the store
+commits every output with the manifest last.
 """
 
 from __future__ import annotations
@@ -23,14 +26,12 @@ import numpy as np
 
 from geoseg._constants import DEFAULT_TILE_SIZE, GDAL_ENV
 from geoseg._dask import check_resources, cluster_size, connect_cluster, run_tasks
-from geoseg._files import OutputSet, prepare_out_dir, remove_files
-from geoseg._naming import output_paths
 from geoseg.errors import ContractError, GeosegError, InputError, OutputError
 from geoseg.grid import PixelWindow, Tile, TileGrid, batches, strips
 from geoseg.io.cog import RasterProduct, class_tags, stage_legend
-from geoseg.io.faults import writing
 from geoseg.io.legend import BandLegend, Category, mask_legends
 from geoseg.io.raster import SceneSource
+from geoseg.io.store import OutputStore
 from geoseg.progress import Progress
 from geoseg.scene.journal import TileJournal, input_identity, journal_key
 from geoseg.scene.manifest import build_manifest
@@ -308,12 +309,18 @@ def run_scene(
 ) -> dict:
     """Segment one scene; write its COGs, GeoPackage and run manifest.
 
+    Four steps over one :class:`~geoseg.io.store.OutputStore`: plan (check the options,
+    the scene against the model's contract, the tiling and the output names), infer (the
+    tiles, resumable through the journal), finish (COGs, legends, polygons, staged under
+    temporary names) and commit (every output, the manifest last).
+
     Args:
         path: input raster (any size; read window by window): a local path, an
             ``http(s)://`` or ``s3://`` URL (range requests only), or a STAC Item (path,
             URL, dict or ``pystac.Item``) whose per-band assets are stacked
             (:func:`geoseg.io.sources.open_source`).
-        out_dir: output directory (default ``./<stem>_geoseg/``).
+        out_dir: where the outputs go: a local directory (default ``./<stem>_geoseg/``) or
+            an object-store prefix ``s3://bucket/prefix`` (:mod:`geoseg.io.store`).
         model: a built-in model name, a bundle path, or an ONNX / TorchScript / ``.pt2``
             file or STAC MLM Item (path or URL; see :mod:`geoseg.models.external`).
         client: a ``distributed.Client`` to run the tile tasks on (left open; e.g. one
@@ -323,20 +330,78 @@ def run_scene(
             only on a cluster. The device (``auto`` too) is then resolved on the workers.
         stac_item: fields merged into the STAC Item (with ``stac=True``): ``id``,
             ``properties``, ``links``.
-        **options: fields of :class:`RunOptions` (``tile_size``, ``batch_size``,
-            ``device``, ``bands``, ``workers``, ``scheduler``, ``threads``,
-            ``overwrite``, ``quiet``, ``vectorize``, ``min_area``, ``simplify``,
-            ``connectivity``, ``stac``, ``assets``, ``grid_asset``, ``scale_offset``).
+        **options: fields of :class:`RunOptions`: tiling and execution (``tile_size``,
+            ``batch_size``, ``device``, ``precision``, ``workers``, ``scheduler``,
+            ``threads``), inputs (``bands``, ``assets``, ``grid_asset``,
+            ``scale_offset``), area and grid (``aoi``, ``bbox``, ``aoi_crop``,
+            ``output_grid``), outputs (``vectorize``, ``min_area``, ``simplify``,
+            ``connectivity``, ``stac``, ``probabilities``, ``tta``), and ``overwrite``,
+            ``resume``, ``quiet``.
 
     Returns:
         The run manifest (also written as ``<stem>.run.json``).
     """
-    from geoseg.allocator import configure_process, release_free_memory, tune_cpu_allocator
-    from geoseg.models.refs import resolve_model_ref
-    from geoseg.models.registry import load_model
+    from geoseg.allocator import configure_process
 
     configure_process()  # the process defaults an entry point sets (no-op when already set)
+    opts = _run_options(options)
+    t0 = time.perf_counter()
+    run = _plan(path, out_dir, model, opts, client, resources, stac_item)
+    run.timings["validate"] = time.perf_counter() - t0
+    from geoseg.io.sources import source_fingerprint
 
+    hasher = ThreadPoolExecutor(max_workers=1)
+    input_sha = hasher.submit(source_fingerprint, run.source)
+    try:
+        _open_products(run)
+        _infer(run)
+        _finish(run)
+        run.timings["total"] = time.perf_counter() - t0
+        return _commit(run, input_sha.result())
+    except BaseException as exc:
+        _fail(run, exc)
+        raise
+    finally:
+        hasher.shutdown(wait=False)
+
+
+@dataclass
+class _SceneRun:
+    """The state of one :func:`run_scene` call, passed from step to step."""
+
+    opts: RunOptions
+    model: str
+    source: SceneSource
+    bundle: object
+    view: SceneView
+    tiling: object
+    device: str
+    batch_size: int
+    precision: str
+    distributed: bool
+    client: object
+    resources: dict | None
+    stac_item: dict | None
+    store: OutputStore
+    finals: dict[str, Path]
+    journal: TileJournal
+    timings: dict[str, float]
+    products: list = dataclasses.field(default_factory=list)
+    state: object = None
+    tiles: list = dataclasses.field(default_factory=list)
+    plan: list = dataclasses.field(default_factory=list)
+    done: set = dataclasses.field(default_factory=set)
+    sink: TileSink | None = None
+    scheduler: dict = dataclasses.field(default_factory=dict)
+    vector_stats: list | None = None
+
+    @property
+    def stem(self) -> str:
+        return self.source.output_stem
+
+
+def _run_options(options: dict) -> RunOptions:
+    """:class:`RunOptions` from ``run_scene``'s keyword options (checked)."""
     unknown = set(options) - set(RunOptions.__dataclass_fields__)
     if unknown:
         raise TypeError(f"run_scene() got unknown option(s) {sorted(unknown)}")
@@ -350,12 +415,18 @@ def run_scene(
         raise InputError(f"--workers must be >= 1, got {opts.workers}")
     if opts.workers and opts.scheduler:
         raise InputError("give either --workers (start a local cluster) or --scheduler (use an existing one), not both")
-    vector_options = VectorizeOptions(connectivity=opts.connectivity, min_area=opts.min_area, simplify=opts.simplify)
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
+    return opts
 
-    from geoseg.io.sources import open_source, source_fingerprint
 
+def _plan(path, out_dir, model: str, opts: RunOptions, client, resources, stac_item) -> _SceneRun:
+    """Step 1: open the scene and the model, check them, plan the tiling and the outputs
+    (nothing is written but the store's write probe)."""
+    from geoseg.allocator import tune_cpu_allocator
+    from geoseg.io.sources import open_source
+    from geoseg.models.registry import load_model
+
+    # an unknown destination scheme is refused before anything is read
+    store = OutputStore(out_dir, overwrite=opts.overwrite) if out_dir is not None else None
     # a bad scene is reported before a model is loaded (an Item: before its assets are matched)
     scene = open_source(path, assets=dict(opts.assets) if opts.assets else None,
                         grid_asset=opts.grid_asset, scale_offset=opts.scale_offset)
@@ -371,11 +442,9 @@ def run_scene(
     if device == "cpu":
         # best effort for API users; most effective before torch starts (geoseg.allocator)
         tune_cpu_allocator()
-    batch_size = opts.batch_size or (1 if device == "cpu" else 4)
     precision = opts.precision if resources else check_precision(opts.precision, device)
     tile_box = view.tile_geobox  # the model grid when the scene is resampled
     tiling = plan_tiles(bundle, tile_box.height, tile_box.width, opts.tile_size)  # exact, fixed-size or blended seams
-    grid = tiling.grid
     if tiling.layout is not None and (opts.tta or opts.probabilities):
         raise InputError(
             f"model '{bundle.name}' runs with blended seams (its receptive field exceeds the exact-halo limit): "
@@ -387,154 +456,167 @@ def run_scene(
             "sizes and no probabilities output: drop aoi/bbox (or resample the scene to the model's GSD first), "
             "or run without probabilities"
         )
-
     stem = source.output_stem
-    out = prepare_out_dir(out_dir if out_dir is not None else Path.cwd() / f"{stem}_geoseg")
-    has_masks = len(bundle.mask_heads) > 0
-    finals = output_paths(out, stem, has_masks, opts.vectorize, opts.stac)
-    if opts.probabilities:  # before the manifest, which comes last
-        manifest_path = finals.pop("manifest")
-        finals["probabilities"] = out / f"{stem}.probabilities.tif"
-        finals["manifest"] = manifest_path
-    outputs = OutputSet(out, overwrite=opts.overwrite)
-    outputs.check_free(list(finals.values()))
-    timings["validate"] = time.perf_counter() - t0
+    if store is None:
+        store = OutputStore(Path.cwd() / f"{stem}_geoseg", overwrite=opts.overwrite)
+    store.prepare()
+    finals = store.scene_outputs(stem, len(bundle.mask_heads) > 0, opts.vectorize, opts.stac, opts.probabilities)
+    store.check_free(list(finals.values()))
+    store.clean_partials(stem)  # what a killed run left in the scratch directory (its resume state stays)
+    # the resume journal: finished tiles of the hidden stripes files, on the store's local scratch disk
+    journal = TileJournal(store.scratch, stem, _journal_key(source, bundle, opts, tiling.grid),
+                          [f for k, f in finals.items() if k in PRODUCTS])
+    return _SceneRun(opts=opts, model=model, source=source, bundle=bundle, view=view, tiling=tiling, device=device,
+                     batch_size=opts.batch_size or (1 if device == "cpu" else 4), precision=precision,
+                     distributed=distributed, client=client, resources=resources, stac_item=stac_item, store=store,
+                     finals=finals, journal=journal, timings={})
 
-    hasher = ThreadPoolExecutor(max_workers=1)
-    input_sha = hasher.submit(source_fingerprint, source)
-    products: list[RasterProduct] = []
-    # the resume journal: finished tiles of the hidden stripes files (geoseg.scene.journal)
-    journal = TileJournal(out, stem, _journal_key(source, bundle, opts, grid), [f for k, f in finals.items() if k in PRODUCTS])
+
+def _open_products(run: _SceneRun) -> None:
+    """The product rasters, in the journal's stripes: continued from a killed run's
+    (``resume``, when its journal matches) or created."""
+    # a resampled scene or an area of interest writes each tile at the window the view maps
+    # it to on the output grid: the journal records and checks the tile there
+    run.state = run.journal.open(run.opts.resume)
     try:
-        # a resampled scene or an area of interest writes each tile at the window the view maps
-        # it to on the output grid: the journal records and checks the tile there
-        state = journal.open(opts.resume)
+        run.products = _create_products(run.finals, run.view.output, run.store, run.bundle, run.journal.stripes,
+                                        reopen=run.state is not None)
+    except OutputError:
+        if run.state is None:
+            raise
+        run.state = run.journal.open(False)  # stripes a crash left unreadable: start over
+        run.products = _create_products(run.finals, run.view.output, run.store, run.bundle, run.journal.stripes)
+    run.journal.products = run.products
+
+
+def _infer(run: _SceneRun) -> None:
+    """Step 2: run the tiles not journaled yet (local threads or a cluster) into the stripes;
+    journaled tiles are checked and kept."""
+    from geoseg.allocator import release_free_memory
+    from geoseg.models.refs import resolve_model_ref
+
+    opts, tiling, view, source = run.opts, run.tiling, run.view, run.source
+    products = dict(zip([k for k in PRODUCTS if k in run.finals], run.products))
+    run.tiles = tiling.tiles if view.trivial else view.select(tiling.grid)  # with an area of interest: the tiles that touch it
+    if source.remote:  # what the tiles will read: the shared remote handle fetches it row of blocks by row
+        source = dataclasses.replace(source, read_plan=strips(view.source_window(t.read) for t in run.tiles))
+    torch_threads = CPU_TORCH_THREADS if run.distributed else None  # threaded: set by _run_threaded
+    model_ref = resolve_model_ref(run.model)
+    tile_view = None if view.trivial else view
+    t1 = time.perf_counter()
+    with Progress(total=len(run.tiles), desc=f"{run.stem}: tiles", disable=opts.quiet) as progress:
+        run.sink = TileSink(products["classes"], products["confidence"], products.get("mask"), progress, run.journal,
+                            products.get("probabilities"))
+        run.done = run.sink.resume(run.journal, run.state, run.tiles, tile_view)
+        # the same batches as an uninterrupted run (the same bytes), less those all done;
+        # blended seams need every window's probabilities, so they rerun all windows and
+        # the sink skips the tiles already written
+        run.plan = batches(run.tiles, run.batch_size)
+        if tiling.layout is None:
+            run.plan = [b for b in run.plan if any((t.core.row, t.core.col) not in run.done for t in b)]
+            task = predict_batch
+            tasks = [(source, b, model_ref, run.device, torch_threads, run.bundle.checksum, opts.tta, opts.probabilities,
+                      run.precision, tile_view) for b in run.plan]
+        else:  # blended seams: probabilities of overlapping windows
+            task = blend_batch
+            tasks = [(source, b, model_ref, run.device, torch_threads, run.bundle.checksum, tiling.layout, run.precision)
+                     for b in run.plan]
+        writer = tiling.writer(run.sink)
+        if run.distributed:
+            run.scheduler = _run_distributed(writer, tasks, opts.scheduler, opts.workers, run.client, run.resources, task)
+        else:
+            threads = opts.threads or max(2, os.cpu_count() or 1)
+            run.scheduler = {"scheduler": "threads", "threads": threads}
+            try:
+                _run_threaded(writer, tasks, threads, task)
+            finally:
+                source.release()  # the shared remote handle, and the blocks GDAL cached for it
+        run.journal.checkpoint()  # every tile on disk: a failure below resumes without inference
+    run.timings["inference"] = time.perf_counter() - t1
+    if run.device == "cpu":
+        release_free_memory()  # the activations' memory: the stages below need none of it
+
+
+def _finish(run: _SceneRun) -> None:
+    """Step 3: the COGs, their legends and the polygons, staged under temporary names.
+
+    One after the other: run in two threads of this process, the vectorizer's Python
+    work and GDAL's COG writer (which calls back into Python) convoy on the GIL, and
+    both took 4-6x longer than in sequence (measured on the demo scene)."""
+    t2 = time.perf_counter()
+    stripes = dict(zip([k for k in PRODUCTS if k in run.finals], (p.close() for p in run.products)))
+    for p in run.products:
+        p.finish()
+    _stage_legends(run.finals, run.bundle, run.sink, run.store)
+    run.timings["write_cogs"] = time.perf_counter() - t2
+    if run.opts.vectorize:
+        t3 = time.perf_counter()
+        vector_options = VectorizeOptions(connectivity=run.opts.connectivity, min_area=run.opts.min_area,
+                                          simplify=run.opts.simplify)
+        run.vector_stats = _vectorize_outputs(run.store, run.finals["vectors"], stripes, run.bundle, vector_options)
+        run.timings["vectorize"] = time.perf_counter() - t3
+
+
+def _commit(run: _SceneRun, input_sha) -> dict:
+    """Step 4: the manifest (and STAC Item); then every output at once, the manifest last."""
+    tiling, store = run.tiling, run.store
+    manifest = build_manifest(
+        source=run.source,
+        input_sha256=input_sha,
+        bundle=run.bundle,
+        model_ref=run.model,
+        grid=tiling.grid,
+        options=run.opts,
+        device=run.device,
+        batch_size=run.batch_size,
+        scheduler=run.scheduler,
+        timings=run.timings,
+        counts=run.sink.counts,
+        skipped=run.sink.skipped,
+        n_tiles=len(run.tiles),
+        vector_stats=run.vector_stats,
+        outputs=store.entries(run.stem),
+        pixel_geobox=run.view.output,
+    )
+    manifest["parameters"].update(tiling.manifest_fields())  # seams: exact | blended
+    manifest["execution"]["tiles_resumed"] = len(run.done)
+    manifest["execution"]["tiles_computed"] = (sum(len(b) for b in run.plan)
+                                               - (len(run.done) if tiling.layout is not None else 0))
+    if not run.view.trivial:
+        manifest.update(run.view.describe())  # output_grid, gsd, aoi
+    if run.opts.stac:
+        _stage_stac_item(store, run.finals["stac"], manifest, run.stac_item)
+    # everything is staged: the stripes and the journal go first, so that a kill after
+    # the commit leaves no resume state behind a finished scene
+    for p in run.products:
+        p.discard_stripes()
+    run.journal.discard()
+    store.commit(manifest=(run.finals["manifest"], manifest))  # every output at once, the manifest last
+    return manifest
+
+
+def _fail(run: _SceneRun, exc: BaseException) -> None:
+    """After a failure: keep the journal and the stripes (hidden) for ``resume`` once
+    inference has begun, unless the input or the model is at fault (a rerun would fail
+    the same way); remove every temporary the store handed out."""
+    keep = run.journal.started and not (isinstance(exc, GeosegError) and not isinstance(exc, OutputError))
+    if keep:
         try:
-            products = _create_products(finals, view.output, outputs, bundle, journal.stripes, reopen=state is not None)
-        except OutputError:
-            if state is None:
-                raise
-            state = journal.open(False)  # stripes a crash left unreadable: start over
-            products = _create_products(finals, view.output, outputs, bundle, journal.stripes)
-        journal.products = products
-        classes, confidence = products[0], products[1]
-        masks = products[2] if has_masks else None
-        probs = products[-1] if opts.probabilities else None
-
-        tiles = tiling.tiles if view.trivial else view.select(grid)  # with an area of interest: the tiles that touch it
-        if source.remote:  # what the tiles will read: the shared remote handle fetches it row of blocks by row
-            source = dataclasses.replace(source, read_plan=strips(view.source_window(t.read) for t in tiles))
-        torch_threads = CPU_TORCH_THREADS if distributed else None  # threaded: set by _run_threaded
-        model_ref = resolve_model_ref(model)
-        tile_view = None if view.trivial else view
-        t1 = time.perf_counter()
-        with Progress(total=len(tiles), desc=f"{stem}: tiles", disable=opts.quiet) as progress:
-            sink = TileSink(classes, confidence, masks, progress, journal, probs)
-            done = sink.resume(journal, state, tiles, tile_view)
-            # the same batches as an uninterrupted run (the same bytes), less those all done;
-            # blended seams need every window's probabilities, so they rerun all windows and
-            # the sink skips the tiles already written
-            plan = batches(tiles, batch_size)
-            if tiling.layout is None:
-                plan = [b for b in plan if any((t.core.row, t.core.col) not in done for t in b)]
-                task = predict_batch
-                tasks = [(source, b, model_ref, device, torch_threads, bundle.checksum, opts.tta, opts.probabilities,
-                          precision, tile_view) for b in plan]
-            else:  # blended seams: probabilities of overlapping windows
-                task = blend_batch
-                tasks = [(source, b, model_ref, device, torch_threads, bundle.checksum, tiling.layout, precision)
-                         for b in plan]
-            writer = tiling.writer(sink)
-            if distributed:
-                sched_info = _run_distributed(writer, tasks, opts.scheduler, opts.workers, client, resources, task)
-            else:
-                threads = opts.threads or max(2, os.cpu_count() or 1)
-                sched_info = {"scheduler": "threads", "threads": threads}
-                try:
-                    _run_threaded(writer, tasks, threads, task)
-                finally:
-                    source.release()  # the shared remote handle, and the blocks GDAL cached for it
-            journal.checkpoint()  # every tile on disk: a failure below resumes without inference
-        timings["inference"] = time.perf_counter() - t1
-        if device == "cpu":
-            release_free_memory()  # the activations' memory: the stages below need none of it
-
-        # One after the other: run in two threads of this process, the vectorizer's Python
-        # work and GDAL's COG writer (which calls back into Python) convoy on the GIL,
-        # and both took 4-6x longer than in sequence (measured on the demo scene).
-        t2 = time.perf_counter()
-        stripes = dict(zip([k for k in ("classes", "confidence", "mask", "probabilities") if k in finals],
-                           (p.close() for p in products)))
-        for p in products:
-            p.finish()
-        _stage_legends(finals, bundle, sink, outputs)
-        timings["write_cogs"] = time.perf_counter() - t2
-        vector_stats = None
-        if opts.vectorize:
-            t3 = time.perf_counter()
-            with writing(f"the polygons {finals['vectors'].name}", out):
-                vector_stats = _vectorize_outputs(outputs, finals["vectors"], stripes, bundle, vector_options)
-            timings["vectorize"] = time.perf_counter() - t3
-        timings["total"] = time.perf_counter() - t0
-        manifest = build_manifest(
-            source=source,
-            input_sha256=input_sha.result(),
-            bundle=bundle,
-            model_ref=model,
-            grid=grid,
-            options=opts,
-            device=device,
-            batch_size=batch_size,
-            scheduler=sched_info,
-            timings=timings,
-            counts=sink.counts,
-            skipped=sink.skipped,
-            n_tiles=len(tiles),
-            vector_stats=vector_stats,
-            staged=outputs.staged,
-            pixel_geobox=view.output,
-        )
-        manifest["parameters"].update(tiling.manifest_fields())  # seams: exact | blended
-        manifest["execution"]["tiles_resumed"] = len(done)
-        manifest["execution"]["tiles_computed"] = sum(len(b) for b in plan) - (len(done) if tiling.layout is not None else 0)
-        if not view.trivial:
-            manifest.update(view.describe())  # output_grid, gsd, aoi
-        if opts.stac:
-            with writing(f"the STAC Item {finals['stac'].name}", out):
-                _stage_stac_item(outputs, finals["stac"], manifest, stac_item)
-        with writing(f"the run manifest {finals['manifest'].name}", out):
-            _stage_manifest(outputs, finals["manifest"], manifest)
-            # everything is staged: the stripes and the journal go first, so that a kill
-            # after the commit leaves no resume state behind a finished scene
-            for p in products:
-                p.discard_stripes()
-            journal.discard()
-            outputs.commit()  # every output at once, the manifest last
-        return manifest
-    except BaseException as exc:
-        # keep the journal and the stripes (hidden) for --resume once inference has begun,
-        # unless the input or the model is at fault (a rerun would fail the same way)
-        keep = journal.started and not (isinstance(exc, GeosegError) and not isinstance(exc, OutputError))
-        if keep:
-            try:
-                journal.checkpoint()
-            except BaseException:  # noqa: BLE001 - e.g. the disk is full: the CRCs catch the rest
-                pass
-        for p in products:
-            try:
-                p.keep_stripes() if keep else p.discard_stripes()
-            except Exception:
-                pass
-        journal.close()
-        if not keep:
-            journal.discard()
-        outputs.discard()
-        raise
-    finally:
-        hasher.shutdown(wait=False)
+            run.journal.checkpoint()
+        except BaseException:  # noqa: BLE001 - e.g. the disk is full: the CRCs catch the rest
+            pass
+    for p in run.products:
+        try:
+            p.keep_stripes() if keep else p.discard_stripes()
+        except Exception:
+            pass
+    run.journal.close()
+    if not keep:
+        run.journal.discard()
+    run.store.discard()
 
 
-#: The raster products whose tiles the journal tracks (keys of ``output_paths``).
+#: The raster products whose tiles the journal tracks (keys of ``OutputStore.scene_outputs``).
 PRODUCTS = ("classes", "confidence", "mask", "probabilities")
 
 
@@ -565,18 +647,16 @@ def _journal_key(source: SceneSource, bundle, opts: RunOptions, grid: TileGrid) 
     )
 
 
-def _stage_manifest(outputs: OutputSet, final: Path, manifest: dict) -> None:
-    """Write the manifest under a temporary name and stage it (committed last, with the rest)."""
-    tmp = outputs.temp_for(final, "json-")
-    try:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    except BaseException:
-        remove_files([tmp])
-        raise
-    outputs.stage(final, tmp)
+def _stage_stac_item(store: OutputStore, final: Path, manifest: dict, fields: dict | None) -> None:
+    """Stage the STAC Item of the outputs and list it in the manifest."""
+    from geoseg.io.stac import scene_item
+
+    tmp = store.write_text(final, json.dumps(scene_item(manifest, **(fields or {})), indent=2) + "\n",
+                           what=f"the STAC Item {final.name}")
+    manifest["outputs"]["stac.json"] = store.entry(final, tmp)
 
 
-def _stage_legends(finals: dict[str, Path], bundle, sink: TileSink, outputs: OutputSet) -> None:
+def _stage_legends(finals: dict[str, Path], bundle, sink: TileSink, outputs: OutputStore) -> None:
     """The class map's and the masks' legends: GDAL category names + RAT (.aux.xml), QGIS style (.qml)."""
     cats = tuple(
         Category(i, n, c, int(sink.counts[i])) for i, (n, c) in enumerate(zip(bundle.class_names, bundle.class_colors))
@@ -586,23 +666,8 @@ def _stage_legends(finals: dict[str, Path], bundle, sink: TileSink, outputs: Out
         stage_legend(finals["mask"], mask_legends(list(bundle.mask_heads), sink.mask_counts.tolist()), outputs)
 
 
-def _stage_stac_item(outputs: OutputSet, final: Path, manifest: dict, fields: dict | None) -> None:
-    """Write the STAC Item of the outputs under a temporary name, stage it, list it in the manifest."""
-    from geoseg.io.stac import scene_item
-    from geoseg.scene.manifest import output_entry
-
-    tmp = outputs.temp_for(final, "json-")
-    try:
-        tmp.write_text(json.dumps(scene_item(manifest, **(fields or {})), indent=2) + "\n")
-    except BaseException:
-        remove_files([tmp])
-        raise
-    outputs.stage(final, tmp)
-    manifest["outputs"]["stac.json"] = output_entry(final, tmp)
-
-
 def _create_products(
-    finals: dict[str, Path], geobox, outputs: OutputSet, bundle, stripes: dict[Path, Path], reopen: bool = False
+    finals: dict[str, Path], geobox, outputs: OutputStore, bundle, stripes: dict[Path, Path], reopen: bool = False
 ) -> list[RasterProduct]:
     """The class map, confidence and (when the model has mask heads) mask rasters, written
     into the journal's ``stripes`` files (``reopen``: continue those of a killed run)."""
@@ -641,27 +706,20 @@ def _create_products(
     return products
 
 
-def _vectorize_outputs(outputs: OutputSet, final: Path, rasters: dict[str, Path], bundle, options: VectorizeOptions) -> list:
+def _vectorize_outputs(outputs: OutputStore, final: Path, rasters: dict[str, Path], bundle, options: VectorizeOptions) -> list:
     """Polygonize the finished class map (and masks) into a temporary GeoPackage."""
     import rasterio
 
     from geoseg.vector.api import vectorize_products
 
-    tmp = outputs.temp_for(final, "gpkg-")
-    try:
-        with rasterio.Env(**GDAL_ENV):
-            stats = vectorize_products(
-                tmp,
-                classes_path=rasters["classes"],
-                class_names=list(bundle.class_names),
-                class_colors=list(bundle.class_colors),
-                confidence_path=rasters["confidence"],
-                mask_path=rasters.get("mask"),
-                mask_names=list(bundle.mask_heads),
-                options=options,
-            )
-    except BaseException:
-        remove_files([tmp])
-        raise
-    outputs.stage(final, tmp)
-    return stats
+    with outputs.staging(final, "gpkg-", f"the polygons {final.name}") as tmp, rasterio.Env(**GDAL_ENV):
+        return vectorize_products(
+            tmp,
+            classes_path=rasters["classes"],
+            class_names=list(bundle.class_names),
+            class_colors=list(bundle.class_colors),
+            confidence_path=rasters["confidence"],
+            mask_path=rasters.get("mask"),
+            mask_names=list(bundle.mask_heads),
+            options=options,
+        )

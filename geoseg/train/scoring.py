@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from geoseg._constants import IGNORE
-from geoseg._naming import scene_file
+from geoseg.io.store import scene_file
 from geoseg.errors import InputError
 from geoseg.grid import PixelWindow
 from geoseg.io.labels import LabelOptions, geobox_of, open_labels

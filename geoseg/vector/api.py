@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geoseg._naming import sibling_confidence
+from geoseg.io.store import sibling_confidence
 from geoseg.classes import rgb_to_hex
 from geoseg.errors import InputError
 from geoseg.io.raster import check_path, open_raster
@@ -404,7 +404,9 @@ def vectorize(
 
     Args:
         raster: an integer class map, e.g. ``<stem>.classes.tif`` from ``geoseg run``.
-        out: the output file; its suffix should match ``format`` (.gpkg, .fgb, .parquet).
+        out: the output file, a local path or ``s3://bucket/prefix/name`` (written in a
+            local scratch directory, then uploaded); its suffix should match ``format``
+            (.gpkg, .fgb, .parquet).
         layer: layer name (default ``classes``, or the mask names).
         mask: treat the raster as 0/1 masks, one layer per band.
         classes_from: class names and colours from a model or JSON file (default: the
@@ -421,24 +423,26 @@ def vectorize(
     """
     import time
 
-    from geoseg._files import OutputSet, prepare_out_dir, remove_files
+    from geoseg.io.store import OutputStore, split_target
     from geoseg.progress import Progress
 
     t0 = time.perf_counter()
     opts = VectorizeOptions(**options)
-    out = Path(out)
+    dest, name = split_target(out)  # an unknown scheme is refused before anything is read
+    outputs = OutputStore(dest, overwrite=overwrite)
+    out = outputs.path(name)
     src = _open(raster)
     if not 1 <= band <= src.count:
         raise InputError(f"--band {band}: {raster} has {src.count} band(s)")
     suffix = FORMATS[opts.format]
     if out.suffix.lower() != suffix:
-        raise InputError(f"{out} does not end in {suffix}: name the output *{suffix} for --format {opts.format}")
+        raise InputError(f"{outputs.where(name)} does not end in {suffix}: name the output *{suffix} for --format {opts.format}")
     if mask:
         names = mask_names_of_raster(raster)
         layers = [(layer or n) if len(names) == 1 else n for n in names]
     else:
         layers = [layer or "classes"]
-    outputs = OutputSet(prepare_out_dir(out.parent), overwrite=overwrite)
+    outputs.prepare()
     finals = [layer_path(out, opts.format, name, i == 0) for i, name in enumerate(layers)]
     if opts.format != "GPKG":
         finals += [f.with_suffix(".qml") for f in finals]
@@ -458,7 +462,7 @@ def vectorize(
 
     temps: dict[Path, Path] = {}
     stats: list[LayerStats] = []
-    try:
+    try:  # GDAL and SQLite write local files: the store's scratch (the destination, when local)
         if opts.block_size is None:  # chosen once, for the progress bar and the summary
             opts = replace(opts, block_size=choose_block_size(raster, band))
         blocks = len(block_grid(src.height, src.width, opts.block_size))
@@ -466,11 +470,11 @@ def vectorize(
                       disable=quiet, unit="block") as progress:
             for i, name in enumerate(layers):
                 final = finals[i]
-                tmp = temps.setdefault(final, outputs.temp_for(final))
+                tmp = temps.setdefault(final, outputs.temp(final))
                 qml_tmp = None
                 if opts.format != "GPKG":
                     qml_final = final.with_suffix(".qml")
-                    qml_tmp = temps.setdefault(qml_final, outputs.temp_for(qml_final))
+                    qml_tmp = temps.setdefault(qml_final, outputs.temp(qml_final))
                 if mask:
                     _, st = mask_layer(raster, name=name, band=i + 1, options=opts, on_block=progress.update,
                                        out=tmp, qml_path=qml_tmp)
@@ -484,11 +488,11 @@ def vectorize(
             outputs.stage(final, tmp)
         outputs.commit()
     except BaseException:
-        remove_files(list(temps.values()))
+        outputs.discard()
         raise
     return {
         "input": str(raster),
-        "outputs": [str(f) for f in temps],
+        "outputs": [outputs.where(f.name) for f in temps],
         "format": opts.format,
         "options": {"connectivity": opts.connectivity, "min_area_m2": opts.min_area, "simplify_m": opts.simplify,
                     "block_size": opts.block_size},

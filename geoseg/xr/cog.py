@@ -238,23 +238,20 @@ def write_blocks(stacked, target: _Target) -> None:
             submit()
 
 
-def _finals(obj, path: Path, products: list[_Product]) -> dict[str, Path]:
+def _finals(obj, store, name: str, products: list[_Product]) -> dict[str, Path]:
+    """The final paths in ``store``: ``geoseg run``'s names for a Dataset, ``name`` for one DataArray."""
     import xarray as xr
 
-    from geoseg._naming import scene_file
-
     if isinstance(obj, xr.Dataset):
-        name = path.name
         for suffix in (".classes.tif", ".tif", ".tiff"):
             if name.endswith(suffix):
                 name = name[: -len(suffix)]
                 break
-        kinds = {"classes": "classes.tif", "confidence": "confidence.tif", "mask": "mask.tif",
-                 "probabilities": "probabilities.tif"}
-        return {p.kind: scene_file(path.parent, name, kinds[p.kind]) for p in products}
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        raise InputError(f"{path} does not end in .tif: name the COG *.tif")
-    return {products[0].kind: path}
+        finals = store.scene_outputs(name, has_masks=True, vectorize=False, probabilities=True)
+        return {p.kind: finals[p.kind] for p in products}
+    if Path(name).suffix.lower() not in (".tif", ".tiff"):
+        raise InputError(f"{store.where(name)} does not end in .tif: name the COG *.tif")
+    return {products[0].kind: store.path(name)}
 
 
 def to_cog(obj, path: str | os.PathLike, *, overwrite: bool = False) -> dict[str, Path]:
@@ -269,11 +266,14 @@ def to_cog(obj, path: str | os.PathLike, *, overwrite: bool = False) -> dict[str
             Dask-backed arrays are computed block by block, on the current Dask scheduler
             (a ``distributed`` client streams the blocks back), and never held whole.
         path: for a Dataset, ``<dir>/<stem>`` (or ``<dir>/<stem>.classes.tif``); for a
-            DataArray, the ``.tif`` to write.
+            DataArray, the ``.tif`` to write. ``<dir>`` may be an object-store prefix
+            (``s3://bucket/prefix/<stem>``): the COGs are built in a local scratch
+            directory and uploaded (:mod:`geoseg.io.store`).
         overwrite: replace existing files.
 
     Returns:
-        ``{"classes"|"confidence"|"mask"|"probabilities": path}`` of the files written.
+        ``{"classes"|"confidence"|"mask"|"probabilities": path}`` of the files written
+        (URLs ``s3://...`` for an object-store destination).
 
     Class maps get a colour table (255 transparent) and class names (from ``flag_meanings``
     / ``flag_colors``), mode overviews; confidence gets average overviews. The files appear
@@ -283,14 +283,15 @@ def to_cog(obj, path: str | os.PathLike, *, overwrite: bool = False) -> dict[str
     from geoseg.allocator import configure_process
 
     configure_process()  # the process defaults run_scene sets: bounded GDAL block cache, allocator (no-op when set)
-    from geoseg._files import OutputSet, prepare_out_dir
     from geoseg.io.cog import RasterProduct
+    from geoseg.io.store import OutputStore, split_target
 
-    path = Path(path)
+    dest, name = split_target(path)
+    outputs = OutputStore(dest, overwrite=overwrite)  # an unknown scheme is refused here
     products, holder = _products(obj)
     geobox = geobox_of(holder)
-    finals = _finals(obj, path, products)
-    outputs = OutputSet(prepare_out_dir(path.parent), overwrite=overwrite)
+    finals = _finals(obj, outputs, name, products)
+    outputs.prepare()
     outputs.check_free(list(finals.values()))
     stacked = _stacked(products)
     rasters: list = []
@@ -314,6 +315,8 @@ def to_cog(obj, path: str | os.PathLike, *, overwrite: bool = False) -> dict[str
             for r in rasters:
                 run(r.finish)
             outputs.commit()
+            if outputs.remote:
+                return {k: outputs.where(f.name) for k, f in finals.items()}
             return dict(finals)
         except BaseException:
             outputs.discard()

@@ -98,7 +98,7 @@ def polygons(
         geographic CRSs) and, with a confidence raster, ``confidence``.
     """
     require("geopandas", "geoseg.polygons")
-    from geoseg._naming import sibling_confidence
+    from geoseg.io.store import sibling_confidence
     from geoseg.allocator import configure_process
 
     configure_process()  # the process defaults run_scene sets: bounded GDAL block cache, allocator (no-op when set)
@@ -170,10 +170,10 @@ def _in_memory(source, confidence, classes_from, transform, crs, layer, opts, sc
             f"confidence has shape {products[1].bands[0].shape} but the class map {products[0].bands[0].shape}: "
             "give both on one grid"
         )
-    from geoseg._files import OutputSet
+    from geoseg.io.store import OutputStore
 
     with tempfile.TemporaryDirectory(prefix="geoseg-polygons-", dir=scratch_dir) as tmp, raster_thread() as run:
-        outputs = OutputSet(Path(tmp))
+        outputs = OutputStore(Path(tmp))
         rasters: list = []
         try:
             for p in products:
