@@ -302,10 +302,12 @@ def test_separate_dask_scheduler_and_worker_give_identical_outputs(tmp_path, sma
                 p.kill()
     assert statuses(run_batch(threads, quiet=True)) == {"s1": "done", "s2": "done"}
     report = run_batch(local, workers=1, quiet=True)  # one local cluster for both scenes
-    assert statuses(report) == {"s1": "done", "s2": "done"} and report.scheduler == {"scheduler": "LocalCluster", "workers": 1}
+    assert statuses(report) == {"s1": "done", "s2": "done"} and report.scheduler == {"scheduler": "LocalCluster", "workers": 1,
+                                                                          "placement": "scene"}
     for sid in ("s1", "s2"):
         manifest = json.loads((tmp_path / "remote" / sid / f"{sid}.run.json").read_text())
         assert manifest["execution"]["scheduler"] == address and manifest["execution"]["resources"] == {"GPU": 1.0}
+        assert manifest["execution"]["placement"] == "scene"  # two scenes, one worker: each scene one task
         for product in ("classes.tif", "confidence.tif", "mask.tif"):
             digests = {file_sha256(tmp_path / run / sid / f"{sid}.{product}") for run in ("threads", "remote", "local")}
             assert len(digests) == 1, product

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from geoseg._constants import DEFAULT_TILE_SIZE, GDAL_ENV
-from geoseg._dask import check_resources, cluster_size, connect_cluster, run_tasks
+from geoseg._dask import check_resources, cluster_size, connect_cluster, run_tasks, workers_missing
 from geoseg._files import OutputSet, prepare_out_dir, remove_files
 from geoseg._naming import output_paths
 from geoseg.errors import ContractError, GeosegError, InputError, OutputError
@@ -300,6 +300,7 @@ def run_scene(
     client=None,
     resources: dict[str, float] | None = None,
     stac_item: dict | None = None,
+    execution: dict | None = None,
     **options,
 ) -> dict:
     """Segment one scene; write its COGs, GeoPackage and run manifest.
@@ -319,6 +320,8 @@ def run_scene(
             only on a cluster. The device (``auto`` too) is then resolved on the workers.
         stac_item: fields merged into the STAC Item (with ``stac=True``): ``id``,
             ``properties``, ``links``.
+        execution: fields merged into the manifest's ``execution`` record: where the run
+            was placed (:mod:`geoseg.batch.placement` runs a whole scene on one worker).
         **options: fields of :class:`RunOptions` (``tile_size``, ``batch_size``,
             ``device``, ``bands``, ``workers``, ``scheduler``, ``threads``,
             ``overwrite``, ``quiet``, ``vectorize``, ``min_area``, ``simplify``,
@@ -443,6 +446,7 @@ def run_scene(
             writer = tiling.writer(sink)
             if distributed:
                 sched_info = _run_distributed(writer, tasks, opts.scheduler, opts.workers, client, resources, task)
+                sched_info["placement"] = "tile"  # tile batches across the cluster (geoseg.batch.placement)
             else:
                 threads = opts.threads or max(2, os.cpu_count() or 1)
                 sched_info = {"scheduler": "threads", "threads": threads}
@@ -450,6 +454,7 @@ def run_scene(
                     _run_threaded(writer, tasks, threads, task)
                 finally:
                     source.release()  # the shared remote handle, and the blocks GDAL cached for it
+            sched_info.update(execution or {})
             journal.checkpoint()  # every tile on disk: a failure below resumes without inference
         timings["inference"] = time.perf_counter() - t1
         if device == "cpu":
@@ -468,6 +473,11 @@ def run_scene(
         vector_stats = None
         if opts.vectorize:
             t3 = time.perf_counter()
+            if client is not None and not workers_missing(client, list(stripes.values())):
+                # the workers see the class map: its polygonize blocks run on the cluster too
+                vector_options = dataclasses.replace(vector_options, client=client)
+            if distributed:
+                sched_info["vectorize"] = "cluster" if vector_options.client is not None else "client"
             with writing(f"the polygons {finals['vectors'].name}", out):
                 vector_stats = _vectorize_outputs(outputs, finals["vectors"], stripes, bundle, vector_options)
             timings["vectorize"] = time.perf_counter() - t3
