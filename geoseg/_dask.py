@@ -46,13 +46,13 @@ def resolve_scheduler(scheduler: str | None, scheduler_file: str | os.PathLike |
                 address = json.load(f)["address"]
             if isinstance(address, str) and address:
                 return address
-            problem = f"its address is {address!r}"
+            problem, deadline = f"its address is {address!r}", 0.0
         except FileNotFoundError:
             problem = f"it does not exist (waited {wait:g} s)"
-        except IsADirectoryError:
-            problem = "it is a directory"
-        except (ValueError, KeyError, TypeError) as exc:  # half-written, or another JSON file
-            problem = f"it holds no scheduler address ({type(exc).__name__}: {exc})"
+        except ValueError as exc:  # half-written while the scheduler starts: wait
+            problem = f"it is not JSON ({exc})"
+        except (KeyError, TypeError, IsADirectoryError) as exc:  # another file: no use waiting
+            problem, deadline = f"it holds no scheduler address ({type(exc).__name__}: {exc})", 0.0
         except OSError as exc:
             raise InputError(f"cannot read the scheduler file {path} ({exc.strerror or exc}): check its permissions") from exc
         if time.monotonic() >= deadline:

@@ -174,8 +174,17 @@ def test_a_second_batch_on_the_same_catalog_refuses_to_start(three, tmp_path) ->
 def test_cli_errors_and_options(three, tmp_path) -> None:
     runner = CliRunner()
     help_text = runner.invoke(batch_command, ["--help"]).output
-    for opt in ("--scheduler", "--workers", "--only", "--dry-run", "--force", "--report", "--json", "--debug"):
+    for opt in ("--scheduler", "--scheduler-file", "--placement", "--workers", "--only", "--dry-run", "--force", "--report",
+                "--json", "--debug"):
         assert opt in help_text
+    # where the work goes needs a cluster; a scheduler file must hold an address (one line each)
+    result = runner.invoke(batch_command, [str(three), "--placement", "scene"])
+    assert result.exit_code == 1 and "--placement scene places work on a Dask cluster" in result.output
+    (tmp_path / "notes.json").write_text("{}")
+    result = runner.invoke(batch_command, [str(three), "--scheduler-file", str(tmp_path / "notes.json")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "is not a Dask scheduler file: it holds no scheduler address" in result.output
+    assert not (tmp_path / "out").exists()
     bad = write_catalog(tmp_path / "bad.yaml", "scenes:\n  - path: data/s1.tif\n    tile_size: big\n")
     result = runner.invoke(batch_command, [str(bad)])
     assert result.exit_code == 2

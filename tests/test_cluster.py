@@ -29,6 +29,7 @@ import pytest
 import rasterio
 from remote_servers import RangeServer
 
+from geoseg.batch.runner import run_batch
 from geoseg.io.raster import file_sha256
 from geoseg.synthetic import synthesize
 
@@ -142,9 +143,8 @@ def _batch(cat: Path, *extra: str, timeout: float = 300) -> tuple[subprocess.Com
 def reference(cluster) -> Path:
     """The scenes run on local threads by the client: the bytes every cluster run must give."""
     out = cluster["home"] / "threads"
-    proc, report = _batch(_catalog(cluster, "threads", [*SCENES, "k"], out))
-    assert proc.returncode == 0, proc.stderr
-    assert report["scheduler"] == {"scheduler": "threads"}
+    report = run_batch(_catalog(cluster, "threads", [*SCENES, "k"], out), quiet=True)
+    assert report.exit_code == 0 and report.scheduler == {"scheduler": "threads"}
     return out
 
 
@@ -173,8 +173,8 @@ def test_scene_placement_gives_the_bytes_of_local_threads(cluster, reference) ->
     _same_outputs(reference, out, SCENES)
     assert json.loads((out / "catalog.json").read_text())["type"] == "Catalog"  # written by the client
     # a rerun checks the manifests and skips every scene: nothing is submitted
-    proc, report = _batch(cat, "--scheduler-file", str(cluster["file"]))
-    assert proc.returncode == 0 and {s["status"] for s in report["scenes"]} == {"skipped"}
+    again = run_batch(cat, scheduler_file=cluster["file"], quiet=True)
+    assert again.exit_code == 0 and {s.status for s in again.scenes} == {"skipped"}
 
 
 def test_tile_placement_spreads_a_scene_and_its_polygons(cluster, reference) -> None:
@@ -190,12 +190,8 @@ def test_tile_placement_spreads_a_scene_and_its_polygons(cluster, reference) -> 
         assert file_sha256(out / "s2" / f"s2.{product}") == file_sha256(reference / "s2" / f"s2.{product}")
     ta = pyogrio.raw.read(out / "s2" / "s2.gpkg", layer="classes")
     assert ta[2].tolist() == pyogrio.raw.read(reference / "s2" / "s2.gpkg", layer="classes")[2].tolist()
-    # `geoseg vectorize --scheduler-file`: a class map the workers see works; one of the
-    # client's own files is refused in one line, before any block is sent
-    ok = subprocess.run([*GEOSEG, "vectorize", str(out / "s2" / "s2.classes.tif"), str(out / "v.gpkg"),
-                         "--scheduler-file", str(cluster["file"]), "-q"], capture_output=True, text=True, env=ENV,
-                        timeout=300, check=False)
-    assert ok.returncode == 0, ok.stderr
+    # `geoseg vectorize --scheduler-file` of one of the client's own files (the workers open
+    # class maps by path): refused in one line, before any block is sent
     hidden = reference / "s2" / "s2.classes.tif"
     bad = subprocess.run([*GEOSEG, "vectorize", str(hidden), str(cluster["home"] / "v.gpkg"),
                           "--scheduler-file", str(cluster["file"]), "-q"], capture_output=True, text=True, env=ENV,
@@ -208,17 +204,16 @@ def test_tile_placement_spreads_a_scene_and_its_polygons(cluster, reference) -> 
 def test_a_bad_scene_fails_once_and_alone(cluster) -> None:
     http = cluster["http"]
     http.reset()
-    local, _ = _batch(_catalog(cluster, "bad_local", ["bad"], cluster["home"] / "bad_local"))
-    assert local.returncode == 1
+    assert run_batch(_catalog(cluster, "bad_local", ["bad"], cluster["home"] / "bad_local"), quiet=True).exit_code == 1
     gets_one_run = len(http.gets("/bad.tif"))
     http.reset()
     out = cluster["dest"] / "bad"
-    proc, report = _batch(_catalog(cluster, "bad", ["s1", "bad"], out), "--scheduler-file", str(cluster["file"]),
-                          "--placement", "scene")
-    assert proc.returncode == 1
-    status = {s["id"]: s for s in report["scenes"]}
-    assert status["s1"]["status"] == "done" and status["bad"]["status"] == "failed"
-    assert "\n" not in status["bad"]["error"]["message"] and "bad.tif" in status["bad"]["error"]["message"]
+    report = run_batch(_catalog(cluster, "bad", ["s1", "bad"], out), scheduler_file=cluster["file"], placement="scene",
+                       quiet=True)
+    assert report.exit_code == 1
+    status = {s.id: s for s in report.scenes}
+    assert status["s1"].status == "done" and status["bad"].status == "failed"
+    assert "\n" not in status["bad"].error["message"] and "bad.tif" in status["bad"].error["message"]
     assert len(http.gets("/bad.tif")) == gets_one_run  # run once: a failure of the scene itself is not retried
     assert not (out / "bad").exists() or not list((out / "bad").glob("*.run.json"))
 
@@ -281,9 +276,9 @@ def test_a_worker_with_another_geoseg_is_refused(cluster, tmp_path) -> None:
     try:
         _wait_workers(client, 3, log)
         out = cluster["dest"] / "refused"
-        batch, report = _batch(_catalog(cluster, "refused", ["s1", "s2"], out), "--scheduler-file", str(cluster["file"]))
-        assert batch.returncode == 1
-        messages = {s["error"]["message"] for s in report["scenes"]}
+        report = run_batch(_catalog(cluster, "refused", ["s1", "s2"], out), scheduler_file=cluster["file"], quiet=True)
+        assert report.exit_code == 1
+        messages = {s.error["message"] for s in report.scenes}
         (message,) = messages
         assert "runs geoseg 0.0.0+other-" in message and "(this client: " in message and "\n" not in message
         assert not list(out.rglob("*.run.json")) and not list(out.rglob("*.tif"))  # refused before work started

@@ -552,7 +552,8 @@ def format_summary(report: BatchReport) -> str:
 
     lines = [fmt(head), *(fmt(r) for r in rows)]
     counts = ", ".join(f"{n} {k}" for k, n in report.counts.items())
-    lines.append(f"{len(report.scenes)} scene(s): {counts or 'none'} in {report.seconds:.1f} s ({report.scheduler.get('scheduler')})")
+    lines.append(f"{len(report.scenes)} scene(s): {counts or 'none'} in {report.seconds:.1f} s ({report.scheduler.get('scheduler')}"
+                 + (f", placement {report.scheduler['placement']}" if report.scheduler.get("placement") else "") + ")")
     for s in report.scenes:
         if s.error:
             lines.append(f"  {s.id} failed: {s.error['type']}: {s.error['message']}")
