@@ -17,11 +17,26 @@ moto's S3 server on loopback (started here, in this process), alternated ``--rep
 times; the ratio S3 / local of the fastest runs (target <= 1.15), and the rerun that skips
 every scene from the bucket.
 
+With ``--cluster`` it measures instead where the work runs on a real cluster (issue 21): a
+``dask scheduler`` and ``dask worker --nworkers 2 --nthreads 1`` started by this script (address
+by ``--scheduler-file``), and
+
+4. ``geoseg batch`` of the catalog on that cluster: the client's CPU seconds over all CPU
+   seconds (client + scheduler + workers, from ``psutil`` on the real processes; the client's
+   from ``getrusage`` of the finished child), and its wall time over the same catalog's on
+   local threads (same cores);
+5. one ``--tile-scene``-sized scene with tile placement (``geoseg run --scheduler-file``) over
+   local threads.
+
+``--code DIR`` runs every process (client, scheduler, workers) on the geoseg source tree in DIR
+(e.g. an export of an older commit, for before/after figures; it then passes ``--scheduler``).
+
 Usage::
 
     python benchmarks/bench_batch.py                                 # 8 scenes of 2048x2048, model default
     python benchmarks/bench_batch.py --size 512 --scenes 2 --no-write
     python benchmarks/bench_batch.py --outputs-s3 --scenes 4 --repeat 2
+    python benchmarks/bench_batch.py --cluster --size 1024 --scenes 8 --tile-scene 4096
 
 Results go into BENCHMARKS.md between the markers of this benchmark.
 """
@@ -163,6 +178,120 @@ def compare(a: Path, b: Path, ids: list[str]) -> dict[str, list[int]]:
     return out
 
 
+# --------------------------------------------------------------------------- on a real cluster
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its living children."""
+    import psutil
+
+    total = 0.0
+    try:
+        proc = psutil.Process(pid)
+        for p in [proc, *proc.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
+class Cluster:
+    """``dask scheduler`` + ``dask worker --nworkers N --nthreads 1`` on loopback, on ``code``'s geoseg."""
+
+    def __init__(self, work: Path, workers: int, env: dict) -> None:
+        self.file = work / "scheduler.json"
+        self.file.unlink(missing_ok=True)
+        self.env = env
+        dask = [sys.executable, "-m", "dask"]
+        self.scheduler = subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                           "--scheduler-file", str(self.file)], stdout=subprocess.DEVNULL,
+                                          stderr=(work / "scheduler.log").open("w"), env=env)
+        deadline = time.monotonic() + 120
+        while not self.file.exists():
+            if time.monotonic() > deadline or self.scheduler.poll() is not None:
+                raise SystemExit("the scheduler did not start: see scheduler.log")
+            time.sleep(0.2)
+        self.workers = subprocess.Popen([*dask, "worker", "--scheduler-file", str(self.file), "--nworkers", str(workers),
+                                         "--nthreads", "1", "--no-dashboard", "--memory-limit", "0"],
+                                        stdout=subprocess.DEVNULL, stderr=(work / "workers.log").open("w"), env=env)
+        from distributed import Client
+
+        with Client(scheduler_file=str(self.file), timeout="60s") as c:
+            c.wait_for_workers(workers, timeout=300)
+        self.address = json.loads(self.file.read_text())["address"]
+
+    def cpu(self) -> float:
+        return _tree_cpu(self.scheduler.pid) + _tree_cpu(self.workers.pid)
+
+    def close(self) -> None:
+        for p in (self.workers, self.scheduler):
+            p.terminate()
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def client_run(cmd: list[str], env: dict) -> tuple[float, float]:
+    """Wall and CPU seconds (with its children) of one client command."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[3:])} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def cluster_main(args, work: Path, scenes: Path) -> dict:
+    code = Path(args.code).resolve() if args.code else ROOT
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    new_cli = (code / "geoseg" / "batch" / "placement.py").exists()
+    res: dict = {"size": args.size, "scenes": args.scenes, "model": args.model, "workers": args.workers,
+                 "code": str(code), "placement_code": new_cli}
+    cat_threads, cat_cluster = catalog(work, "threads", args.model), catalog(work, "cluster", args.model)
+    if not args.skip_threads:
+        res["threads_s"], res["threads_cpu_s"] = client_run([*GEOSEG, "batch", str(cat_threads), "-q"], env)
+    cluster = Cluster(work, args.workers, env)
+    try:
+        where = ["--scheduler-file", str(cluster.file)] if new_cli else ["--scheduler", cluster.address]
+        before = cluster.cpu()
+        wall, client_cpu = client_run([*GEOSEG, "batch", str(cat_cluster), "-q", "--report",
+                                       str(work / "report_cluster.json"), *where], env)
+        cluster_cpu = cluster.cpu() - before
+        rep = json.loads((work / "report_cluster.json").read_text())
+        if rep["counts"] != {"done": args.scenes}:
+            raise SystemExit(f"cluster batch: {rep['counts']}")
+        res.update(cluster_s=wall, client_cpu_s=client_cpu, cluster_cpu_s=cluster_cpu,
+                   client_share=client_cpu / (client_cpu + cluster_cpu), placement=rep["scheduler"].get("placement"))
+        if "threads_s" in res:
+            res["wall_ratio"] = wall / res["threads_s"]
+            res["differences"] = compare(work / "out_threads", work / "out_cluster", [s["id"] for s in rep["scenes"]])
+        if args.tile_scene:
+            from geoseg.synthetic import synthesize
+
+            big = work / f"tile_{args.tile_scene}.tif"
+            if not big.exists():
+                synthesize(big, args.tile_scene, seed=7)
+            run = [*GEOSEG, "run", str(big), "-m", args.model, "--overwrite", "-q"]
+            res["tile_threads_s"] = client_run([*run, "-o", str(work / "tile_threads")], env)[0]
+            before = cluster.cpu()
+            res["tile_cluster_s"], res["tile_client_cpu_s"] = client_run([*run, "-o", str(work / "tile_cluster"), *where], env)
+            res["tile_cluster_cpu_s"] = cluster.cpu() - before
+            res["tile_ratio"] = res["tile_cluster_s"] / res["tile_threads_s"]
+            res["tile_size"] = args.tile_scene
+    finally:
+        cluster.close()
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=2048)
@@ -173,11 +302,22 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="Print only; leave BENCHMARKS.md alone.")
     ap.add_argument("--outputs-s3", action="store_true", help="Outputs to moto's S3 vs a local directory (issue 21).")
     ap.add_argument("--repeat", type=int, default=1, help="With --outputs-s3: alternate the two batches this often.")
+    ap.add_argument("--cluster", action="store_true", help="Measure on a real 2-worker cluster (see above).")
+    ap.add_argument("--code", default=None, help="--cluster: run every process on the geoseg tree in this directory.")
+    ap.add_argument("--tile-scene", type=int, default=0, help="--cluster: also one scene of this size, tile placement.")
+    ap.add_argument("--skip-threads", action="store_true", help="--cluster: no local-threads batch.")
+    ap.add_argument("--json", type=Path, default=None, help="--cluster: also write the figures here.")
     args = ap.parse_args()
     work = args.work / f"batch_{args.size}"
     scenes = make_scenes(work, args.size, args.scenes)
     if args.outputs_s3:
         outputs_s3(args, work)
+        return
+    if args.cluster:
+        res = cluster_main(args, work, scenes)
+        print(json.dumps(res, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=2))
         return
 
     single = timed([sys.executable, "-m", "geoseg", "run", str(scenes / "scene_01.tif"), "-o", str(work / "single"),

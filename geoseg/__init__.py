@@ -19,9 +19,8 @@ and :mod:`geoseg.batch` build on them, :mod:`geoseg.cli` is the command line.
 
 from __future__ import annotations
 
+from geoseg._constants import VERSION as __version__
 from geoseg._lazy import attach
-
-__version__ = "0.1.0"
 
 _WHERE = {
     **dict.fromkeys(

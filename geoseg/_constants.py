@@ -45,3 +45,7 @@ REMOTE_GDAL_CACHE_BYTES: Final = 256 * 2**20
 #: is one per process, and a ``rasterio.Env`` that sets it resizes it for every thread on
 #: entry and again on exit, evicting what other threads' reads had cached.)
 GDAL_ENV: Final = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+
+#: geoseg's version (``geoseg.__version__``): Dask workers whose geoseg differs from the
+#: client's are refused (:func:`geoseg._dask.check_workers`), since they would write other bytes.
+VERSION: Final = "0.1.0"

@@ -2,7 +2,8 @@
 
 - :class:`RangeServer`: an HTTP server (``http.server`` subclass) serving a directory with
   range requests, ETag and Last-Modified, counting requests and bytes, and able to fail the
-  next N requests (503) or answer a fixed status (404/403) for a path.
+  next N requests (503), answer a fixed status (404/403) for a path, or hold the GETs a
+  test's predicate picks until the test releases them (``hold``, ``held``, ``release()``).
 - :class:`S3Server`: moto's S3 server (``moto[server]``) in a thread, with
   ``AWS_S3_ENDPOINT``/``AWS_HTTPS=NO``/``AWS_VIRTUAL_HOSTING=FALSE`` set for GDAL; with
   ``auth=True`` moto checks credentials and IAM policies (real 403s).
@@ -80,6 +81,10 @@ class RangeServer(_ServedInThread):
                 if fail:
                     self.send_error(server.fail_status)
                     return
+                if body and server.hold is not None and server.hold(path_only):
+                    with server.lock:
+                        server.held.append(path_only)
+                    server.released.wait(timeout=300)  # a reader killed meanwhile: its socket is gone
                 if forced:
                     self.send_error(forced)
                     return
@@ -134,6 +139,15 @@ class RangeServer(_ServedInThread):
             self.fail_next = 0
             self.fail_status = 503
             self.status_for: dict[str, int] = {}
+            #: GETs of the paths for which ``hold(path)`` is true wait until :meth:`release`
+            self.hold = None
+            self.held: list[str] = []
+            self.released = threading.Event()
+
+    def release(self) -> None:
+        """Let every held GET (and every later one) through."""
+        self.hold = None
+        self.released.set()
 
     def gets(self, suffix: str = "") -> list:
         return [r for r in self.requests if r[0] == "GET" and r[1].endswith(suffix)]

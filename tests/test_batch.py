@@ -174,8 +174,17 @@ def test_a_second_batch_on_the_same_catalog_refuses_to_start(three, tmp_path) ->
 def test_cli_errors_and_options(three, tmp_path) -> None:
     runner = CliRunner()
     help_text = runner.invoke(batch_command, ["--help"]).output
-    for opt in ("--scheduler", "--workers", "--only", "--dry-run", "--force", "--report", "--json", "--debug"):
+    for opt in ("--scheduler", "--scheduler-file", "--placement", "--workers", "--only", "--dry-run", "--force", "--report",
+                "--json", "--debug"):
         assert opt in help_text
+    # where the work goes needs a cluster; a scheduler file must hold an address (one line each)
+    result = runner.invoke(batch_command, [str(three), "--placement", "scene"])
+    assert result.exit_code == 1 and "--placement scene places work on a Dask cluster" in result.output
+    (tmp_path / "notes.json").write_text("{}")
+    result = runner.invoke(batch_command, [str(three), "--scheduler-file", str(tmp_path / "notes.json")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "is not a Dask scheduler file: it holds no scheduler address" in result.output
+    assert not (tmp_path / "out").exists()
     bad = write_catalog(tmp_path / "bad.yaml", "scenes:\n  - path: data/s1.tif\n    tile_size: big\n")
     result = runner.invoke(batch_command, [str(bad)])
     assert result.exit_code == 2
@@ -302,10 +311,12 @@ def test_separate_dask_scheduler_and_worker_give_identical_outputs(tmp_path, sma
                 p.kill()
     assert statuses(run_batch(threads, quiet=True)) == {"s1": "done", "s2": "done"}
     report = run_batch(local, workers=1, quiet=True)  # one local cluster for both scenes
-    assert statuses(report) == {"s1": "done", "s2": "done"} and report.scheduler == {"scheduler": "LocalCluster", "workers": 1}
+    assert statuses(report) == {"s1": "done", "s2": "done"} and report.scheduler == {"scheduler": "LocalCluster", "workers": 1,
+                                                                          "placement": "scene"}
     for sid in ("s1", "s2"):
         manifest = json.loads((tmp_path / "remote" / sid / f"{sid}.run.json").read_text())
         assert manifest["execution"]["scheduler"] == address and manifest["execution"]["resources"] == {"GPU": 1.0}
+        assert manifest["execution"]["placement"] == "scene"  # two scenes, one worker: each scene one task
         for product in ("classes.tif", "confidence.tif", "mask.tif"):
             digests = {file_sha256(tmp_path / run / sid / f"{sid}.{product}") for run in ("threads", "remote", "local")}
             assert len(digests) == 1, product

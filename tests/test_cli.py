@@ -39,7 +39,7 @@ def test_run_help_explains_every_option() -> None:
     proc = geoseg("run", "--help")
     assert proc.returncode == 0
     for opt in ("--out", "--model", "--bands", "--tile-size", "--batch-size", "--device", "--workers",
-                "--scheduler", "--overwrite", "--quiet", "--json", "--debug"):
+                "--scheduler", "--scheduler-file", "--placement", "--overwrite", "--quiet", "--json", "--debug"):
         assert opt in proc.stdout
     top = geoseg("--help")
     for cmd in ("run", "synth", "models", "demo"):

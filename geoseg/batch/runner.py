@@ -20,8 +20,11 @@ through :func:`geoseg.run_scene`, the same pipeline as ``geoseg run``:
 - **Isolated.** A scene's failure is recorded (type and message) and the others go on;
   :attr:`BatchReport.exit_code` is 1 when any failed.
 - **One cluster.** With ``workers`` or ``scheduler`` one ``distributed.Client`` serves
-  every scene; two scenes are in flight so that one's COGs and polygons are written while
-  the other's tiles run. Worker ``resources`` (e.g. ``{GPU: 1}``) come from the catalog.
+  every scene, placed by :mod:`geoseg.batch.placement`: each scene as one task on one
+  worker, which writes its outputs itself (``scene``), or, with fewer scenes than workers,
+  each scene's tiles across the cluster, two scenes in flight so that one's COGs and
+  polygons are written while the other's tiles run (``tile``). Worker ``resources`` (e.g.
+  ``{GPU: 1}``) come from the catalog: what each scene task (or tile task) needs.
 - **One batch at a time.** A lock next to the catalog (``.<name>.lock``, ``flock``)
   makes a second batch on the same catalog refuse to start.
 """
@@ -37,10 +40,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from geoseg._dask import connect_cluster
+from geoseg._dask import check_resources, connect_cluster, resolve_scheduler
 from geoseg._files import write_json
 from geoseg.batch.catalog import Catalog, SceneJob, load_catalog, missing_inputs_error, resolve
 from geoseg.batch.lock import BatchLock
+from geoseg.batch.placement import check_cluster, check_placement, choose, run_scene_tasks, task_key
 from geoseg.errors import CatalogError, GeosegError, InputError, OutputError
 from geoseg.io.raster import file_sha256
 from geoseg.io.stac import GEOSEG_CATALOG_KEY, ITEM_TYPE, write_catalog
@@ -69,6 +73,8 @@ class SceneResult:
     manifest: str | None = None
     stac_item: str | None = None
     error: dict | None = None  # {"type": ..., "message": ...}
+    placement: str | None = None  # on a cluster: scene (one task on one worker) or tile
+    worker: str | None = None  # with placement scene: the worker that wrote the outputs
 
 
 @dataclass
@@ -244,10 +250,12 @@ def _item_fields(job: SceneJob) -> dict:
     return fields
 
 
-def _run_one(plan: Plan, client, where: dict, quiet: bool) -> SceneResult:
+def _run_one(plan: Plan, client, where: dict, quiet: bool, execution: dict | None = None) -> SceneResult:
+    """Run one scene here (this process, or the worker of a scene task); never raises."""
     job = plan.job
     t = time.perf_counter()
     store = store_of(job)
+    placed = {} if execution is None else {"placement": execution.get("placement"), "worker": execution.get("worker")}
     try:
         store.delete(manifest_name(job))  # not done until a new manifest says so
         manifest = run_scene(
@@ -257,6 +265,7 @@ def _run_one(plan: Plan, client, where: dict, quiet: bool) -> SceneResult:
             client=client,
             resources=job.resources,
             stac_item=_item_fields(job),
+            execution=execution,
             overwrite=True,
             quiet=quiet,
             stac=True,
@@ -266,7 +275,7 @@ def _run_one(plan: Plan, client, where: dict, quiet: bool) -> SceneResult:
         )
     except Exception as exc:  # noqa: BLE001 - one scene's failure never stops the others
         return _result(plan, "failed", seconds=round(time.perf_counter() - t, 3),
-                       error={"type": type(exc).__name__, "message": str(exc)})
+                       error={"type": type(exc).__name__, "message": str(exc)}, **placed)
     secs = time.perf_counter() - t
     try:
         for kind in SCENE_OUTPUTS:  # e.g. the GeoPackage of an earlier run with vectorize on
@@ -274,7 +283,7 @@ def _run_one(plan: Plan, client, where: dict, quiet: bool) -> SceneResult:
                 store.delete(f"{job.stem}.{kind}")
     except OutputError as exc:
         return _result(plan, "failed", seconds=round(time.perf_counter() - t, 3),
-                       error={"type": type(exc).__name__, "message": str(exc)})
+                       error={"type": type(exc).__name__, "message": str(exc)}, **placed)
     mpx = manifest["input"]["width"] * manifest["input"]["height"] / 1e6
     return _result(
         plan,
@@ -285,7 +294,17 @@ def _run_one(plan: Plan, client, where: dict, quiet: bool) -> SceneResult:
         class_areas_m2=_areas(manifest),
         manifest=store.where(manifest_name(job)),
         stac_item=store.where(f"{job.stem}.stac.json"),
+        **placed,
     )
+
+
+def _scene_on_worker(plan: Plan, cluster: dict, *, threads: int, worker: str) -> SceneResult:
+    """The scene task of placement ``scene`` (:func:`geoseg.batch.placement.scene_task`): the
+    whole scene on this worker's threads, outputs written from here, a small report back."""
+    execution = {**cluster, "placement": "scene", "worker": worker}
+    if plan.job.resources:
+        execution["resources"] = dict(plan.job.resources)
+    return _run_one(plan, None, {"threads": threads}, True, execution)
 
 
 def _skipped(plan: Plan) -> SceneResult:
@@ -299,7 +318,37 @@ def _skipped(plan: Plan) -> SceneResult:
                    stac_item=store.where(stac) if "stac.json" in m.get("outputs", {}) else None)
 
 
-def _execute(plans: list[Plan], scheduler: str | None, workers: int | None, quiet: bool) -> tuple[list[SceneResult], dict]:
+def _failed(plan: Plan, exc: BaseException, **kw) -> SceneResult:
+    return _result(plan, "failed", error={"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}, **kw)
+
+
+def _on_cluster(plans: list[Plan], todo: list[int], results: list, client, info: dict, bar) -> None:
+    """Placement ``scene``: every scene of ``todo`` as one task (see :mod:`geoseg.batch.placement`)."""
+    want = check_cluster(client, [plans[i].job.model for i in todo])
+    runnable = []
+    for i in todo:
+        try:
+            check_resources(client, plans[i].job.resources)
+            runnable.append(i)
+        except GeosegError as exc:
+            results[i] = _failed(plans[i], exc, placement="scene")
+            bar.update(1)
+    cluster = {k: info[k] for k in ("scheduler", "workers") if k in info}
+
+    def done(k: int, result: SceneResult) -> None:
+        results[runnable[k]] = result
+        bar.update(1)
+
+    def lost(k: int, exc: BaseException) -> None:  # e.g. KilledWorker: it took down every worker it ran on
+        results[runnable[k]] = _failed(plans[runnable[k]], exc, placement="scene")
+        bar.update(1)
+
+    run_scene_tasks(client, _scene_on_worker, [(plans[i], cluster) for i in runnable], done, lost, want=want,
+                    keys=[task_key(plans[i].job.id) for i in runnable], resources=[plans[i].job.resources for i in runnable])
+
+
+def _execute(plans: list[Plan], scheduler: str | None, workers: int | None, quiet: bool,
+             placement: str = "auto") -> tuple[list[SceneResult], dict]:
     results: list[SceneResult | None] = [None if p.run else _skipped(p) for p in plans]
     todo = [i for i, p in enumerate(plans) if p.run]
     info: dict = {"scheduler": "threads"}
@@ -309,21 +358,30 @@ def _execute(plans: list[Plan], scheduler: str | None, workers: int | None, quie
             try:
                 client, cluster, info = connect_cluster(scheduler, workers)
                 info["workers"] = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+                info["placement"] = choose(placement, len(todo), info["workers"])
+                if info["placement"] == "tile":
+                    check_cluster(client, [plans[i].job.model for i in todo])
             except GeosegError as exc:  # e.g. an unreachable scheduler: every scene fails with it
                 for i in todo:
-                    results[i] = _result(plans[i], "failed", error={"type": type(exc).__name__, "message": str(exc)})
+                    results[i] = _failed(plans[i], exc)
                 todo = []
         where = {"scheduler": scheduler} if scheduler else {"workers": workers} if workers else {}
         with Progress(total=len(plans), desc="scenes", disable=quiet, unit="scene") as bar:
             bar.update(len(plans) - len(todo))
 
             def work(i: int) -> None:
-                results[i] = _run_one(plans[i], client, where, quiet)
+                results[i] = _run_one(plans[i], client, where, quiet, {"placement": "tile"} if client else None)
                 bar.update(1)
 
             if client is None:
                 for i in todo:
                     work(i)
+            elif info["placement"] == "scene":
+                try:
+                    _on_cluster(plans, todo, results, client, info, bar)
+                except GeosegError as exc:  # a worker refused (other geoseg or models): no scene ran
+                    for i in todo:
+                        results[i] = results[i] or _failed(plans[i], exc, placement="scene")
             else:
                 # two scenes in flight: one's tiles keep the workers busy while the
                 # other's COGs and polygons are written here
@@ -391,6 +449,8 @@ def run_batch(
     workers: int | None = None,
     report: str | os.PathLike | None = None,
     quiet: bool = False,
+    scheduler_file: str | os.PathLike | None = None,
+    placement: str = "auto",
 ) -> BatchReport:
     """Run every scene of a catalog that is not up to date.
 
@@ -404,6 +464,11 @@ def run_batch(
             Neither: local threads, one scene after the other.
         report: write the :class:`BatchReport` as JSON here.
         quiet: no progress bars.
+        scheduler_file: the JSON file with the scheduler's address (``dask scheduler
+            --scheduler-file``, dask-jobqueue, dask-mpi), instead of ``scheduler``.
+        placement: on a cluster, ``scene`` (each scene one task on one worker), ``tile``
+            (each scene's tiles across the cluster) or ``auto``
+            (:mod:`geoseg.batch.placement`).
 
     Returns:
         The report; ``report.exit_code`` is 1 when a scene failed.
@@ -417,8 +482,9 @@ def run_batch(
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be >= 1, got {workers}")
-    if workers and scheduler:
+    if workers and (scheduler or scheduler_file):
         raise InputError("give either --workers (start a local cluster) or --scheduler (use an existing one), not both")
+    check_placement(placement, bool(scheduler or scheduler_file or workers))
     catalog = load_catalog(catalog_path)
     jobs = resolve(catalog)
     chosen = select(catalog, jobs, only)
@@ -430,9 +496,11 @@ def run_batch(
         plans = plan_scenes(chosen, force)
         if dry_run:
             results = [_result(p, "would-run" if p.run else "would-skip") for p in plans]
-            info = {"scheduler": scheduler or (f"LocalCluster({workers})" if workers else "threads")}
+            info = {"scheduler": scheduler or (str(scheduler_file) if scheduler_file else None)
+                    or (f"LocalCluster({workers})" if workers else "threads")}
         else:
-            results, info = _execute(plans, scheduler, workers, quiet)
+            scheduler = resolve_scheduler(scheduler, scheduler_file)
+            results, info = _execute(plans, scheduler, workers, quiet, placement)
             stac_catalog, warnings = _outputs_catalog(catalog, jobs)
     out = BatchReport(
         catalog=str(catalog.path.resolve()),
@@ -477,7 +545,8 @@ def format_summary(report: BatchReport) -> str:
 
     lines = [fmt(head), *(fmt(r) for r in rows)]
     counts = ", ".join(f"{n} {k}" for k, n in report.counts.items())
-    lines.append(f"{len(report.scenes)} scene(s): {counts or 'none'} in {report.seconds:.1f} s ({report.scheduler.get('scheduler')})")
+    lines.append(f"{len(report.scenes)} scene(s): {counts or 'none'} in {report.seconds:.1f} s ({report.scheduler.get('scheduler')}"
+                 + (f", placement {report.scheduler['placement']}" if report.scheduler.get("placement") else "") + ")")
     for s in report.scenes:
         if s.error:
             lines.append(f"  {s.id} failed: {s.error['type']}: {s.error['message']}")

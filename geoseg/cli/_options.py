@@ -7,6 +7,7 @@ but threads for ``vectorize``).
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import click
 
@@ -58,6 +59,18 @@ def workers_option(help: str):
 
 def scheduler_option(help: str):
     return click.option("--scheduler", default=None, metavar="ADDRESS", help=help)
+
+
+def scheduler_file_option(help: str = "The JSON file with the address of a dask.distributed scheduler, as "
+                                      "`dask scheduler --scheduler-file`, dask-jobqueue and dask-mpi write it "
+                                      "(waited for up to 20 s); instead of --scheduler."):
+    return click.option("--scheduler-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                        metavar="FILE", help=help)
+
+
+def placement_option(help: str):
+    return click.option("--placement", type=click.Choice(["auto", "scene", "tile"]), default="auto",
+                        show_default=True, help=help)
 
 
 def threads_option(help: str):

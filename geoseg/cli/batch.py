@@ -12,15 +12,27 @@ from pathlib import Path
 import click
 
 from geoseg.cli._errors import fail, handle_errors
-from geoseg.cli._options import CONTEXT, json_option, quiet_option, scheduler_option, workers_option
+from geoseg.cli._options import (
+    CONTEXT,
+    json_option,
+    placement_option,
+    quiet_option,
+    scheduler_file_option,
+    scheduler_option,
+    workers_option,
+)
 from geoseg.errors import CatalogError, LockedError
 
 
 @click.command("batch", context_settings=CONTEXT)
 @click.argument("catalog", type=click.Path(path_type=Path))
-@scheduler_option("Run every scene's tiles on an existing dask.distributed scheduler, e.g. tcp://10.0.0.5:8786.")
+@scheduler_option("Run the scenes on an existing dask.distributed scheduler, e.g. tcp://10.0.0.5:8786.")
+@scheduler_file_option()
 @workers_option("Start one local Dask cluster with N worker processes for all scenes "
                 "[default: local threads, one scene after the other].")
+@placement_option("On a cluster: `scene` runs each scene as one task on one worker, which writes its outputs "
+                  "itself; `tile` spreads each scene's tiles over the cluster; `auto` is `scene` when at least "
+                  "as many scenes run as there are workers. Recorded in each manifest and the report.")
 @click.option("--only", multiple=True, metavar="ID",
               help="Only these scene ids (repeat the option, or separate ids by commas).")
 @click.option("--dry-run", is_flag=True, help="Show what would run and why; write nothing.")
@@ -30,7 +42,7 @@ from geoseg.errors import CatalogError, LockedError
 @quiet_option("No progress bars or summary.")
 @json_option("Print the report as JSON on stdout.")
 @handle_errors
-def batch_command(catalog, scheduler, workers, only, dry_run, force, report, quiet, as_json):
+def batch_command(catalog, scheduler, scheduler_file, workers, placement, only, dry_run, force, report, quiet, as_json):
     """Run every scene of CATALOG (a catalog.yaml) through the `geoseg run` pipeline.
 
     \b
@@ -48,7 +60,8 @@ def batch_command(catalog, scheduler, workers, only, dry_run, force, report, qui
 
     try:
         result = run_batch(catalog, only=only, dry_run=dry_run, force=force, scheduler=scheduler,
-                           workers=workers, report=report, quiet=quiet or as_json)
+                           scheduler_file=scheduler_file, workers=workers, placement=placement, report=report,
+                           quiet=quiet or as_json)
     except CatalogError as exc:
         fail(str(exc), EXIT_CATALOG)
     except LockedError as exc:

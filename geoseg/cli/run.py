@@ -19,7 +19,9 @@ from geoseg.cli._options import (
     model_option,
     out_dir_option,
     overwrite_option,
+    placement_option,
     quiet_option,
+    scheduler_file_option,
     scheduler_option,
     simplify_option,
     source_options,
@@ -48,6 +50,10 @@ __all__ = ["demo_cmd", "format_summary", "models_cmd", "run_cmd", "synth_cmd", "
 @device_option()
 @workers_option("Start a local Dask cluster with N worker processes [default: local threads].")
 @scheduler_option("Use an existing dask.distributed scheduler, e.g. tcp://10.0.0.5:8786.")
+@scheduler_file_option()
+@placement_option("On a cluster: `tile` spreads the scene's tiles and polygonize blocks over the workers "
+                  "(auto); `scene` runs the whole scene as one task on one worker, which writes the "
+                  "outputs to -o itself (a directory the workers can write).")
 @threads_option("Threads of the local threaded scheduler, each running one tile's forward on one core "
                 "[default: the number of cores, at least 2].")
 @click.option("--no-vectorize", is_flag=True, help="Skip the GeoPackage of polygons.")
@@ -87,7 +93,7 @@ __all__ = ["demo_cmd", "format_summary", "models_cmd", "run_cmd", "synth_cmd", "
 @json_option("Print the run manifest as JSON on stdout.")
 @handle_errors
 def run_cmd(scene, out_dir, model, bands, assets, grid_asset, scale_offset, tile_size, batch_size, device, workers,
-            scheduler, threads, no_vectorize, min_area, simplify, connectivity, aoi, bbox, aoi_crop, output_grid, tta,
+            scheduler, scheduler_file, placement, threads, no_vectorize, min_area, simplify, connectivity, aoi, bbox, aoi_crop, output_grid, tta,
             probabilities, precision, overwrite, resume, quiet, as_json):
     """Segment SCENE (any GDAL raster with a CRS) into georeferenced outputs.
 
@@ -112,17 +118,25 @@ def run_cmd(scene, out_dir, model, bands, assets, grid_asset, scale_offset, tile
     journaled: after a kill, SIGTERM (exit 143), Ctrl-C or a full disk, rerun with
     --resume to continue where it stopped.
     """
+    from geoseg._dask import resolve_scheduler
+    from geoseg.batch.placement import check_placement, run_on_cluster
     from geoseg.scene.pipeline import run_scene
 
-    manifest = run_scene(
-        scene, out_dir, model=model, bands=bands, assets=assets, grid_asset=grid_asset, scale_offset=scale_offset,
-        tile_size=tile_size, batch_size=batch_size, device=device,
-        workers=workers, scheduler=scheduler, threads=threads, vectorize=not no_vectorize,
+    scheduler = resolve_scheduler(scheduler, scheduler_file)
+    options = dict(
+        bands=bands, assets=assets, grid_asset=grid_asset, scale_offset=scale_offset,
+        tile_size=tile_size, batch_size=batch_size, device=device, threads=threads, vectorize=not no_vectorize,
         min_area=min_area, simplify=simplify, connectivity=int(connectivity),
         aoi=aoi, bbox=bbox, aoi_crop=aoi_crop, output_grid=output_grid,
         tta=tta, probabilities=probabilities, precision=precision.lower(),
         overwrite=overwrite, quiet=quiet or as_json, resume=resume,
     )
+    if (scheduler or workers) and not (scheduler and workers):  # both: run_scene's one-line error
+        manifest = run_on_cluster(scene, out_dir, model, scheduler=scheduler, workers=workers, placement=placement,
+                                  **options)
+    else:
+        check_placement(placement, False)
+        manifest = run_scene(scene, out_dir, model=model, workers=workers, scheduler=scheduler, **options)
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
     elif not quiet:
@@ -155,7 +169,9 @@ def format_summary(manifest: dict) -> str:
                  "two polygons is simplified once, so no gaps or overlaps open. 0 keeps pixel edges.")
 @connectivity_option("Pixels of a class join across edges (4) or also across corners (8).")
 @workers_option("Blocks polygonized in parallel on local threads [default: all cores].")
-@scheduler_option("Run the block tasks on an existing dask.distributed scheduler instead.")
+@scheduler_option("Run the block tasks on an existing dask.distributed scheduler instead (its workers must "
+                  "see RASTER at the same path).")
+@scheduler_file_option()
 @click.option("--classes-from", default=None, metavar="MODEL_OR_JSON",
               help="Class names and colours from a model (built-in name or bundle) or a JSON file "
                    "[default: the raster's metadata, as `geoseg run` writes it; else class_<id>].")
@@ -175,7 +191,7 @@ def format_summary(manifest: dict) -> str:
 @quiet_option()
 @json_option("Print the summary as JSON on stdout.")
 @handle_errors
-def vectorize_cmd(raster, out, layer, min_area, simplify, connectivity, workers, scheduler, classes_from,
+def vectorize_cmd(raster, out, layer, min_area, simplify, connectivity, workers, scheduler, scheduler_file, classes_from,
                   confidence, is_mask, band, fmt, block_size, overwrite, quiet, as_json):
     """Polygonize a class map (or masks) into a GIS-ready GeoPackage, FlatGeobuf or GeoParquet.
 
@@ -189,9 +205,11 @@ def vectorize_cmd(raster, out, layer, min_area, simplify, connectivity, workers,
     \b
     Example:  geoseg vectorize out/scene.classes.tif scene.gpkg --min-area 200 --simplify 5
     """
+    from geoseg._dask import resolve_scheduler
     from geoseg.io.store import OutputStore, split_target
     from geoseg.vector.api import vectorize
 
+    scheduler = resolve_scheduler(scheduler, scheduler_file)
     dest, name = split_target(out)
     with OutputStore(dest).writing(f"the polygons {name}", retry="run it again", disk_only=True):
         summary = vectorize(

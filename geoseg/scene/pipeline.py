@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from geoseg._constants import DEFAULT_TILE_SIZE, GDAL_ENV
-from geoseg._dask import check_resources, cluster_size, connect_cluster, run_tasks
+from geoseg._dask import check_resources, cluster_size, connect_cluster, run_tasks, workers_missing
 from geoseg.errors import ContractError, GeosegError, InputError, OutputError
 from geoseg.grid import PixelWindow, Tile, TileGrid, batches, strips
 from geoseg.io.cog import RasterProduct, class_tags, stage_legend
@@ -305,6 +305,7 @@ def run_scene(
     client=None,
     resources: dict[str, float] | None = None,
     stac_item: dict | None = None,
+    execution: dict | None = None,
     **options,
 ) -> dict:
     """Segment one scene; write its COGs, GeoPackage and run manifest.
@@ -330,6 +331,8 @@ def run_scene(
             only on a cluster. The device (``auto`` too) is then resolved on the workers.
         stac_item: fields merged into the STAC Item (with ``stac=True``): ``id``,
             ``properties``, ``links``.
+        execution: fields merged into the manifest's ``execution`` record: where the run
+            was placed (:mod:`geoseg.batch.placement` runs a whole scene on one worker).
         **options: fields of :class:`RunOptions`: tiling and execution (``tile_size``,
             ``batch_size``, ``device``, ``precision``, ``workers``, ``scheduler``,
             ``threads``), inputs (``bands``, ``assets``, ``grid_asset``,
@@ -347,6 +350,7 @@ def run_scene(
     opts = _run_options(options)
     t0 = time.perf_counter()
     run = _plan(path, out_dir, model, opts, client, resources, stac_item)
+    run.execution = dict(execution or {})
     run.timings["validate"] = time.perf_counter() - t0
     from geoseg.io.sources import source_fingerprint
 
@@ -394,6 +398,7 @@ class _SceneRun:
     sink: TileSink | None = None
     scheduler: dict = dataclasses.field(default_factory=dict)
     vector_stats: list | None = None
+    execution: dict = dataclasses.field(default_factory=dict)  # where the run was placed (batch.placement)
 
     @property
     def stem(self) -> str:
@@ -524,6 +529,7 @@ def _infer(run: _SceneRun) -> None:
         writer = tiling.writer(run.sink)
         if run.distributed:
             run.scheduler = _run_distributed(writer, tasks, opts.scheduler, opts.workers, run.client, run.resources, task)
+            run.scheduler["placement"] = "tile"  # tile batches across the cluster (geoseg.batch.placement)
         else:
             threads = opts.threads or max(2, os.cpu_count() or 1)
             run.scheduler = {"scheduler": "threads", "threads": threads}
@@ -531,6 +537,7 @@ def _infer(run: _SceneRun) -> None:
                 _run_threaded(writer, tasks, threads, task)
             finally:
                 source.release()  # the shared remote handle, and the blocks GDAL cached for it
+        run.scheduler.update(run.execution)
         run.journal.checkpoint()  # every tile on disk: a failure below resumes without inference
     run.timings["inference"] = time.perf_counter() - t1
     if run.device == "cpu":
@@ -553,6 +560,11 @@ def _finish(run: _SceneRun) -> None:
         t3 = time.perf_counter()
         vector_options = VectorizeOptions(connectivity=run.opts.connectivity, min_area=run.opts.min_area,
                                           simplify=run.opts.simplify)
+        if run.client is not None and not workers_missing(run.client, list(stripes.values())):
+            # the workers see the class map: its polygonize blocks run on the cluster too
+            vector_options = dataclasses.replace(vector_options, client=run.client)
+        if run.distributed:
+            run.scheduler["vectorize"] = "cluster" if vector_options.client is not None else "client"
         run.vector_stats = _vectorize_outputs(run.store, run.finals["vectors"], stripes, run.bundle, vector_options)
         run.timings["vectorize"] = time.perf_counter() - t3
 

@@ -72,6 +72,9 @@ class VectorizeOptions:
     scheduler: str | None = None  # address of an existing Dask scheduler
     block_size: int | None = None  # None: chosen from the map (polygonize.choose_block_size)
     format: str = "GPKG"
+    #: a connected ``distributed.Client`` to run the block tasks on (left open), instead of
+    #: ``scheduler``; its workers must see the raster (``geoseg.scene.pipeline`` checks)
+    client: object = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.connectivity not in (4, 8):
@@ -162,7 +165,8 @@ def _polygonize_layer(
 
     calc = AreaCalculator(raster.crs, raster.transform, raster.height, raster.width)
     kw = dict(connectivity=options.connectivity, include=include, weights=confidence, areas=calc,
-              block_size=options.block_size, workers=options.workers, scheduler=options.scheduler, on_block=on_block)
+              block_size=options.block_size, workers=options.workers, scheduler=options.scheduler, client=options.client,
+              on_block=on_block)
     counts = [0, 0]
 
     def kept(regions: Regions) -> Regions:

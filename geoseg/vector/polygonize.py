@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from geoseg._constants import BLOCK_BOUNDARY_PAIRS, BLOCK_SIZES
-from geoseg._dask import connect_cluster, run_tasks
+from geoseg._dask import check_workers, connect_cluster, run_tasks, workers_missing
+from geoseg.errors import InputError
 from geoseg.grid import PixelWindow, TileGrid
 from geoseg.io.raster import open_raster, read_band
 from geoseg.vector import _gdal
@@ -448,6 +449,7 @@ def polygonize_stream(
     workers: int | None = None,
     scheduler: str | None = None,
     on_block: Callable[[], None] | None = None,
+    client=None,
 ) -> dict:
     """Polygonize a raster band exactly as a whole-map polygonize would, handing each
     batch of finished regions to ``emit`` as soon as no block still to come can touch it.
@@ -469,8 +471,11 @@ def polygonize_stream(
             region then carries its ground area and perimeter.
         block_size: block edge in pixels (default: :func:`choose_block_size`).
         workers: parallel block tasks on local threads (default: all cores).
-        scheduler: address of an existing Dask scheduler to run the blocks on instead.
+        scheduler: address of an existing Dask scheduler to run the blocks on instead
+            (its workers must run this geoseg and see ``path`` as this process does, else
+            :class:`~geoseg.errors.InputError`).
         on_block: called after each block (progress).
+        client: a connected ``distributed.Client`` to run the blocks on (left open).
 
     Returns:
         Counts: ``pieces`` (block pieces), ``regions``, ``max_waiting`` (most pieces waiting at once).
@@ -508,16 +513,34 @@ def polygonize_stream(
         if on_block:
             on_block()
 
-    if scheduler:
-        client, _, _ = connect_cluster(scheduler, None)
+    own = None
+    if client is None and scheduler:
+        client = own = connect_cluster(scheduler, None)[0]
+    if client is not None:
         try:
+            if own is not None:
+                check_workers(own)
+            _check_visible(client, [path] + ([wspec[0]] if wspec else []), scheduler)
             run_tasks(polygonize_window, calls, on_result, client=client)
         finally:
-            client.close()
+            if own is not None:
+                own.close()
     else:
         run_tasks(polygonize_window, calls, on_result, threads=threads, window=threads + 1)
     counts["max_waiting"] = joiner.max_waiting
     return counts
+
+
+def _check_visible(client, paths: list[str], scheduler: str | None) -> None:
+    """Refuse, in one line, rasters the cluster's workers cannot read (they open them by path)."""
+    missing = workers_missing(client, paths)
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        where = f" of {scheduler}" if scheduler else ""
+        raise InputError(
+            f"the Dask worker {missing[0]}{more}{where} cannot read {paths[0]} (a file of this machine; workers open "
+            "it by path): put it on a disk every worker mounts at the same path, or run without --scheduler"
+        )
 
 
 def polygonize(
@@ -532,13 +555,14 @@ def polygonize(
     workers: int | None = None,
     scheduler: str | None = None,
     on_block: Callable[[], None] | None = None,
+    client=None,
 ) -> Regions:
     """All regions of :func:`polygonize_stream` in one :class:`Regions` (in memory), in
     whole-raster pixel coordinates."""
     batches: list[Regions] = []
     counts = polygonize_stream(
         path, batches.append, band, connectivity=connectivity, include=include, weights=weights, areas=areas,
-        block_size=block_size, workers=workers, scheduler=scheduler, on_block=on_block,
+        block_size=block_size, workers=workers, scheduler=scheduler, on_block=on_block, client=client,
     )
     return concat_regions(batches, pieces=counts["pieces"])
 
