@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["SCENE_OUTPUTS", "output_paths", "scene_file", "sibling_confidence"]
+__all__ = ["SCENE_OUTPUTS", "kind_glob", "output_paths", "scene_file", "sibling_confidence"]
 
-#: The file kinds a scene run writes, ``<stem>.<kind>`` (the manifest last).
+#: The file kinds a scene run writes, ``<stem>.<kind>`` (the manifest last); ``*`` stands for
+#: a mask head's name (one quicklook per head).
 SCENE_OUTPUTS = (
     "classes.tif",
     "classes.tif.aux.xml",
@@ -20,6 +21,10 @@ SCENE_OUTPUTS = (
     "mask.tif.aux.xml",
     "mask.qml",
     "gpkg",
+    "classes.png",
+    "thumb.png",
+    "legend.png",
+    "mask-*.png",
     "stac.json",
     "run.json",
 )
@@ -28,6 +33,13 @@ SCENE_OUTPUTS = (
 def scene_file(out_dir: Path, stem: str, kind: str) -> Path:
     """The path of a scene run's file of ``kind`` (one of :data:`SCENE_OUTPUTS`)."""
     return Path(out_dir) / f"{stem}.{kind}"
+
+
+def kind_glob(stem: str, kind: str) -> str:
+    """A glob pattern for ``<stem>.<kind>`` (a ``*`` in ``kind`` matches a mask head's name)."""
+    import glob
+
+    return f"{glob.escape(stem)}.{glob.escape(kind).replace('[*]', '*')}"
 
 
 def output_paths(out_dir: Path, stem: str, has_masks: bool, vectorize: bool = True, stac: bool = False) -> dict[str, Path]:

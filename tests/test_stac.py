@@ -40,7 +40,8 @@ def test_run_scene_stages_a_stac_item_with_the_outputs(tmp_path, synth_scene, sm
     assert ring[0] == ring[-1] and item["geometry"]["type"] == "Polygon"
     assets = item["assets"]
     assert set(assets) == {"classes", "confidence", "mask", "vectors", "manifest",
-                           "classes_legend", "classes_style", "mask_legend", "mask_style"}
+                           "classes_legend", "classes_style", "mask_legend", "mask_style",
+                           "thumbnail", "overview", "legend", "overview_bright"}
     for key, asset in assets.items():
         assert (tmp_path / asset["href"]).exists(), key
     classes = assets["classes"]["classification:classes"]
@@ -74,7 +75,7 @@ def test_outputs_catalog_reads_back_as_a_stac_source(tmp_path, synth_scene) -> N
     items = read_items(tmp_path / "catalog.json")
     assert [i["id"] for i, _, _ in items] == ["a", "b"]
     assert asset_path(items[1][0], items[1][1], "classes") == tmp_path / "b" / "scene.classes.tif"
-    with pytest.raises(geoseg.InputError, match="assets classes, confidence, mask, classes_legend, classes_style, mask_legend, mask_style, manifest: name the image"):
+    with pytest.raises(geoseg.InputError, match="assets classes, confidence, mask, classes_legend, classes_style, mask_legend, mask_style, thumbnail, overview, legend, overview_water, manifest: name the image"):
         asset_path(items[0][0], items[0][1])
     assert Path(asset_path(items[0][0], items[0][1], "manifest")).exists()
 

@@ -24,7 +24,6 @@ through :func:`geoseg.run_scene`, the same pipeline as ``geoseg run``:
 
 from __future__ import annotations
 
-import glob as globlib
 import json
 import os
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 
 from geoseg._dask import connect_cluster
 from geoseg._files import write_json
-from geoseg._naming import SCENE_OUTPUTS, scene_file
+from geoseg._naming import SCENE_OUTPUTS, kind_glob, scene_file
 from geoseg.scene.journal import resume_files
 from geoseg.batch.catalog import Catalog, SceneJob, load_catalog, missing_inputs_error, resolve
 from geoseg.batch.lock import BatchLock
@@ -217,10 +216,9 @@ def clean_partials(out_dir: Path, stem: str) -> list[Path]:
     removed: list[Path] = []
     if not out_dir.is_dir():
         return removed
-    stem_pat = globlib.escape(stem)
     keep = set(resume_files(out_dir, stem))
     for kind in SCENE_OUTPUTS:
-        for p in out_dir.glob(f".{stem_pat}.{globlib.escape(kind)}.*.partial*"):
+        for p in out_dir.glob(f".{kind_glob(stem, kind)}.*.partial*"):
             if p in keep:
                 continue
             p.unlink(missing_ok=True)
@@ -286,8 +284,9 @@ def _run_one(plan: Plan, client, where: dict, quiet: bool) -> SceneResult:
                        error={"type": type(exc).__name__, "message": str(exc)})
     secs = time.perf_counter() - t
     for kind in SCENE_OUTPUTS:  # e.g. the GeoPackage of an earlier run with vectorize on
-        if kind not in manifest["outputs"] and kind != "run.json":
-            (job.out_dir / f"{job.stem}.{kind}").unlink(missing_ok=True)
+        for p in job.out_dir.glob(kind_glob(job.stem, kind)):
+            if p.name[len(job.stem) + 1:] not in manifest["outputs"] and kind != "run.json":
+                p.unlink(missing_ok=True)
     mpx = manifest["input"]["width"] * manifest["input"]["height"] / 1e6
     return _result(
         plan,

@@ -223,6 +223,16 @@ def scene_item(
         if kind in outputs:  # legends of the COGs (geoseg.io.legend)
             assets[key] = {"href": f"./{outputs[kind]['path']}", "type": media, "title": title, "roles": roles,
                            **_file_fields(outputs[kind])}
+    for kind, key, title, roles in (  # quicklooks (geoseg.io.quicklook)
+        ("thumb.png", "thumbnail", "Thumbnail of the class map (PNG, class colours, nodata transparent)", ["thumbnail"]),
+        ("classes.png", "overview", "Overview of the class map (PNG, class colours, nodata transparent)", ["overview", "visual"]),
+        ("legend.png", "legend", f"Legend of the class map: {', '.join(model['classes'])}", ["metadata", "legend"]),
+        *((k, f"overview_{k[5:-4]}", f"Overview of the mask {k[5:-4]} (PNG: 1 red, 0 grey, nodata transparent)",
+           ["overview"]) for k in outputs if k.startswith("mask-") and k.endswith(".png")),
+    ):
+        if kind in outputs:
+            assets[key] = {"href": f"./{outputs[kind]['path']}", "type": PNG_TYPE, "title": title, "roles": roles,
+                           **_file_fields(outputs[kind])}
     assets["manifest"] = {
         "href": f"./{stem}.run.json",
         "type": JSON_TYPE,

@@ -30,6 +30,7 @@ from geoseg.grid import PixelWindow, Tile, TileGrid, batches, strips
 from geoseg.io.cog import RasterProduct, class_tags, stage_legend
 from geoseg.io.faults import writing
 from geoseg.io.legend import BandLegend, Category, mask_legends
+from geoseg.io.quicklook import stage_quicklooks
 from geoseg.io.raster import SceneSource
 from geoseg.progress import Progress
 from geoseg.scene.journal import TileJournal, input_identity, journal_key
@@ -465,6 +466,9 @@ def run_scene(
             p.finish()
         _stage_legends(finals, bundle, sink, outputs)
         timings["write_cogs"] = time.perf_counter() - t2
+        t_q = time.perf_counter()  # PNGs of the class map and masks from the COGs' overviews, and a legend strip
+        stage_quicklooks(finals, list(bundle.class_names), list(bundle.class_colors), list(bundle.mask_heads), outputs)
+        timings["quicklooks"] = time.perf_counter() - t_q
         vector_stats = None
         if opts.vectorize:
             t3 = time.perf_counter()
