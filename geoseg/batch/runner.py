@@ -39,6 +39,7 @@ from geoseg._naming import SCENE_OUTPUTS, kind_glob, scene_file
 from geoseg.scene.journal import resume_files
 from geoseg.batch.catalog import Catalog, SceneJob, load_catalog, missing_inputs_error, resolve
 from geoseg.batch.lock import BatchLock
+from geoseg.batch.report_html import write_report_html
 from geoseg.errors import CatalogError, GeosegError, InputError, OutputError
 from geoseg.io.raster import file_sha256
 from geoseg.io.stac import GEOSEG_CATALOG_KEY, ITEM_TYPE, write_catalog
@@ -109,13 +110,15 @@ class BatchReport:
         }
 
     def write(self, path: str | os.PathLike) -> Path:
-        """Write the report as JSON (temporary name, then rename)."""
+        """Write the report as JSON (temporary name, then rename), and its page beside it
+        (``report.json`` -> ``report.html``)."""
         p = Path(path)
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
             write_json(p, self.to_dict())
         except OSError as exc:
             raise OutputError(f"cannot write the report {p} ({exc.strerror or exc}): choose a writable --report path") from exc
+        write_report_html(self.to_dict(), p.with_suffix(".html"))  # the page beside it (geoseg.batch.report_html)
         return p
 
 
