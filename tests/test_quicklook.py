@@ -29,11 +29,12 @@ def run(tmp_path_factory) -> tuple[Path, dict]:
     return d / "out", manifest
 
 
-def _png(path: Path) -> tuple[np.ndarray, dict]:
+def _png(path: Path, mode: str = "P") -> tuple[np.ndarray, dict]:
+    """A PNG's pixels as RGBA (what a viewer shows) and its text chunks."""
     with Image.open(path) as im:
-        assert im.format == "PNG" and im.mode == "RGBA"
+        assert im.format == "PNG" and im.mode == mode  # quicklooks are paletted (one byte a pixel)
         im.load()
-        return np.asarray(im), dict(im.text)
+        return np.asarray(im.convert("RGBA")), dict(im.text)
 
 
 def _palette(values: np.ndarray, colors: list[str]) -> np.ndarray:
@@ -78,7 +79,7 @@ def test_quicklooks_are_the_class_maps_overview_in_its_colours(run) -> None:
 
 def test_legend_strip_names_every_class_with_its_swatch(run) -> None:
     out, manifest = run
-    rgba, text = _png(out / "big.legend.png")
+    rgba, text = _png(out / "big.legend.png", "RGBA")
     entries = json.loads(text["geoseg:legend"])
     assert [(e["value"], e["name"], e["color"]) for e in entries] == [
         (c["id"], c["name"], c["color"]) for c in manifest["classes"]]

@@ -199,7 +199,7 @@ main{max-width:1180px;margin:0 auto;padding:20px 24px 40px}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:24px 0 10px}h3{font-size:15px;margin:0;word-break:break-all}
 .muted{color:#52606d}.small{font-size:12px}
 .counts span{display:inline-block;margin:8px 8px 0 0;padding:3px 10px;border-radius:12px;color:#fff;font-weight:600}
-.top{display:flex;flex-wrap:wrap;gap:20px;align-items:flex-start}
+.top{display:flex;flex-wrap:wrap;gap:20px;align-items:flex-start}.top>.panel:last-child{flex:1;min-width:300px}
 .panel{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.12);padding:14px}
 .legend i,.areas i{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:6px;vertical-align:-1px}
 .legend{margin-top:6px}.legend span{margin-right:14px;font-size:12px}

@@ -34,7 +34,7 @@ from geoseg.classes import hex_to_rgb
 from geoseg.io.faults import writing
 from geoseg.io.raster import open_raster
 
-__all__ = ["MASK_COLORS", "OVERVIEW_SIZE", "THUMBNAIL_SIZE", "colorize", "legend_image",
+__all__ = ["MASK_COLORS", "OVERVIEW_SIZE", "THUMBNAIL_SIZE", "legend_image",
            "read_overview", "stage_quicklooks", "write_png"]
 
 #: The longest side, in pixels, of the overview PNGs (``classes.png``, ``mask-<head>.png``).
@@ -83,24 +83,32 @@ def read_overview(path: str | Path, size: int, band: int = 1) -> Overview:
     return Overview(values, level, shape)
 
 
-def colorize(values: np.ndarray, colors: list[str]) -> np.ndarray:
-    """``(h, w, 4)`` uint8 RGBA of class ids ``values`` in ``colors`` (``#rrggbb`` per id);
-    nodata (255) and ids without a colour are transparent."""
+def _palette(colors: list[str]) -> np.ndarray:
+    """``(256, 4)`` RGBA per id: the class colours, every other id transparent black."""
     lut = np.zeros((256, 4), np.uint8)
     for i, c in enumerate(colors[:NODATA]):
         lut[i] = (*hex_to_rgb(c), 255)
-    lut[NODATA] = 0
-    return lut[values]
+    return lut
 
 
-def write_png(path: Path, rgba: np.ndarray, text: dict[str, str]) -> None:
-    """Write ``(h, w, 4)`` RGBA as a PNG with ``text`` as ``tEXt`` (Latin-1) / ``iTXt`` chunks."""
+def write_png(path: Path, image: np.ndarray, text: dict[str, str], colors: list[str] | None = None) -> None:
+    """Write a PNG with ``text`` as ``tEXt`` (Latin-1) / ``iTXt`` chunks: ``image`` is
+    ``(h, w, 4)`` RGBA, or with ``colors`` ``(h, w)`` class ids written as a paletted PNG
+    (one byte a pixel, ids without a colour, nodata included, transparent through its
+    ``tRNS`` chunk: a quarter of the bytes an RGBA image would compress)."""
     from PIL import Image, PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
     for key, value in text.items():
         info.add_itxt(key, value) if not value.isascii() else info.add_text(key, value)
-    Image.fromarray(np.ascontiguousarray(rgba), "RGBA").save(path, "PNG", pnginfo=info)
+    if colors is None:
+        Image.frombytes("RGBA", (image.shape[1], image.shape[0]), np.ascontiguousarray(image).tobytes()).save(
+            path, "PNG", pnginfo=info)
+        return
+    lut = _palette(colors)
+    im = Image.frombytes("P", (image.shape[1], image.shape[0]), np.ascontiguousarray(image, dtype=np.uint8).tobytes())
+    im.putpalette(lut[:, :3].tobytes(), "RGB")
+    im.save(path, "PNG", pnginfo=info, transparency=lut[:, 3].tobytes())
 
 
 def _font(size: int):
@@ -160,12 +168,12 @@ def stage_quicklooks(
     staged = outputs.staged
     out: dict[str, Path] = {}
 
-    def stage(kind: str, rgba: np.ndarray, text: dict[str, str]) -> None:
+    def stage(kind: str, image: np.ndarray, text: dict[str, str], colors: list[str] | None = None) -> None:
         final = classes.with_name(f"{stem}.{kind}")
         tmp = outputs.temp_for(final, "ql-")
         try:
             with writing(f"the quicklook {final.name}", final.parent):
-                write_png(tmp, rgba, {"Software": "geoseg", **text})
+                write_png(tmp, image, {"Software": "geoseg", **text}, colors)
         except BaseException:
             remove_files([tmp])
             raise
@@ -178,14 +186,14 @@ def stage_quicklooks(
 
     src = staged.get(classes, classes)
     ov = read_overview(src, OVERVIEW_SIZE)
-    stage("classes.png", colorize(ov.values, class_colors), about(ov, "classes"))
+    stage("classes.png", ov.values, about(ov, "classes"), class_colors)
     th = read_overview(src, THUMBNAIL_SIZE)
-    stage("thumb.png", colorize(th.values, class_colors), about(th, "classes (thumbnail)"))
+    stage("thumb.png", th.values, about(th, "classes (thumbnail)"), class_colors)
     rgba, entries = legend_image(class_names, class_colors)
     stage("legend.png", rgba, {"Title": f"{stem}: legend", "geoseg:legend": json.dumps(entries)})
     if mask_heads and "mask" in finals:
         msrc = staged.get(finals["mask"], finals["mask"])
         for band, head in enumerate(mask_heads, 1):
             mv = read_overview(msrc, OVERVIEW_SIZE, band)
-            stage(f"mask-{_head_name(head)}.png", colorize(mv.values, list(MASK_COLORS)), about(mv, f"mask {head}"))
+            stage(f"mask-{_head_name(head)}.png", mv.values, about(mv, f"mask {head}"), list(MASK_COLORS))
     return out
