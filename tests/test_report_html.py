@@ -110,3 +110,14 @@ def test_the_page_in_a_real_browser(batch, tmp_path) -> None:
         finally:
             browser.close()
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_a_damaged_manifest_still_gives_a_page(batch, tmp_path) -> None:
+    from geoseg.batch.report_html import write_report_html
+
+    report = json.loads((batch / "report.json").read_text())
+    broken = tmp_path / "broken.run.json"
+    broken.write_text(json.dumps({"outputs": {"thumb.png": {}}, "classes": "nonsense"}))
+    report["scenes"][1]["manifest"] = str(broken)
+    page = write_report_html(report, tmp_path / "report.html").read_text()
+    assert page.count('class="card"') == 3 and "b</h3>" in page

@@ -105,6 +105,15 @@ def _scene_view(scene: dict, base: Path) -> dict[str, Any]:
     }
 
 
+def _view_or_plain(scene: dict, base: Path) -> dict[str, Any]:
+    """:func:`_scene_view`, or what ``report.json`` alone says when a scene's manifest or
+    Item cannot be used (edited, truncated): a page is written whatever the outputs hold."""
+    try:
+        return _scene_view(scene, base)
+    except Exception:  # noqa: BLE001
+        return _scene_view({**scene, "manifest": None, "stac_item": None}, base)
+
+
 def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
@@ -225,7 +234,7 @@ dl{display:grid;grid-template-columns:auto 1fr;gap:2px 10px;margin:6px 0;font-si
 
 def build_report_html(report: dict, base: Path) -> str:
     """The page of ``report`` (a ``report.json`` dict), with links relative to ``base``."""
-    views = [_scene_view(s, base) for s in report.get("scenes", [])]
+    views = [_view_or_plain(s, base) for s in report.get("scenes", [])]
     counts = report.get("counts") or {}
     badges = "".join(f'<span style="background:{STATUS_COLORS.get(k, "#9e9e9e")}">{n} {_esc(k)}</span>'
                      for k, n in counts.items())
