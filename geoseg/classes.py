@@ -18,6 +18,7 @@ __all__ = [
     "LABEL_NODATA",
     "LANDCOVER_CLASSES",
     "ClassInfo",
+    "class_identifier",
     "classes_json",
     "colormap",
     "hex_to_rgb",
@@ -61,6 +62,13 @@ def rgb_to_hex(rgb: Sequence[int]) -> str:
     if len(values) != 3 or any(not isinstance(v, int) or not 0 <= v <= 255 for v in values):
         raise InputError(f"colour {rgb!r} is not three integers 0..255")
     return "#{:02x}{:02x}{:02x}".format(*values)
+
+
+def class_identifier(name: str) -> str:
+    """``name`` as the identifier STAC's classification extension (v2.0 ``name``) and MLM
+    ask for: letters, digits, ``-`` and ``_`` (anything else becomes ``_``)."""
+    out = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in name)
+    return out or "class"
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import read, write_raster
+from stac_schemas import stac_validator
 from affine import Affine
 
-#: The STAC JSON schemas (../shared/data/stac-schemas beside the checkout; not committed).
-SCHEMAS = next((p / "shared" / "data" / "stac-schemas" for p in Path(__file__).resolve().parents
-                if (p / "shared" / "data" / "stac-schemas").is_dir()), Path("/nonexistent"))
 RGB_GSD = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4000000.0)  # 50 cm/px
 
 
@@ -226,41 +224,13 @@ def test_export_errors_are_one_line_and_leave_nothing(masked_unet, tmp_path) -> 
 # --------------------------------------------------------------------------- MLM Items
 
 
-def _validator():
-    jsonschema = pytest.importorskip("jsonschema")
-    referencing = pytest.importorskip("referencing")
-    if not SCHEMAS.is_dir():
-        pytest.skip(f"STAC schemas not present at {SCHEMAS}")
-    prefixes = {
-        "https://schemas.stacspec.org/v1.0.0/": SCHEMAS / "core" / "v1.0.0",
-        "https://stac-extensions.github.io/": SCHEMAS / "ext",
-        "https://geojson.org/schema/": SCHEMAS / "geojson",
-    }
-
-    def retrieve(uri: str):
-        for prefix, root in prefixes.items():
-            if uri.startswith(prefix):
-                path = root / uri[len(prefix):].split("#")[0]
-                return referencing.Resource.from_contents(json.loads(path.read_text()))
-        raise LookupError(f"no offline copy of {uri}")  # never the network
-
-    registry = referencing.Registry(retrieve=retrieve)
-
-    def validate(item: dict) -> None:
-        for uri in ["https://schemas.stacspec.org/v1.0.0/item-spec/json-schema/item.json", *item["stac_extensions"]]:
-            schema = retrieve(uri).contents
-            jsonschema.Draft7Validator(schema, registry=registry).validate(item)
-
-    return validate
-
-
 def test_mlm_items_validate_for_builtins_and_bundles(masked_unet) -> None:
     import jsonschema
 
     from geoseg.models import load_model
     from geoseg.models.mlm_item import item_for_model
 
-    validate = _validator()
+    validate = stac_validator()
     for ref in ("spectral", masked_unet):
         item = item_for_model(load_model(ref), ref)
         validate(item)
@@ -268,6 +238,8 @@ def test_mlm_items_validate_for_builtins_and_bundles(masked_unet) -> None:
         assert props["mlm:tasks"] == ["semantic-segmentation"]
         assert props["mlm:input"][0]["input"]["dim_order"] == ["batch", "bands", "height", "width"]
         assert item["assets"]["model"]["mlm:artifact_type"] == "safetensors.torch.save_file"
+        assert item["stac_version"] == "1.1.0"  # with the 1.1 bands and, for 1.0 readers, eo:bands
+        assert [b["name"] for b in item["assets"]["model"]["bands"]] == props["mlm:input"][0]["bands"]
     proc = geoseg("models", "show", "default", "--stac")
     assert proc.returncode == 0, proc.stderr
     default = json.loads(proc.stdout)
@@ -290,7 +262,7 @@ def test_export_mlm_writes_the_item_and_the_bundle_it_points_to(tmp_path) -> Non
 
     from geoseg.models import load_model
 
-    validate = _validator()
+    validate = stac_validator()
     proc = geoseg("export", "spectral", tmp_path / "spectral.json", "--format", "mlm")
     assert proc.returncode == 0, proc.stderr
     item = json.loads((tmp_path / "spectral.json").read_text())

@@ -45,11 +45,12 @@ from geoseg._files import write_json
 from geoseg.batch.catalog import Catalog, SceneJob, load_catalog, missing_inputs_error, resolve
 from geoseg.batch.lock import BatchLock
 from geoseg.batch.placement import check_cluster, check_placement, choose, run_scene_tasks, task_key
+from geoseg.batch.report_html import write_report_html
 from geoseg.errors import CatalogError, GeosegError, InputError, OutputError
 from geoseg.io.raster import file_sha256
 from geoseg.io.stac import GEOSEG_CATALOG_KEY, ITEM_TYPE, write_catalog
 from geoseg.models.checksum import model_checksum
-from geoseg.io.store import SCENE_OUTPUTS, OutputStore
+from geoseg.io.store import SCENE_OUTPUTS, OutputStore, kind_glob
 from geoseg.progress import Progress
 from geoseg.scene.pipeline import RunOptions, run_scene
 
@@ -118,13 +119,15 @@ class BatchReport:
         }
 
     def write(self, path: str | os.PathLike) -> Path:
-        """Write the report as JSON (temporary name, then rename)."""
+        """Write the report as JSON (temporary name, then rename), and its page beside it
+        (``report.json`` -> ``report.html``)."""
         p = Path(path)
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
             write_json(p, self.to_dict())
         except OSError as exc:
             raise OutputError(f"cannot write the report {p} ({exc.strerror or exc}): choose a writable --report path") from exc
+        write_report_html(self.to_dict(), p.with_suffix(".html"))  # the page beside it (geoseg.batch.report_html)
         return p
 
 
@@ -278,9 +281,10 @@ def _run_one(plan: Plan, client, where: dict, quiet: bool, execution: dict | Non
                        error={"type": type(exc).__name__, "message": str(exc)}, **placed)
     secs = time.perf_counter() - t
     try:
-        for kind in SCENE_OUTPUTS:  # e.g. the GeoPackage of an earlier run with vectorize on
-            if kind not in manifest["outputs"] and kind != "run.json":
-                store.delete(f"{job.stem}.{kind}")
+        for kind in SCENE_OUTPUTS:  # e.g. the GeoPackage of an earlier run with vectorize on, a dropped head's PNG
+            for name in (store.names(kind_glob(job.stem, kind)) if "*" in kind else [f"{job.stem}.{kind}"]):
+                if name[len(job.stem) + 1:] not in manifest["outputs"] and kind != "run.json":
+                    store.delete(name)
     except OutputError as exc:
         return _result(plan, "failed", seconds=round(time.perf_counter() - t, 3),
                        error={"type": type(exc).__name__, "message": str(exc)}, **placed)

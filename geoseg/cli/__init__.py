@@ -1,7 +1,7 @@
 """The ``geoseg`` command line: thin click commands over the public Python API.
 
 One module per group of commands (``run.py``: run, vectorize, synth, models, demo;
-``train.py``: train, evaluate; ``batch.py``: batch), options shared between them defined
+``train.py``: train, evaluate; ``batch.py``: batch; ``report.py``: report), options shared between them defined
 once in ``_options.py``, and one way to end on an error in ``_errors.py``.
 """
 
@@ -13,6 +13,7 @@ from geoseg.cli._options import CONTEXT
 from geoseg.cli.batch import batch_command
 from geoseg.cli.inspect import inspect_cmd
 from geoseg.cli.export import export_cmd, models_show_cmd
+from geoseg.cli.report import report_command
 from geoseg.cli.run import demo_cmd, models_cmd, run_cmd, synth_cmd, vectorize_cmd
 from geoseg.cli.train import evaluate_command, train_command
 
@@ -31,7 +32,8 @@ def cli() -> None:
 
 
 models_cmd.add_command(inspect_cmd)  # geoseg models inspect MODEL
-for _command in (run_cmd, vectorize_cmd, synth_cmd, models_cmd, demo_cmd, train_command, evaluate_command, batch_command):
+for _command in (run_cmd, vectorize_cmd, synth_cmd, models_cmd, demo_cmd, train_command, evaluate_command, batch_command,
+                 report_command):
     cli.add_command(_command)
 cli.add_command(export_cmd)
 models_cmd.add_command(models_show_cmd)

@@ -38,7 +38,8 @@ from geoseg.errors import CatalogError, LockedError
 @click.option("--dry-run", is_flag=True, help="Show what would run and why; write nothing.")
 @click.option("--force", is_flag=True, help="Rerun scenes that are up to date.")
 @click.option("--report", type=click.Path(path_type=Path), default=None,
-              help="Write the batch report (per scene: status, reason, seconds, Mpx/s, class areas, error) as JSON.")
+              help="Write the batch report (per scene: status, reason, seconds, Mpx/s, class areas, error) as JSON, "
+                   "and its self-contained HTML page beside it (R.json -> R.html; `geoseg report` rebuilds it).")
 @quiet_option("No progress bars or summary.")
 @json_option("Print the report as JSON on stdout.")
 @handle_errors

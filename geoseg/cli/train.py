@@ -236,6 +236,8 @@ def train_command(config, out, images, labels, label_field, label_layer, backgro
         )
     if as_json:
         return
+    if result.plots_notice and not quiet:
+        click.echo(result.plots_notice, err=True)
     if result.baseline is not None:
         from geoseg.train.baseline import comparison_text
 
@@ -261,6 +263,7 @@ def _summary(result: Any) -> dict[str, Any]:
         "epochs_planned": s["epochs_planned"],
         "plan": None if result.plan is None else result.plan.as_dict(),
         "baseline": result.baseline,
+        "plots": [str(p) for p in result.plots or []],
     }
 
 
@@ -283,12 +286,16 @@ def _summary(result: Any) -> dict[str, Any]:
                    "data; repeat with one --train-labels each.")
 @click.option("--train-labels", "train_labels", multiple=True, type=click.Path(path_type=Path),
               help="With --baseline: the labels of the --train-image at the same position.")
+@click.option("--plots", "plots_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Also write confusion.png (heat map), scores.png (per-class IoU and F1 bars; with --baseline the "
+                   "forest's beside the model's) and their numbers as CSV into DIR (PNGs need matplotlib: "
+                   "pip install 'geoseg[plots]').")
 @quiet_option("No progress bar.")
 @json_option("Print JSON: miou, overall_accuracy, per_class (name, iou, precision, recall, f1), confusion "
              "(and baseline: the forest's scores beside the model's).")
 @handle_errors
 def evaluate_command(model, image, labels, label_field, label_layer, background, label_nodata, all_touched,
-                     bands, tile_size, device, threads, baseline, train_images, train_labels, quiet, as_json):
+                     bands, tile_size, device, threads, baseline, train_images, train_labels, plots_dir, quiet, as_json):
     """Segment IMAGE with the full tiled pipeline and score it against LABELS.
 
     Reports the confusion matrix (rows: truth), per-class IoU, precision, recall and F1,
@@ -323,6 +330,15 @@ def evaluate_command(model, image, labels, label_field, label_layer, background,
                                   bands=bands, train=[(str(i), str(lb)) for i, lb in zip(train_images, train_labels)])
         report["baseline"] = comparison(ev.metrics, rf, ev.class_names)
         text += "\n" + comparison_text(report["baseline"], Path(image).name)
+    if plots_dir is not None:
+        from geoseg.train.plots import write_evaluation_plots
+
+        files, notice = write_evaluation_plots(plots_dir, ev.metrics, ev.class_names, rf if baseline else None,
+                                               title=f"{Path(str(model)).name} on {Path(image).name}")
+        if notice:
+            click.echo(notice, err=True)
+        if not as_json:
+            text += "\nwrote " + ", ".join(str(f) for f in files)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:

@@ -1,10 +1,18 @@
 """STAC: an Item describing a scene's outputs, a Catalog of Items, and reading local STAC files.
 
-Writing: :func:`scene_item` turns a run manifest into a STAC 1.0.0 Item whose assets are
-the scene's outputs (class map, confidence, masks, GeoPackage, manifest), with the
-projection, classification, raster and file extensions; ``run_scene(..., stac=True)``
-stages it with the other outputs as ``<stem>.stac.json``. :func:`write_catalog` links
-such Items into a Catalog, so that the outputs of a batch form a catalog of their own.
+Writing: :func:`scene_item` turns a run manifest into a STAC 1.1.0 Item whose assets are
+the scene's outputs (class map, confidence, masks, GeoPackage, quicklooks, manifest), with
+the projection (v2.0: ``proj:code``), classification (v2.0), raster and file extensions;
+``run_scene(..., stac=True)`` stages it with the other outputs as ``<stem>.stac.json``.
+:func:`write_catalog` links such Items into a Catalog, so that the outputs of a batch form
+a catalog of their own.
+
+STAC 1.1 for readers of 1.0: band and data-value fields are written both the 1.1 way
+(``data_type``, ``nodata``, ``unit`` and the masks' ``bands`` on the asset) and as
+``raster:bands`` (raster extension v1.1, still valid in 1.1; the probabilities' scale is
+there only), and every class keeps its ``description`` (classification v1.1 required it)
+beside v2.0's ``name``/``title``/``count``/``percentage``; the projection extension v2.0
+forbids ``proj:epsg``, so the EPSG code is in ``proj:code`` (``"EPSG:32633"``) only.
 
 Reading: :func:`read_items` collects the Items of an ItemCollection, a single Item, or a
 Catalog/Collection with ``item`` (and ``child``) links, all on local disk, and
@@ -20,17 +28,19 @@ from urllib.parse import unquote, urlparse
 
 from geoseg._constants import NODATA
 from geoseg._files import write_json
+from geoseg.classes import class_identifier
 from geoseg.errors import InputError
 
-STAC_VERSION = "1.0.0"
-PROJECTION = "https://stac-extensions.github.io/projection/v1.1.0/schema.json"
-CLASSIFICATION = "https://stac-extensions.github.io/classification/v1.1.0/schema.json"
+STAC_VERSION = "1.1.0"
+PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+CLASSIFICATION = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
 RASTER = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
 FILE = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
 
 COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 GPKG_TYPE = "application/geopackage+sqlite3"
 JSON_TYPE = "application/json"
+PNG_TYPE = "image/png"
 ITEM_TYPE = "application/geo+json"
 
 #: Marks a Catalog written by :func:`write_catalog` (it may be replaced; others are not).
@@ -80,6 +90,24 @@ def _color_hint(color: str) -> str:
     return color.lstrip("#").upper()
 
 
+def scene_classes(manifest: dict) -> list[dict]:
+    """The class map's ``classification:classes`` (v2.0) from a run manifest: per class its
+    identifier ``name``, its own name as ``title``, colour, pixel ``count`` and
+    ``percentage`` of the valid pixels; the nodata value last."""
+    valid = sum(int(c["pixels"]) for c in manifest["classes"])
+    out = []
+    for c in manifest["classes"]:
+        entry = {"value": c["id"], "name": class_identifier(c["name"]), "title": c["name"],
+                 "description": c["name"].replace("_", " "), "color_hint": _color_hint(c["color"]),
+                 "count": int(c["pixels"])}
+        if valid:
+            entry["percentage"] = round(100.0 * int(c["pixels"]) / valid, 4)
+        out.append(entry)
+    out.append({"value": NODATA, "name": "nodata", "title": "no data", "description": "no data", "nodata": True,
+                "count": int(manifest.get("nodata_pixels", 0))})
+    return out
+
+
 def scene_item(
     manifest: dict, *, id: str | None = None, properties: dict | None = None, links: list[dict] | None = None
 ) -> dict:
@@ -107,7 +135,7 @@ def scene_item(
     a, _, c, _, e, f = transform
     xs, ys = (c, c + a * width), (f, f + e * height)
     proj = {
-        "proj:epsg": epsg,
+        "proj:code": f"EPSG:{epsg}" if epsg is not None else None,
         "proj:shape": [height, width],
         "proj:transform": transform,
         "proj:bbox": [min(xs), min(ys), max(xs), max(ys)],
@@ -115,20 +143,17 @@ def scene_item(
     if epsg is None:
         proj["proj:wkt2"] = inp["crs"]
     model = manifest["model"]
-    classes = [
-        {"value": c["id"], "name": c["name"], "description": c["name"].replace("_", " "), "color_hint": _color_hint(c["color"])}
-        for c in manifest["classes"]
-    ]
-    classes.append({"value": NODATA, "name": "nodata", "description": "no data", "nodata": True})
     assets: dict[str, dict] = {}
+    byte = {"data_type": "uint8", "nodata": NODATA}
     if "classes.tif" in outputs:
         assets["classes"] = {
             "href": f"./{outputs['classes.tif']['path']}",
             "type": COG_TYPE,
             "title": f"Classes ({', '.join(model['classes'])})",
             "roles": ["data"],
-            "classification:classes": classes,
-            "raster:bands": [{"data_type": "uint8", "nodata": NODATA}],
+            **byte,
+            "classification:classes": scene_classes(manifest),
+            "raster:bands": [dict(byte)],
             **_file_fields(outputs["classes.tif"]),
         }
     if "confidence.tif" in outputs:
@@ -137,41 +162,44 @@ def scene_item(
             "type": COG_TYPE,
             "title": "Confidence: the highest class probability, in percent",
             "roles": ["data", "quality"],
-            "raster:bands": [{"data_type": "uint8", "nodata": NODATA, "unit": "percent"}],
+            **byte,
+            "unit": "percent",
+            "raster:bands": [{**byte, "unit": "percent"}],
             **_file_fields(outputs["confidence.tif"]),
         }
     if "mask.tif" in outputs:
         heads = list(model["mask_heads"])
+        bands = [
+            {
+                "name": head,
+                "description": f"1 where {head}, else 0",
+                **byte,
+                "classification:classes": [
+                    {"value": 0, "name": class_identifier(f"not_{head}"), "title": f"not {head}", "description": f"not {head}"},
+                    {"value": 1, "name": class_identifier(head), "title": head, "description": head.replace("_", " ")},
+                ],
+            }
+            for head in heads
+        ]
         assets["mask"] = {
             "href": f"./{outputs['mask.tif']['path']}",
             "type": COG_TYPE,
             "title": f"Masks, one band per head ({', '.join(heads)})",
             "roles": ["data"],
-            "raster:bands": [
-                {
-                    "name": head,
-                    "description": f"1 where {head}, else 0",
-                    "data_type": "uint8",
-                    "nodata": NODATA,
-                    "classification:classes": [
-                        {"value": 0, "name": f"not_{head}", "description": f"not {head}"},
-                        {"value": 1, "name": head, "description": head.replace("_", " ")},
-                    ],
-                }
-                for head in heads
-            ],
+            **byte,
+            "bands": bands,
+            "raster:bands": bands,
             **_file_fields(outputs["mask.tif"]),
         }
     if "probabilities.tif" in outputs:
+        bands = [{"name": name, **byte, "scale": 1 / 254, "offset": 0} for name in model["classes"]]
         assets["probabilities"] = {
             "href": f"./{outputs['probabilities.tif']['path']}",
             "type": COG_TYPE,
             "title": "Class probabilities, one band per class: round(p x 254), 255 = nodata",
             "roles": ["data"],
-            "raster:bands": [
-                {"name": name, "data_type": "uint8", "nodata": NODATA, "scale": 1 / 254, "offset": 0}
-                for name in model["classes"]
-            ],
+            **byte,
+            "raster:bands": bands,  # (as 1.1 ``bands`` they would need raster v2.0's raster:scale)
             **_file_fields(outputs["probabilities.tif"]),
         }
     if "gpkg" in outputs:
@@ -194,6 +222,16 @@ def scene_item(
     ):
         if kind in outputs:  # legends of the COGs (geoseg.io.legend)
             assets[key] = {"href": f"./{outputs[kind]['path']}", "type": media, "title": title, "roles": roles,
+                           **_file_fields(outputs[kind])}
+    for kind, key, title, roles in (  # quicklooks (geoseg.io.quicklook)
+        ("thumb.png", "thumbnail", "Thumbnail of the class map (PNG, class colours, nodata transparent)", ["thumbnail"]),
+        ("classes.png", "overview", "Overview of the class map (PNG, class colours, nodata transparent)", ["overview", "visual"]),
+        ("legend.png", "legend", f"Legend of the class map: {', '.join(model['classes'])}", ["metadata", "legend"]),
+        *((k, f"overview_{k[5:-4]}", f"Overview of the mask {k[5:-4]} (PNG: 1 red, 0 grey, nodata transparent)",
+           ["overview"]) for k in outputs if k.startswith("mask-") and k.endswith(".png")),
+    ):
+        if kind in outputs:
+            assets[key] = {"href": f"./{outputs[kind]['path']}", "type": PNG_TYPE, "title": title, "roles": roles,
                            **_file_fields(outputs[kind])}
     assets["manifest"] = {
         "href": f"./{stem}.run.json",

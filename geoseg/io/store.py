@@ -62,6 +62,7 @@ __all__ = [
     "OutputStore",
     "is_remote_destination",
     "journal_path",
+    "kind_glob",
     "open_store",
     "parse_destination",
     "scene_file",
@@ -70,7 +71,8 @@ __all__ = [
     "stripes_path",
 ]
 
-#: The file kinds a scene run writes, ``<stem>.<kind>`` (the manifest last).
+#: The file kinds a scene run writes, ``<stem>.<kind>`` (the manifest last); ``*`` stands for
+#: a mask head's name (one quicklook per head).
 SCENE_OUTPUTS = (
     "classes.tif",
     "classes.tif.aux.xml",
@@ -81,9 +83,18 @@ SCENE_OUTPUTS = (
     "mask.qml",
     "probabilities.tif",
     "gpkg",
+    "classes.png",
+    "thumb.png",
+    "legend.png",
+    "mask-*.png",
     "stac.json",
     "run.json",
 )
+
+
+def kind_glob(stem: str, kind: str) -> str:
+    """A glob pattern for ``<stem>.<kind>`` (a ``*`` in ``kind`` matches a mask head's name)."""
+    return f"{globlib.escape(stem)}.{globlib.escape(kind).replace('[*]', '*')}"
 
 #: Destination schemes geoseg writes to (besides a local directory).
 SCHEMES = ("s3",)
@@ -185,6 +196,16 @@ class _Backend:
     def get_bytes(self, name: str) -> bytes:
         raise NotImplementedError
 
+    def names(self, pattern: str) -> list[str]:
+        """The outputs whose names match the glob ``pattern`` (e.g. :func:`kind_glob`)."""
+        import fnmatch
+
+        if not self.remote:
+            return sorted(p.name for p in self.root.glob(pattern)) if self.root.is_dir() else []
+        prefix = pattern.split("*", 1)[0].replace("[[]", "[").replace("[]]", "]")
+        with self._remote("list", prefix):
+            return sorted(n for n in self.backend.list(prefix) if fnmatch.fnmatchcase(n, pattern))
+
     def delete(self, name: str) -> None:
         raise NotImplementedError
 
@@ -272,6 +293,16 @@ class _S3Backend(_Backend):
         import obstore
 
         return bytes(obstore.get(self.store, name).bytes())
+
+    def names(self, pattern: str) -> list[str]:
+        """The outputs whose names match the glob ``pattern`` (e.g. :func:`kind_glob`)."""
+        import fnmatch
+
+        if not self.remote:
+            return sorted(p.name for p in self.root.glob(pattern)) if self.root.is_dir() else []
+        prefix = pattern.split("*", 1)[0].replace("[[]", "[").replace("[]]", "]")
+        with self._remote("list", prefix):
+            return sorted(n for n in self.backend.list(prefix) if fnmatch.fnmatchcase(n, pattern))
 
     def delete(self, name: str) -> None:
         import obstore
@@ -552,6 +583,16 @@ class OutputStore:
         with self._remote("read", name):
             return self.backend.get_bytes(name).decode("utf-8")
 
+    def names(self, pattern: str) -> list[str]:
+        """The outputs whose names match the glob ``pattern`` (e.g. :func:`kind_glob`)."""
+        import fnmatch
+
+        if not self.remote:
+            return sorted(p.name for p in self.root.glob(pattern)) if self.root.is_dir() else []
+        prefix = pattern.split("*", 1)[0].replace("[[]", "[").replace("[]]", "]")
+        with self._remote("list", prefix):
+            return sorted(n for n in self.backend.list(prefix) if fnmatch.fnmatchcase(n, pattern))
+
     def delete(self, name: str) -> None:
         """Delete output ``name`` if present (with a local file's GDAL side-cars)."""
         if not self.remote:
@@ -594,10 +635,9 @@ class OutputStore:
         d = self.scratch
         if not d.is_dir():
             return removed
-        stem_pat = globlib.escape(stem)
         keep = set(self.resume_files(stem))
         for kind in SCENE_OUTPUTS:
-            for p in d.glob(f".{stem_pat}.{globlib.escape(kind)}.*.partial*"):
+            for p in d.glob(f".{kind_glob(stem, kind)}.*.partial*"):
                 if p in keep:
                     continue
                 p.unlink(missing_ok=True)

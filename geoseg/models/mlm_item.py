@@ -1,6 +1,6 @@
 """STAC Machine Learning Model (MLM) Items for geoseg model bundles.
 
-:func:`mlm_item` describes a bundle as a STAC Item with the MLM extension v1.5.2
+:func:`mlm_item` describes a bundle as a STAC 1.1.0 Item with the MLM extension v1.5.2
 (https://github.com/stac-extensions/mlm): its input bands and their z-score scaling,
 its class output (``classification:classes``) and one output per mask head, the halo
 and downsampling factor (``mlm:hyperparameters``, no MLM field exists for them), and the
@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from geoseg._files import remove_files, temp_path
+from geoseg.classes import class_identifier
 from geoseg.errors import OutputError
+from geoseg.io.stac import STAC_VERSION
 
 __all__ = ["MLM_SCHEMA", "item_for_model", "mlm_item", "write_mlm_item"]
 
@@ -34,12 +36,6 @@ _COMMON_NAMES = {
     "nir09", "cirrus", "swir16", "swir22", "lwir", "lwir11", "lwir12",
 }
 _ARCHITECTURES = {"unet": "U-Net", "spectral": "spectral-index (NDWI/NDVI) thresholds"}
-
-
-def _safe_name(name: str) -> str:
-    """A classification v1.1.0 / MLM-friendly identifier (letters, digits, - and _)."""
-    out = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
-    return out or "class"
 
 
 def _total_parameters(bundle) -> int:
@@ -83,7 +79,7 @@ def mlm_item(
     classes = [
         {
             "value": i,
-            "name": _safe_name(c.name),
+            "name": class_identifier(c.name),
             "description": c.name.replace("_", " "),
             "color_hint": c.color.lstrip("#").upper(),
         }
@@ -114,8 +110,8 @@ def mlm_item(
                 "tasks": ["semantic-segmentation"],
                 "result": {"shape": [-1, 1, -1, -1], "dim_order": ["batch", "class", "height", "width"], "data_type": "float32"},
                 "classification:classes": [
-                    {"value": 0, "name": _safe_name(f"not_{head}"), "description": f"not {head}"},
-                    {"value": 1, "name": _safe_name(head), "description": head},
+                    {"value": 0, "name": class_identifier(f"not_{head}"), "description": f"not {head}"},
+                    {"value": 1, "name": class_identifier(head), "description": head},
                 ],
                 "post_processing_function": {**post, "description": "logit > 0 -> 1"},
             }
@@ -171,6 +167,8 @@ def mlm_item(
         "title": "geoseg bundle: safetensors weights + the geoseg contract in __metadata__['geoseg']",
         "roles": ["mlm:model", "mlm:weights", "data"],
         "mlm:artifact_type": "safetensors.torch.save_file",
+        # the input bands: STAC 1.1 ``bands``, and eo:bands for 1.0 readers (and MLM's band check)
+        "bands": [{"name": b} for b in bands],
         "eo:bands": [{"name": b, **({"common_name": b} if b in _COMMON_NAMES else {})} for b in bands],
     }
     if size is not None:
@@ -179,7 +177,7 @@ def mlm_item(
         model_asset["file:checksum"] = "1220" + sha256
     return {
         "type": "Feature",
-        "stac_version": "1.0.0",
+        "stac_version": STAC_VERSION,
         "stac_extensions": [MLM_SCHEMA, EO_SCHEMA, FILE_SCHEMA],
         "id": item_id or f"geoseg-{spec.name}",
         "geometry": {"type": "Polygon", "coordinates": [[[-180, -90], [180, -90], [180, 90], [-180, 90], [-180, -90]]]},

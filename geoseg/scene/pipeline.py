@@ -30,6 +30,7 @@ from geoseg.errors import ContractError, GeosegError, InputError, OutputError
 from geoseg.grid import PixelWindow, Tile, TileGrid, batches, strips
 from geoseg.io.cog import RasterProduct, class_tags, stage_legend
 from geoseg.io.legend import BandLegend, Category, mask_legends
+from geoseg.io.quicklook import stage_quicklooks
 from geoseg.io.raster import SceneSource
 from geoseg.io.store import OutputStore
 from geoseg.progress import Progress
@@ -556,6 +557,10 @@ def _finish(run: _SceneRun) -> None:
         p.finish()
     _stage_legends(run.finals, run.bundle, run.sink, run.store)
     run.timings["write_cogs"] = time.perf_counter() - t2
+    t_q = time.perf_counter()  # PNGs of the class map and masks from the COGs' overviews, and a legend strip
+    stage_quicklooks(run.finals, list(run.bundle.class_names), list(run.bundle.class_colors), list(run.bundle.mask_heads),
+                     run.store)
+    run.timings["quicklooks"] = time.perf_counter() - t_q
     if run.opts.vectorize:
         t3 = time.perf_counter()
         vector_options = VectorizeOptions(connectivity=run.opts.connectivity, min_area=run.opts.min_area,

@@ -60,6 +60,8 @@ class TrainResult:
     plan: Any = None
     baseline: dict[str, Any] | None = None
     baseline_skipped: str = ""
+    plots: list[Path] | None = None  # <stem>.training.csv and .png beside the model (geoseg.train.plots)
+    plots_notice: str = ""  # why the PNG was skipped ("" when drawn)
 
 
 def _check_outputs(out: Path, ckpt: Path, resume: bool, overwrite: bool) -> None:
@@ -317,4 +319,7 @@ def train_model(
     gsd = training_gsd([p.image for p in settings.data])  # what `geoseg run` resamples other scenes to
     trained = bundle.replace(module=module, normalization=history.normalization, training=training, gsd=gsd)
     trained.save(out)
-    return TrainResult(out, trained, history, ckpt, plan, baseline, skipped)
+    from geoseg.train.plots import write_training_curves
+
+    plots, notice = write_training_curves(history, out, baseline)  # loss and validation curves beside the model
+    return TrainResult(out, trained, history, ckpt, plan, baseline, skipped, plots, notice)
