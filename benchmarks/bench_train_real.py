@@ -249,7 +249,22 @@ def run(split: Split, tmp: Path, budget: float, seed: int, extra: list[str] = ()
         "stopped": trained["stopped"], "plan": trained["plan"],
         "model": base["model"], "random_forest": base["random_forest"], "model_wins": base["model_wins"],
         "val_baseline": trained.get("baseline"), "train_args": list(extra),
+        "forest": trained.get("forest"), "validation_warning": trained.get("validation_warning"),
+        "train_total_seconds": trained.get("total_seconds"),
     }
+
+
+def _val_text(r: dict) -> str:
+    """The validation scores beside the held-out ones, the mixture's weight, the warning."""
+    parts = []
+    vb = r.get("val_baseline") or {}
+    if vb.get("model"):
+        parts.append(f"val mIoU {vb['model']['miou']:.3f} OA {vb['model']['overall_accuracy']:.3f}")
+    if (r.get("forest") or {}).get("net_weight") is not None:
+        parts.append(f"net weight {r['forest']['net_weight']:g}")
+    if r.get("validation_warning"):
+        parts.append("validation too small" if "too small" in r["validation_warning"] else r["validation_warning"])
+    return f" | {'; '.join(parts)}" if parts else ""
 
 
 def main() -> None:
@@ -284,7 +299,7 @@ def main() -> None:
             print(f"{r['scene']:<14} model mIoU {m['miou']:.3f} OA {m['overall_accuracy']:.3f} | "
                   f"RF mIoU {f['miou']:.3f} OA {f['overall_accuracy']:.3f} | train {r['train_seconds']:.0f} s "
                   f"({r['epochs_run']}/{r['epochs_planned']} epochs, {r['stopped']}) "
-                  f"{'WIN' if r['model_wins'] else 'short'}", flush=True)
+                  f"{'WIN' if r['model_wins'] else 'short'}{_val_text(r)}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

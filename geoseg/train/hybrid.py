@@ -168,7 +168,14 @@ def fit_forest(scenes: Sequence[LabeledScene], normalization: Mapping[str, Seque
 
 def forest_seconds_estimate(scenes: Sequence[LabeledScene], normalization: Mapping[str, Sequence[float]],
                             factor: int, num_classes: int, seed: int = 0) -> float:
-    """Seconds the two forest fits of a run will take: a fit of a tenth of the trees, timed."""
+    """Seconds the two forest fits of a run will take: a fit of a tenth of the trees, timed
+    (scikit-learn imported first: its import is paid once)."""
+    from geoseg.train.baseline import available
+
+    if not available():
+        return 0.0
+    import sklearn.ensemble  # noqa: F401
+
     t0 = time.perf_counter()
     try:
         fit_forest(scenes, normalization, factor, num_classes, seed=seed, trees=max(1, TREES // 10))
