@@ -39,6 +39,9 @@ def export_cmd(model, out, fmt, tile_size, resolution, overwrite, as_json):
     pt2          a torch.export program of the network + sidecar <stem>.geoseg.json
     mlm          a STAC MLM Item (v1.5) describing the bundle (the bundle is written
                  beside it when MODEL has no file of its own)
+    A model mixing a U-Net with a random forest (architecture unet_forest, what geoseg
+    train writes when the forest helps on validation) is kept whole only by the bundle
+    and mlm; onnx, torchscript and pt2 refuse it.
     The written file is loaded back and checked against the model before it gets its name.
     \b
     Example:  geoseg export buildings.safetensors buildings.onnx --resolution 10

@@ -174,6 +174,9 @@ def _mask_heads(specs: tuple[str, ...]) -> list[dict[str, Any]] | None:
               help="Confidence a pseudo-label needs [default: 0.9].")
 @click.option("--no-baseline", is_flag=True, default=None,
               help="Do not compare with a random forest at the end (done when scikit-learn is installed).")
+@click.option("--no-forest", is_flag=True, default=None,
+              help="Write the U-Net alone, not mixed with a random forest weighted on validation (the "
+                   "default when scikit-learn is installed; see geoseg.train.hybrid).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run whose checkpoint is OUT.ckpt.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model and checkpoint.")
 @quiet_option("No progress bars or per-epoch lines.")
@@ -182,8 +185,8 @@ def _mask_heads(specs: tuple[str, ...]) -> list[dict[str, Any]] | None:
 def train_command(config, out, images, labels, label_field, label_layer, background, label_nodata, all_touched,
                   classes, mask_heads, width, depth, epochs, chips_per_epoch, chip_size, batch_size, sampling, lr,
                   schedule, seed, patience, val_fraction, val_gap, val_split, class_weights, loss_weights, no_augment,
-                  device, amp, threads, time_limit, time_budget, pseudo_labels, pseudo_threshold, no_baseline, resume,
-                  overwrite, quiet, as_json):
+                  device, amp, threads, time_limit, time_budget, pseudo_labels, pseudo_threshold, no_baseline, no_forest,
+                  resume, overwrite, quiet, as_json):
     """Train a segmentation model (a U-Net) and write a bundle for `geoseg run --model OUT`.
 
     \b
@@ -208,6 +211,7 @@ def train_command(config, out, images, labels, label_field, label_layer, backgro
         "threads": threads, "time_limit": time_limit, "class_weights": _class_weights(class_weights),
         "val_split": val_split, "time_budget": time_budget, "pseudo_labels": pseudo_labels,
         "pseudo_threshold": pseudo_threshold, "baseline": False if no_baseline else None,
+        "forest": False if no_forest else None,
         "loss_weights": _key_values(loss_weights, "--loss-weights", ("ce", "bce", "dice", "mask", "mae")),
         "labels": _label_updates(label_field, label_layer, background, label_nodata, all_touched),
         "model": {"width": width, "depth": depth},
@@ -242,8 +246,20 @@ def train_command(config, out, images, labels, label_field, label_layer, backgro
         from geoseg.train.baseline import comparison_text
 
         click.echo(comparison_text(result.baseline, "the validation blocks"), err=True)
+        if result.blend is not None:
+            click.echo(f"written: {_blend_text(result.blend.weight)} ({result.blend.why})", err=True)
     elif result.baseline_skipped and result.baseline_skipped != "not asked for":
         click.echo(f"no comparison with the random-forest baseline: {result.baseline_skipped}", err=True)
+    if result.validation_warning:
+        click.echo(f"warning: {result.validation_warning}", err=True)
+
+
+def _blend_text(weight: float) -> str:
+    if weight >= 1.0:
+        return "the U-Net alone"
+    if weight <= 0.0:
+        return "the random forest alone (in the model bundle)"
+    return f"{weight:g} x U-Net + {1 - weight:g} x random forest"
 
 
 def _summary(result: Any) -> dict[str, Any]:
@@ -264,6 +280,9 @@ def _summary(result: Any) -> dict[str, Any]:
         "plan": None if result.plan is None else result.plan.as_dict(),
         "baseline": result.baseline,
         "plots": [str(p) for p in result.plots or []],
+        "forest": result.bundle.training.get("forest"),
+        "validation_warning": result.validation_warning,
+        "total_seconds": result.total_seconds,
     }
 
 

@@ -104,7 +104,8 @@ class ModelSpec(BaseModel):
         format: Always ``"geoseg-bundle"``.
         format_version: Bundle format version (1).
         name: Model name.
-        architecture: ``"unet"`` or ``"spectral"``.
+        architecture: ``"unet"``, ``"unet_forest"`` (a U-Net mixed with a random forest,
+            :class:`geoseg.models.forest.UNetForest`) or ``"spectral"``.
         arch_params: Keyword arguments of the architecture's constructor (besides the
             band, class and mask-head counts, which come from the fields below).
         bands: Input band names, in the order the model expects.
@@ -128,7 +129,7 @@ class ModelSpec(BaseModel):
     format: Literal["geoseg-bundle"] = FORMAT
     format_version: Literal[1] = FORMAT_VERSION
     name: str = Field(min_length=1)
-    architecture: Literal["unet", "spectral"]
+    architecture: Literal["unet", "unet_forest", "spectral"]
     arch_params: dict[str, Any] = Field(default_factory=dict)
     bands: list[str] = Field(min_length=1)
     normalization: Normalization
@@ -213,6 +214,13 @@ def _unet_module(spec: ModelSpec) -> nn.Module:
     )
 
 
+def _unet_forest_module(spec: ModelSpec) -> nn.Module:
+    from geoseg.models.forest import UNetForest
+
+    allowed = {"base_width", "depth", "upsample", "trees", "tree_depth", "scales", "net_weight"}
+    return _construct(UNetForest, spec, allowed, len(spec.bands), len(spec.classes), len(spec.mask_heads))
+
+
 def _spectral_module(spec: ModelSpec) -> nn.Module:
     from geoseg.models.spectral import SPECTRAL_CLASSES, SpectralIndexModel
 
@@ -245,7 +253,7 @@ def _construct(factory: Any, spec: ModelSpec, allowed: set[str], *args: Any) -> 
     return module
 
 
-_ARCHITECTURES = {"unet": _unet_module, "spectral": _spectral_module}
+_ARCHITECTURES = {"unet": _unet_module, "unet_forest": _unet_forest_module, "spectral": _spectral_module}
 
 
 def build_module(spec: ModelSpec) -> nn.Module:

@@ -298,6 +298,12 @@ def export_model(
         from geoseg.models.mlm_item import write_mlm_item
 
         return ExportResult(out, "mlm", write_mlm_item(bundle, out, model_ref=model, overwrite=overwrite))
+    if bundle.architecture == "unet_forest":
+        raise ModelError(
+            f"model {bundle.name!r} mixes a U-Net with a random forest (architecture unet_forest), which only "
+            f"geoseg bundles keep: it cannot be written as {fmt}; use the bundle (geoseg run --model), export "
+            "--format mlm, or retrain with --no-forest for a U-Net alone"
+        )
     if fmt == "onnx":
         return _export_onnx(bundle, out, tile_size, resolution, overwrite, check)
     return _export_torch(bundle, out, fmt, tile_size, overwrite, check)

@@ -35,7 +35,7 @@ _COMMON_NAMES = {
     "coastal", "blue", "green", "red", "rededge", "yellow", "pan", "nir", "nir08",
     "nir09", "cirrus", "swir16", "swir22", "lwir", "lwir11", "lwir12",
 }
-_ARCHITECTURES = {"unet": "U-Net", "spectral": "spectral-index (NDWI/NDVI) thresholds"}
+_ARCHITECTURES = {"unet": "U-Net", "unet_forest": "U-Net mixed with a random forest", "spectral": "spectral-index (NDWI/NDVI) thresholds"}
 
 
 def _total_parameters(bundle) -> int:

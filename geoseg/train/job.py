@@ -39,7 +39,13 @@ from geoseg.io.labels import (
 from geoseg.train.checkpoint import checkpoint_path
 from geoseg.train.settings import DataPair, TrainSettings
 
-__all__ = ["TrainResult", "train_model"]
+__all__ = ["DEFAULT_TIME_BUDGET", "TrainResult", "train_model"]
+
+#: Minutes ``geoseg train`` takes in all when neither --time-budget, --epochs nor
+#: --time-limit is given (issue 24: a ~500x500-px scene in under 5 minutes on 2 cores).
+DEFAULT_TIME_BUDGET = 4.0
+#: Seconds of the budget kept for writing the model and the comparisons after training.
+BUDGET_MARGIN_S = 10.0
 
 
 @dataclass
@@ -62,6 +68,9 @@ class TrainResult:
     baseline_skipped: str = ""
     plots: list[Path] | None = None  # <stem>.training.csv and .png beside the model (geoseg.train.plots)
     plots_notice: str = ""  # why the PNG was skipped ("" when drawn)
+    blend: Any = None
+    validation_warning: str = ""
+    total_seconds: float = 0.0
 
 
 def _check_outputs(out: Path, ckpt: Path, resume: bool, overwrite: bool) -> None:
@@ -271,6 +280,23 @@ def train_model(
         raise InputError(f"--chip-size {plan.chip_size} must be a multiple of the model's downsampling "
                          f"{bundle.downsampling} (2**depth)")
     lw = settings.loss_weights
+    budget, budget_source = settings.time_budget, "given"
+    if budget is None and settings.epochs is None and settings.time_limit is None:
+        budget, budget_source = DEFAULT_TIME_BUDGET, "default"
+    from geoseg.train.baseline import available
+
+    forest_skipped = "" if settings.forest else "not asked for (--no-forest)"
+    if settings.forest and not available():
+        forest_skipped = "scikit-learn is not installed (pip install 'geoseg[baseline]')"
+    loop_budget = None if budget is None else budget * 60
+    if budget is not None and not forest_skipped:
+        from geoseg.train.data import compute_normalization
+        from geoseg.train.hybrid import forest_seconds_estimate
+
+        reserve = forest_seconds_estimate(scenes, compute_normalization(scenes), bundle.downsampling, len(names),
+                                          settings.seed)
+        # the forests are fitted after the network: keep their (timed) share of the budget
+        loop_budget = max(budget * 60 - (time.perf_counter() - t0) - reserve - BUDGET_MARGIN_S, 0.25 * budget * 60)
     cfg = TrainConfig(
         epochs=plan.epochs, chips_per_epoch=plan.chips_per_epoch, chip_size=plan.chip_size,
         batch_size=plan.batch_size, sampling=settings.sampling, lr=settings.lr,
@@ -280,7 +306,7 @@ def train_model(
         dice_weight=lw.dice, mae_weight=lw.mae, augment=settings.augment, val_fraction=settings.val_fraction,
         val_gap=settings.val_gap, val_split=settings.val_split, early_stopping=plan.patience or None,
         time_limit=settings.time_limit,
-        time_budget=None if settings.time_budget is None else settings.time_budget * 60,
+        time_budget=loop_budget,
         pseudo_weight=settings.pseudo_labels, pseudo_threshold=settings.pseudo_threshold,
         seed=settings.seed, num_threads=settings.threads, device=settings.device, amp=settings.amp,
         checkpoint=ckpt, resume=resume, progress=progress,
@@ -288,10 +314,17 @@ def train_model(
     module, history = train(bundle, scenes, vals, cfg, on_epoch=on_epoch)
     summary = history.summary()
     baseline = None
-    from geoseg.train.baseline import available, compare_on_split
+    from geoseg.train.baseline import compare_on_split
+    from geoseg.train.hybrid import validation_warning
 
+    warning = validation_warning(history.train_scenes, history.val_scenes, names)
+    blend = None
+    if not forest_skipped:
+        module, bundle, blend, baseline = _with_forest(module, bundle, history, scenes, names, settings.seed)
     skipped = ""
-    if not settings.baseline:
+    if blend is not None:
+        skipped = "" if baseline is not None else "no validation pixels"
+    elif not settings.baseline:
         skipped = "not asked for"
     elif not available():
         skipped = "scikit-learn is not installed (pip install 'geoseg[baseline]')"
@@ -312,6 +345,9 @@ def train_model(
         "plan": plan.as_dict(),
         "split": settings.val_split if not history.split_note else f"none: {history.split_note}",
         "baseline": baseline,
+        "forest": blend.as_dict(names) if blend is not None else {"skipped": forest_skipped},
+        "validation_warning": warning,
+        "time_budget": {"minutes": budget, "source": budget_source} if budget is not None else None,
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
     from geoseg.io.warp import training_gsd
@@ -322,4 +358,46 @@ def train_model(
     from geoseg.train.plots import write_training_curves
 
     plots, notice = write_training_curves(history, out, baseline)  # loss and validation curves beside the model
-    return TrainResult(out, trained, history, ckpt, plan, baseline, skipped, plots, notice)
+    return TrainResult(out, trained, history, ckpt, plan, baseline, skipped, plots, notice, blend, warning,
+                       training["total_seconds"])
+
+
+def _with_forest(module: Any, bundle: Any, history: Any, scenes: Sequence[Any], names: list[str],
+                 seed: int) -> tuple[Any, Any, Any, dict[str, Any] | None]:
+    """The network mixed with a random forest, weighted on validation
+    (:mod:`geoseg.train.hybrid`): ``(module, bundle, blend, validation comparison)``."""
+    from geoseg.models.forest import UNetForest
+    from geoseg.train.baseline import comparison
+    from geoseg.train.hybrid import (
+        TREE_DEPTH,
+        TREES,
+        _labelled,
+        choose_weight,
+        fit_forest,
+        scene_probabilities,
+    )
+
+    norm, factor, n = history.normalization, bundle.downsampling, len(names)
+    vals = [v for v in history.val_scenes if _labelled(v).any()]
+    comparison_ = None
+    if vals:
+        split_forest = fit_forest(history.train_scenes, norm, factor, n, seed=seed)
+        blend = choose_weight([scene_probabilities(module, v, norm, factor) for v in vals],
+                              [scene_probabilities(split_forest, v, norm, factor) for v in vals],
+                              [np.where(_labelled(v), v.labels, IGNORE) for v in vals], n)
+        comparison_ = comparison(blend.candidates[blend.weight], blend.candidates[0.0], names)
+        comparison_["network"] = comparison(blend.candidates[1.0], blend.candidates[0.0], names)["model"]
+        comparison_["forest_model"] = f"{TREES} trees of depth <= {TREE_DEPTH} on the training blocks"
+    else:
+        blend = choose_weight([], [], [], n)
+    if blend.weight >= 1.0:
+        return module, bundle, blend, comparison_
+    forest = fit_forest(scenes, norm, factor, n, seed=seed)  # every labelled pixel, as the baseline's
+    params = {**bundle.arch_params, "trees": forest.trees, "tree_depth": forest.tree_depth,
+              "scales": list(forest.scales), "net_weight": blend.weight}
+    combined = UNetForest(bundle.num_bands, n, len(bundle.mask_heads), **params).eval()
+    combined.net.load_state_dict(module.state_dict())
+    combined.forest.load_state_dict(forest.state_dict())
+    halo = max(bundle.halo, -(-forest.halo // factor) * factor)
+    return combined, bundle.replace(module=combined, architecture="unet_forest", arch_params=params,
+                                    halo=halo), blend, comparison_

@@ -197,6 +197,7 @@ class TrainSettings(_Strict):
     pseudo_labels: float = Field(0.0, ge=0)
     pseudo_threshold: float = Field(0.9, gt=0, le=1)
     baseline: bool = True
+    forest: bool = True
 
     @field_validator("out")
     @classmethod
@@ -283,7 +284,7 @@ def _validate(data: Mapping[str, Any], source: str, base: Path | None = None) ->
         parts = [f"field '{loc}': {' or '.join(msgs)}" for loc, msgs in found.items()]
         raise InputError(f"{source}: invalid training config: {'; '.join(parts)}") from None
 
-_FLAG_NAMES = {"pseudo_labels": "--pseudo-labels", "baseline": "--no-baseline", "labels.background": "--background", "labels.all_touched": "--all-touched", "classes": "--classes",
+_FLAG_NAMES = {"pseudo_labels": "--pseudo-labels", "baseline": "--no-baseline", "forest": "--no-forest", "labels.background": "--background", "labels.all_touched": "--all-touched", "classes": "--classes",
                "mask_heads": "--mask-head", "loss_weights": "--loss-weights", "data": "--image/--labels",
                "augment": "--no-augment"}
 
