@@ -74,8 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="SENSOR:SEED training scenes rendered from measured spectra (geoseg.spectra)")
     p.add_argument("--sensor-val", nargs="*", default=["sentinel2:901", "landsat8:902"])
     p.add_argument("--sensor-test", nargs="*", default=["sentinel2:1001", "landsat8:1002"])
-    p.add_argument("--init", choices=["none", "default"], default="none",
-                   help="start from the shipped default's weights (fine-tuning) instead of random ones")
+    p.add_argument("--init", default="none",
+                   help="'none' (random weights), 'default' (the shipped weights) or a bundle to continue from "
+                        "(training in chunks: each run's --out is the next run's --init)")
     p.add_argument("--val-seed", type=int, default=900, help="validation scene seed (model selection)")
     p.add_argument("--val-size", type=int, default=1024)
     p.add_argument("--test-seed", type=int, default=1000, help="held-out test scene seed (reported accuracy)")
@@ -157,10 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             value_range=(0, 10000), name="default", seed=args.seed, gsd=10.0,  # Sentinel-2-like 10 m
             description=_description(args),
         )
-        if args.init == "default":
+        if args.init != "none":
             from geoseg.models import load_model
 
-            shipped = load_model("default")
+            shipped = load_model(args.init if args.init == "default" else str(Path(args.init).resolve()))
             bundle = bundle.replace(module=shipped.module.float(), normalization=shipped.normalization)
         config = TrainConfig(
             epochs=args.epochs, chips_per_epoch=args.chips_per_epoch, chip_size=args.chip_size,
