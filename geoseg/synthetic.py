@@ -134,6 +134,85 @@ def _material_table(nbands: int) -> np.ndarray:
     return np.asarray(rows, dtype=_F32).reshape(nbands, base.shape[1])
 
 
+#: Variants of each material in a scene rendered from measured spectra (chosen per patch).
+_VARIANTS = 8
+# earthlib LEVEL_3 classes behind each material (see geoseg.spectra)
+_BUILT = {
+    "roof_tile": ("tile", "concrete_tile"),
+    "roof_concrete": ("concrete_tile", "sidewalk", "other"),
+    "roof_dark": ("comp_shingle", "wood_shingle"),
+    "roof_metal": ("metal",),
+    "roof_painted": ("paint",),
+    "asphalt": ("asphalt", "road", "parking_lot"),
+    "concrete": ("sidewalk", "driveway", "bridge"),
+}
+
+
+def _spectral_table(sensor: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reflectance x 10000 ``(6, nmat * _VARIANTS)`` of every material from measured spectra, and
+    each band's centre (micrometres), for one scene (``seed`` picks the spectra and waters).
+
+    Canopies for forest, crops and grass (cropland also soil and canopy mixtures across growth
+    stages), soils and sand for bare soil, built materials mixed at sub-pixel scale with
+    canopy, soil and shadow for roofs and roads, the bio-optical model for clear to turbid
+    and algal water.
+    """
+    from geoseg import spectra as sp
+
+    lib, sen = sp.library(), sp.sensor(sensor)
+    rng = np.random.default_rng([_seed_key(seed), 23])
+
+    def bands(x: np.ndarray) -> np.ndarray:
+        return sp.resample(x, lib.wavelengths, sen)
+
+    canopy = bands(lib.select("canopy"))
+    soil = bands(np.concatenate([lib.select("soil"), lib.select(("sand", "dirt"), "bare")]))
+    by_nir = np.argsort(canopy[:, 3])
+    bright_soil = soil[soil[:, 2] >= np.median(soil[:, 2])]
+    dark_soil = soil[soil[:, 2] < np.median(soil[:, 2])]
+
+    def pick(pool: np.ndarray) -> np.ndarray:
+        return pool[rng.integers(len(pool))]
+
+    def water(turbid: bool) -> np.ndarray:
+        if turbid:  # sediment-laden or algal
+            tss, chl = float(np.exp(rng.uniform(np.log(15), np.log(400)))), float(np.exp(rng.uniform(np.log(1), np.log(80))))
+        else:
+            tss, chl = float(np.exp(rng.uniform(np.log(0.3), np.log(8)))), float(np.exp(rng.uniform(np.log(0.1), np.log(8))))
+        return bands(sp.water_reflectance(lib.wavelengths, chl=chl, tss=tss, cdom=float(rng.uniform(0.02, 0.4))))
+
+    built = {k: bands(np.concatenate([lib.select(c, "built") for c in v])) for k, v in _BUILT.items()}
+    rows = []
+    for name in _MATERIALS:
+        for _ in range(_VARIANTS):
+            if name.startswith("water"):
+                v = water(name == "water_turbid")
+            elif name == "forest_broadleaf":
+                v = pick(canopy[by_nir[len(by_nir) // 3 :]]) * rng.uniform(0.8, 1.0)
+            elif name == "forest_conifer":
+                v = pick(canopy[by_nir[: len(by_nir) // 2]]) * rng.uniform(0.6, 0.85)
+            elif name in ("crop_green", "grass"):
+                v = pick(canopy)
+            elif name == "crop_senescent":
+                f = rng.uniform(0.3, 0.6)
+                v = f * pick(canopy) + (1 - f) * pick(soil)
+            elif name == "crop_sparse":
+                f = rng.uniform(0.1, 0.3)
+                v = f * pick(canopy) + (1 - f) * pick(soil)
+            elif name == "soil_dry":
+                v = pick(bright_soil) * rng.uniform(0.7, 1.0)
+            elif name == "soil_wet":
+                v = pick(dark_soil) * rng.uniform(0.6, 0.9)
+            elif name == "gravel":
+                v = pick(bands(lib.select("gravel")))
+            else:  # built: a 10-30 m pixel is a mixture with vegetation, soil and shadow
+                fv, fs, fh = rng.uniform(0, 0.25), rng.uniform(0, 0.12), rng.uniform(0, 0.2)
+                v = (1 - fv - fs - fh) * pick(built[name]) + fv * pick(canopy) + fs * pick(soil)
+            rows.append(v)
+    table = (np.asarray(rows, np.float64).T * 10000.0).astype(_F32)
+    return table, np.array(sen.centers, np.float64)
+
+
 def band_names(bands: int) -> tuple[str, ...]:
     """Names of the bands of a synthetic scene with ``bands`` bands, in file order."""
     if bands < 1:
@@ -582,8 +661,14 @@ def _render_chunk(
     keys: _Keys,
     table: np.ndarray,
     border: tuple[int, int] | None,
+    centers: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Render image (float32 reflectance, (bands, h, w)) and labels for a grid chunk."""
+    """Render image (float32 reflectance, (bands, h, w)) and labels for a grid chunk.
+
+    With ``centers`` (band centres in micrometres) ``table`` holds :data:`_VARIANTS`
+    measured variants per material (:func:`_spectral_table`), chosen per patch; haze grows
+    towards the blue as ``centre**-3``, and terrain shading and cloud shadows vary the light.
+    """
     h, w = rows.size, cols.size
     yf = rows.astype(np.float64)
     xf = cols.astype(np.float64)
@@ -712,6 +797,24 @@ def _render_chunk(
     ma = mat_a.astype(np.intp)
     mb = mat_b.astype(np.intp)
     del mat_a, mat_b
+    if centers is not None:
+        # a measured variant per patch; terrain shading (slopes facing the sun) and cloud shadows
+        pick = _noise(yf, xf, 90.0, _sub(keys.variation, 5))
+        variant = np.clip(((pick + _F32(1.0)) * _F32(0.5 * _VARIANTS)).astype(np.intp), 0, _VARIANTS - 1)
+        ma *= _VARIANTS
+        ma += variant
+        mb *= _VARIANTS
+        mb += variant
+        del pick, variant
+        _, gy, gx = _noise(yf, xf, 260.0, _sub(keys.variation, 6), grad=True)
+        shade = (gy + gx) * _F32(260.0 * 0.12)
+        shade += _F32(1.0)
+        cloud = _fbm(yf, xf, [(220, 1.0), (70, 0.3)], _sub(keys.haze, 7))
+        cloud -= _F32(0.72)
+        np.clip(cloud * _F32(4.0), _F32(0.0), _F32(0.5), out=cloud)
+        shade -= cloud
+        bright *= shade
+        del shade, cloud, gy, gx
     nb = table.shape[0]
     image = np.empty((nb, h, w), dtype=_F32)
     # haze: smooth, separable, strongest in the short wavelengths
@@ -725,6 +828,8 @@ def _render_chunk(
     tmp = np.empty((h, w), dtype=_F32)
     tri = np.empty((h, w), dtype=_F32)
     haze_gain = {0: 140.0, 1: 70.0, 2: 30.0, 9: 200.0}
+    if centers is not None:
+        haze_gain = {b: 160.0 * (0.49 / float(c)) ** 3 for b, c in enumerate(centers)}
     for b in range(nb):
         vb = image[b]
         np.take(table[b], ma, out=vb)
@@ -812,6 +917,7 @@ def render_window(
     *,
     scene_shape: tuple[int, int] | None = None,
     nodata_border: bool = False,
+    sensor: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render one window of a synthetic scene (a pure function of its arguments).
 
@@ -828,10 +934,15 @@ def render_window(
         bands: Number of bands (see :func:`band_names`).
         scene_shape: ``(height, width)`` of the whole scene; needed for ``nodata_border``.
         nodata_border: Add the scene's irregular nodata border (image 0, labels 255).
+        sensor: Render from measured spectra through this sensor's bands (one of
+            :data:`geoseg.spectra.SENSORS`, at most 6 bands: blue .. swir2), with a point
+            spread that mixes neighbouring pixels, in the product's digital numbers
+            (:data:`geoseg.spectra.PRODUCTS`). None: the invented end-members.
 
     Returns:
         ``(image, labels)``: uint16 ``(bands, height, width)`` reflectance x 10000 (>= 1
-        outside the nodata border) and uint8 ``(height, width)`` class ids.
+        outside the nodata border; a sensor's product DNs with ``sensor``) and uint8
+        ``(height, width)`` class ids.
 
     Raises:
         InputError: For invalid arguments.
@@ -852,20 +963,64 @@ def render_window(
         border = (_check_int("scene height", scene_shape[0], 1),
                   _check_int("scene width", scene_shape[1], 1))
     keys = _Keys.from_seed(int(seed))
-    table = _material_table(bands)
+    centers = None
+    if sensor is None:
+        table = _material_table(bands)
+    else:
+        if bands > 6:
+            raise InputError(f"bands={bands}: a sensor's scenes have at most 6 bands (blue, green, red, nir, swir1, swir2)")
+        table, centers = _sensor_table(sensor, int(seed))
+        table, centers = table[:bands], centers[:bands]
+    pad = 0 if sensor is None else 1  # the point spread reaches one pixel
     image = np.empty((bands, height, width), dtype=np.uint16)
     labels = np.empty((height, width), dtype=np.uint8)
     for r0 in range(0, height, _CHUNK):
         r1 = min(height, r0 + _CHUNK)
-        rows = np.arange(row_off + r0, row_off + r1, dtype=np.int64)
+        rows = np.arange(row_off + r0 - pad, row_off + r1 + pad, dtype=np.int64)
         for c0 in range(0, width, _CHUNK):
             c1 = min(width, c0 + _CHUNK)
-            cols = np.arange(col_off + c0, col_off + c1, dtype=np.int64)
-            img, lab = _render_chunk(rows, cols, keys, table, border)
+            cols = np.arange(col_off + c0 - pad, col_off + c1 + pad, dtype=np.int64)
+            img, lab = _render_chunk(rows, cols, keys, table, border, centers)
+            if pad:
+                img, lab = _point_spread(img, lab, sensor)  # type: ignore[arg-type]
             np.rint(img, out=img)
             image[:, r0:r1, c0:c1] = img
             labels[r0:r1, c0:c1] = lab
     return image, labels
+
+
+_SENSOR_TABLES: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _sensor_table(sensor: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    key = (sensor, seed)
+    if key not in _SENSOR_TABLES:
+        if len(_SENSOR_TABLES) > 16:
+            _SENSOR_TABLES.clear()
+        _SENSOR_TABLES[key] = _spectral_table(sensor, seed)
+    return _SENSOR_TABLES[key]
+
+
+def _point_spread(img: np.ndarray, lab: np.ndarray, sensor: str) -> tuple[np.ndarray, np.ndarray]:
+    """Half of each pixel's signal from its 3x3 neighbourhood (mixed edge pixels); the product's DNs.
+
+    ``img`` and ``lab`` carry one extra pixel on every side, which is dropped. Nodata (0) stays 0.
+    """
+    from geoseg.spectra import PRODUCTS
+
+    h, w = lab.shape[0] - 2, lab.shape[1] - 2
+    box = np.zeros((img.shape[0], h, w), _F32)
+    for dr in range(3):
+        for dc in range(3):
+            box += img[:, dr : dr + h, dc : dc + w]
+    out = img[:, 1:-1, 1:-1] * _F32(0.5) + box * _F32(0.5 / 9.0)
+    lab = lab[1:-1, 1:-1]
+    scale, offset = PRODUCTS[sensor]
+    nodata = lab == LABEL_NODATA
+    out = (out / _F32(10000.0) - _F32(offset)) / _F32(scale)
+    np.clip(out, _F32(1.0), _F32(65535.0), out=out)
+    out[:, nodata] = 0.0
+    return out, lab
 
 
 # --------------------------------------------------------------------------- writer
@@ -967,6 +1122,7 @@ def synthesize(
     block: int = 512,
     pixel_size: float | None = None,
     origin: tuple[float, float] | None = None,
+    sensor: str | None = None,
 ) -> SceneInfo:
     """Write a synthetic scene (and optionally its labels) as tiled, compressed GeoTIFFs.
 
@@ -994,6 +1150,11 @@ def synthesize(
             (degrees) for geographic ones.
         origin: ``(x, y)`` of the top-left corner; default (500000, 5500000) for projected
             CRSs and (12.0, 45.0) for geographic ones.
+        sensor: Render from measured spectra through a sensor's bands
+            (:data:`geoseg.spectra.SENSORS`: sentinel2, landsat8, landsat9; at most 6 bands),
+            stored as the product's digital numbers (Sentinel-2 L2A: reflectance x 10000 +
+            1000; Landsat Collection 2: (reflectance + 0.2) / 0.0000275) with the GeoTIFF
+            scale/offset that reads them back as reflectance x 10000.
 
     Returns:
         A :class:`SceneInfo` describing the written scene.
@@ -1034,6 +1195,13 @@ def synthesize(
         if lab_out.resolve() == out.resolve():
             raise InputError(f"labels_path {lab_out} is the image path; give a different file")
 
+    if sensor is not None:
+        from geoseg.spectra import PRODUCTS, SENSORS
+
+        if sensor not in SENSORS:
+            raise InputError(f"unknown sensor {sensor!r}: use one of {', '.join(SENSORS)}")
+        if bands > 6:
+            raise InputError(f"bands={bands}: a sensor's scenes have at most 6 bands (blue, green, red, nir, swir1, swir2)")
     names = band_names(bands)
     compress = _compression()
     common = dict(
@@ -1050,7 +1218,8 @@ def synthesize(
     # default metadata domain: they are written as the keys of the "geoseg" domain.
     synthetic_json = json.dumps(
         {"version": GENERATOR_VERSION, "seed": seed, "height": height, "width": width,
-         "bands": bands, "nodata_border": bool(nodata_border)},
+         "bands": bands, "nodata_border": bool(nodata_border),
+         **({"sensor": sensor} if sensor is not None else {})},
         sort_keys=True, separators=(",", ":"),
     )
     tags = {"GEOSEG_GENERATOR": "geoseg.synthetic", "GEOSEG_SYNTHETIC": synthetic_json}
@@ -1068,6 +1237,10 @@ def synthesize(
         with rasterio.Env(GDAL_PAM_ENABLED="NO"):
             with open_raster(tmp_img, "w", env=False, **img_profile) as dst, ExitStack() as labels_file:
                 dst.descriptions = names
+                if sensor is not None:
+                    scale, offset = PRODUCTS[sensor]
+                    dst.scales = (scale * 10000.0,) * bands
+                    dst.offsets = (offset * 10000.0,) * bands
                 dst.update_tags(**tags)
                 dst.update_tags(ns="geoseg", **ns_tags)
                 lab_dst = None
@@ -1084,7 +1257,7 @@ def synthesize(
                         w = min(block, width - c0)
                         image, labels = render_window(
                             r0, c0, h, w, seed, bands, scene_shape=shape,
-                            nodata_border=nodata_border,
+                            nodata_border=nodata_border, sensor=sensor,
                         )
                         win = Window(c0, r0, w, h)
                         dst.write(image, window=win)

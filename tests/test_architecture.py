@@ -26,7 +26,7 @@ LAYERS = {
     "geoseg.progress": 0, "geoseg.allocator": 0, "geoseg._signals": 0,
     "geoseg._files": 1, "geoseg._dask": 1,
     "geoseg.io": 2, "geoseg.models": 2,
-    "geoseg.vector": 3, "geoseg.synthetic": 3,
+    "geoseg.vector": 3, "geoseg.synthetic": 3, "geoseg.spectra": 3,
     "geoseg.scene": 4, "geoseg.xr": 4,
     "geoseg.train": 5, "geoseg.batch": 5,
     "geoseg.cli": 6, "geoseg.__main__": 6,

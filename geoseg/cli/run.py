@@ -234,8 +234,11 @@ def vectorize_cmd(raster, out, layer, min_area, simplify, connectivity, workers,
 @click.option("--labels", type=click.Path(path_type=Path), default=None, help="Also write the ground-truth class raster here.")
 @click.option("--crs", default="EPSG:32633", show_default=True, help="CRS of the scene (projected or geographic).")
 @click.option("--nodata-border", is_flag=True, help="Add an irregular nodata border (value 0).")
+@click.option("--sensor", type=click.Choice(["sentinel2", "landsat8", "landsat9"]), default=None,
+              help="Render from measured spectra (earthlib) through this sensor's band responses, in its "
+                   "product's digital numbers with a GeoTIFF scale/offset (needs geoseg[spectra]).")
 @handle_errors
-def synth_cmd(out, size, bands, seed, labels, crs, nodata_border):
+def synth_cmd(out, size, bands, seed, labels, crs, nodata_border, sensor):
     """Write a realistic synthetic multi-band scene (uint16) and its ground truth.
 
     Water bodies and rivers, forest, cropland fields, bare soil, buildings in blocks and a
@@ -244,7 +247,8 @@ def synth_cmd(out, size, bands, seed, labels, crs, nodata_border):
     from geoseg.synthetic import synthesize
 
     t = time.perf_counter()
-    info = synthesize(out, size, bands=bands, seed=seed, labels_path=labels, crs=crs, nodata_border=nodata_border)
+    info = synthesize(out, size, bands=bands, seed=seed, labels_path=labels, crs=crs, nodata_border=nodata_border,
+                      sensor=sensor)
     click.echo(f"wrote {info.path} ({info.width}x{info.height}, {bands} bands, seed {seed})"
                + (f" and {info.labels_path}" if labels else "") + f" in {time.perf_counter() - t:.1f} s", err=True)
 

@@ -38,6 +38,10 @@ BLEND_RADIUS = 192
 #: Side of the probe image for models of any input size (a multiple of 64).
 PROBE_SIZE = 512
 _FACTORS = (1, 2, 4, 8, 16, 32, 64)
+#: Larger probes, tried when the outputs in the centre of the first one follow no shift.
+_GROWN_PROBES = (1024, 2048)
+#: Side of the central window in which shifted outputs are compared.
+_WINDOW = 128
 _BLOCK = 19  # side of the changed block of the radius probe
 
 
@@ -140,21 +144,27 @@ def inspect_runtime(
 
     factor = downsampling
     if factor is None:
-        margin = min(ph, pw) // 4
-        for s in _FACTORS:
-            if 2 * (margin + s) >= min(ph, pw):
+        factor = _shift_factor(run, base, out0, _FACTORS)
+    if factor is None and input_size is None:
+        # the outputs near the centre still see the probe's borders (a receptive field wider than
+        # the probe: ResNet encoders): larger probes, starting from the input-size step the model accepts
+        low = _size_step(runtime, bands)
+        candidates = tuple(s for s in _FACTORS if s >= low)
+        for side in _GROWN_PROBES:
+            if side <= ph:
+                continue
+            ph = pw = side
+            base = torch.randn(1, bands, ph, pw, generator=gen)
+            noise = 10.0 * torch.randn(base.shape, generator=gen)
+            out0, _ = run(base)
+            factor = _shift_factor(run, base, out0, candidates, top_first=True)
+            if factor is not None:
                 break
-            shifted = run(torch.roll(base, (s, s), (2, 3)))[0]
-            expected = torch.roll(out0, (s, s), (2, 3))
-            cut = (..., slice(margin + s, ph - margin), slice(margin + s, pw - margin))
-            if not _changed(shifted[cut], expected[cut]).any():
-                factor = s
-                break
-        if factor is None:
-            raise ModelError(
-                f"{source}: cannot measure the downsampling factor (the outputs follow no input shift up to 64 px): "
-                "declare 'downsampling' in the sidecar MODEL.geoseg.json"
-            )
+    if factor is None:
+        raise ModelError(
+            f"{source}: cannot measure the downsampling factor (the outputs follow no input shift up to 64 px "
+            f"on probes up to {ph} px): declare 'downsampling' in the sidecar MODEL.geoseg.json"
+        )
 
     # an aligned core in the middle, and the largest context the probe can test around it
     side = max(factor, min(64, min(ph, pw) // 4) // factor * factor)
@@ -181,6 +191,57 @@ def inspect_runtime(
     halo = int(math.ceil(context / factor) * factor)
     rad = _radius(run, base, out0, factor, ph, pw, gen) if radius else None
     return Inspection(context, factor, halo, "exact", outputs, ph, forwards, rad)
+
+
+def _shift_factor(run: Any, base: Any, out0: Any, shifts: tuple[int, ...], top_first: bool = False) -> int | None:
+    """The smallest of ``shifts`` that the outputs follow, compared in a central window.
+
+    The input is rolled by ``(s, s)`` and the outputs must equal the rolled outputs in a
+    window of :data:`_WINDOW` px (a quarter of a small probe) as far as it can be from the
+    probe's borders and from the seam the roll brings in (what a receptive field wider than
+    the probe sees first). With ``top_first`` the largest
+    shift is tried first: when the outputs do not follow even it (every factor up to 64
+    divides it), the probe is too small for the model's receptive field and no smaller one
+    is tried.
+    """
+    import torch
+
+    ph, pw = base.shape[-2:]
+    n = min(_WINDOW, min(ph, pw) // 4)
+
+    def follows(s: int) -> bool:
+        # rolled by s, output row r holds content row r - s: its distances to the borders (0, ph) and
+        # to the rolled-in seam (s) are largest in the n rows centred on (ph + s) / 2
+        mr, mc = (ph - s - n) // 2, (pw - s - n) // 2
+        if min(mr, mc) < n // 2:
+            return False
+        cut = (..., slice(mr + s, mr + s + n), slice(mc + s, mc + s + n))
+        shifted = run(torch.roll(base, (s, s), (2, 3)))[0]
+        return not _changed(shifted[cut], torch.roll(out0, (s, s), (2, 3))[cut]).any()
+
+    if top_first and not follows(shifts[-1]):
+        return None
+    for s in shifts[:-1] if top_first else shifts:
+        if follows(s):
+            return s
+    return shifts[-1] if top_first else None
+
+
+def _size_step(runtime: Any, bands: int) -> int:
+    """The smallest step (1, 2, 4 ... 64) by which the model accepts input sizes beyond 64 px.
+
+    A U-Net whose skip connections are concatenated only runs on multiples of its factor: a
+    lower bound of the factor, measured on tiny inputs. 1 when any size runs.
+    """
+    import torch
+
+    for s in _FACTORS:
+        try:
+            runtime(torch.zeros(1, bands, 64 + s, 64 + s))
+        except Exception:  # noqa: BLE001 - a rejected size, whatever the runtime raises
+            continue
+        return s
+    return 1
 
 
 def _radius(run: Any, base: Any, out0: Any, factor: int, ph: int, pw: int, gen: Any) -> int | None:

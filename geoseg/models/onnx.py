@@ -47,7 +47,7 @@ def _session(data: bytes, source: str, device: str) -> Any:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1  # tiles run in parallel, one per core (as torch forwards do)
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # failures surface as exceptions (a rejected input size is a measurement)
     providers: list[Any] = ["CPUExecutionProvider"]
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
