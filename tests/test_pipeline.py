@@ -85,7 +85,8 @@ def test_outputs_have_the_exact_georeferencing(tmp_path, synth_scene, small_unet
     assert ((confidence >= 0) & (confidence <= 100)).all()
     names = {m["path"] for m in manifest["outputs"].values()}
     assert names == {"scene.classes.tif", "scene.confidence.tif", "scene.mask.tif", "scene.gpkg",
-                     "scene.classes.tif.aux.xml", "scene.classes.qml", "scene.mask.tif.aux.xml", "scene.mask.qml"}
+                     "scene.classes.tif.aux.xml", "scene.classes.qml", "scene.mask.tif.aux.xml", "scene.mask.qml",
+                     "scene.classes.png", "scene.thumb.png", "scene.legend.png", "scene.mask-bright.png"}  # quicklooks
 
 
 def test_nodata_is_propagated_and_never_polygonized(tmp_path, nodata_scene, small_unet) -> None:
