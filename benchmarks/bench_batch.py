@@ -225,7 +225,7 @@ class Cluster:
         dask = [sys.executable, "-m", "dask"]
         self.scheduler = subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                                            "--scheduler-file", str(self.file)], stdout=subprocess.DEVNULL,
-                                          stderr=(work / "scheduler.log").open("w"), env=env)
+                                          stderr=(work / "scheduler.log").open("w"), env=env, cwd=work)
         deadline = time.monotonic() + 120
         while not self.file.exists():
             if time.monotonic() > deadline or self.scheduler.poll() is not None:
@@ -233,7 +233,8 @@ class Cluster:
             time.sleep(0.2)
         self.workers = subprocess.Popen([*dask, "worker", "--scheduler-file", str(self.file), "--nworkers", str(workers),
                                          "--nthreads", "1", "--no-dashboard", "--memory-limit", "0"],
-                                        stdout=subprocess.DEVNULL, stderr=(work / "workers.log").open("w"), env=env)
+                                        stdout=subprocess.DEVNULL, stderr=(work / "workers.log").open("w"), env=env,
+                                        cwd=work)
         from distributed import Client
 
         with Client(scheduler_file=str(self.file), timeout="60s") as c:
@@ -253,12 +254,13 @@ class Cluster:
 
 
 def client_run(cmd: list[str], env: dict) -> tuple[float, float]:
-    """Wall and CPU seconds (with its children) of one client command."""
+    """Wall and CPU seconds (with its children) of one client command (run outside this source
+    tree: ``python -m`` would import the geoseg of the working directory before PYTHONPATH's)."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, cwd=Path(env["PYTHONPATH"]).parent)
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
