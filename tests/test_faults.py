@@ -135,12 +135,13 @@ def _stages():
         "cogs": (cog.RasterProduct, "finish", "(COG)"),
         "geopackage": (vector_api, "vectorize_products", "scene.gpkg"),
         "legends": (pipeline, "stage_legend", "the legend scene."),
+        "quicklooks": (pipeline, "stage_quicklooks", "the quicklook scene.classes.png"),
         "stac": (pipeline, "_stage_stac_item", "the STAC Item scene.stac.json"),
         "manifest": (OutputStore, "commit", "the run manifest scene.run.json"),
     }
 
 
-@pytest.mark.parametrize("stage", ["journal", "tiles", "cogs", "geopackage", "legends", "stac", "manifest"])
+@pytest.mark.parametrize("stage", ["journal", "tiles", "cogs", "geopackage", "legends", "quicklooks", "stac", "manifest"])
 def test_full_disk_at_each_stage(stage, small_disk, monkeypatch, synth_scene, small_unet) -> None:
     from geoseg import run_scene
 
@@ -157,7 +158,7 @@ def test_full_disk_at_each_stage(stage, small_disk, monkeypatch, synth_scene, sm
     assert "--resume" in msg
     assert final_names(out) == []  # nothing under a final name
     left = {p.name for p in out.iterdir()}
-    assert not [n for n in left if ".cog-" in n or ".gpkg-" in n or ".json-" in n or ".legend-" in n], left
+    assert not [n for n in left if ".cog-" in n or ".gpkg-" in n or ".json-" in n or ".legend-" in n or ".ql-" in n], left
 
 
 def _geoseg(*args, **kw):
@@ -196,7 +197,7 @@ def test_vectorize_onto_a_full_disk_is_one_line(small_disk, tmp_path) -> None:
     assert final_names(disk) == []
 
 
-@pytest.mark.parametrize("stage", ["journal", "tiles", "cogs", "geopackage", "legends", "stac", "manifest"])
+@pytest.mark.parametrize("stage", ["journal", "tiles", "cogs", "geopackage", "legends", "quicklooks", "stac", "manifest"])
 def test_disk_turning_read_only_at_each_stage(stage, failing_disk, monkeypatch, synth_scene, small_unet) -> None:
     """Not only a full disk: an output filesystem that stops taking writes at any stage
     gives the same one line, and leaves nothing under a final name."""
