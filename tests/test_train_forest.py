@@ -181,3 +181,14 @@ def test_train_writes_the_mixture_and_reports_validation_scores(tmp_path: Path) 
     bundle = read_bundle(model)
     assert bundle.architecture == ("unet" if forest["net_weight"] == 1.0 else "unet_forest")
     assert bundle.training["forest"] == forest and bundle.training["time_budget"] is None  # --epochs given
+
+
+def test_the_default_time_budget_applies_unless_the_length_of_training_is_given() -> None:
+    from geoseg.train.job import DEFAULT_TIME_BUDGET, time_budget_of
+    from geoseg.train.settings import TrainSettings
+
+    assert DEFAULT_TIME_BUDGET < 5  # issue 24: a ~500x500-px scene in under 5 minutes
+    assert time_budget_of(TrainSettings()) == (DEFAULT_TIME_BUDGET, "default")
+    assert time_budget_of(TrainSettings(time_budget=2.5)) == (2.5, "given")
+    assert time_budget_of(TrainSettings(epochs=3))[0] is None
+    assert time_budget_of(TrainSettings(time_limit=60))[0] is None

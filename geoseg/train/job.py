@@ -39,7 +39,7 @@ from geoseg.io.labels import (
 from geoseg.train.checkpoint import checkpoint_path
 from geoseg.train.settings import DataPair, TrainSettings
 
-__all__ = ["DEFAULT_TIME_BUDGET", "TrainResult", "train_model"]
+__all__ = ["DEFAULT_TIME_BUDGET", "TrainResult", "time_budget_of", "train_model"]
 
 #: Minutes ``geoseg train`` takes in all when neither --time-budget, --epochs nor
 #: --time-limit is given (issue 24: a ~500x500-px scene in under 5 minutes on 2 cores).
@@ -71,6 +71,16 @@ class TrainResult:
     blend: Any = None
     validation_warning: str = ""
     total_seconds: float = 0.0
+
+
+def time_budget_of(settings: TrainSettings) -> tuple[float | None, str]:
+    """``(minutes, "given" | "default")`` of a run: the given budget, else
+    :data:`DEFAULT_TIME_BUDGET` unless ``epochs`` or ``time_limit`` says how long to train."""
+    if settings.time_budget is not None:
+        return settings.time_budget, "given"
+    if settings.epochs is None and settings.time_limit is None:
+        return DEFAULT_TIME_BUDGET, "default"
+    return None, "none: epochs or time_limit given"
 
 
 def _check_outputs(out: Path, ckpt: Path, resume: bool, overwrite: bool) -> None:
@@ -280,9 +290,7 @@ def train_model(
         raise InputError(f"--chip-size {plan.chip_size} must be a multiple of the model's downsampling "
                          f"{bundle.downsampling} (2**depth)")
     lw = settings.loss_weights
-    budget, budget_source = settings.time_budget, "given"
-    if budget is None and settings.epochs is None and settings.time_limit is None:
-        budget, budget_source = DEFAULT_TIME_BUDGET, "default"
+    budget, budget_source = time_budget_of(settings)
     from geoseg.train.baseline import available
 
     forest_skipped = "" if settings.forest else "not asked for (--no-forest)"
