@@ -274,3 +274,15 @@ def test_tile_resume_with_a_store_destination(s3, small_unet, tmp_path):
     for kind in ("classes.tif", "confidence.tif", "mask.tif", "classes.tif.aux.xml", "classes.qml"):
         assert (got / f"big.{kind}").read_bytes() == (tmp_path / "ref" / f"big.{kind}").read_bytes(), kind
     assert not _scratch_files(tmp_path / "scratch")
+
+
+def test_names_lists_a_kind_with_a_mask_head_wildcard(tmp_path) -> None:
+    """The batch finds stale per-head quicklooks (``<stem>.mask-<head>.png``) by glob; a stem
+    with glob characters matches only itself."""
+    from geoseg.io.store import OutputStore, kind_glob
+
+    for name in ("s[1].mask-water.png", "s[1].mask-roads.png", "s1.mask-water.png", "s[1].classes.png"):
+        (tmp_path / name).write_bytes(b"png")
+    store = OutputStore(tmp_path)
+    assert store.names(kind_glob("s[1]", "mask-*.png")) == ["s[1].mask-roads.png", "s[1].mask-water.png"]
+    assert store.names(kind_glob("s[1]", "classes.png")) == ["s[1].classes.png"]

@@ -196,16 +196,6 @@ class _Backend:
     def get_bytes(self, name: str) -> bytes:
         raise NotImplementedError
 
-    def names(self, pattern: str) -> list[str]:
-        """The outputs whose names match the glob ``pattern`` (e.g. :func:`kind_glob`)."""
-        import fnmatch
-
-        if not self.remote:
-            return sorted(p.name for p in self.root.glob(pattern)) if self.root.is_dir() else []
-        prefix = pattern.split("*", 1)[0].replace("[[]", "[").replace("[]]", "]")
-        with self._remote("list", prefix):
-            return sorted(n for n in self.backend.list(prefix) if fnmatch.fnmatchcase(n, pattern))
-
     def delete(self, name: str) -> None:
         raise NotImplementedError
 
@@ -293,16 +283,6 @@ class _S3Backend(_Backend):
         import obstore
 
         return bytes(obstore.get(self.store, name).bytes())
-
-    def names(self, pattern: str) -> list[str]:
-        """The outputs whose names match the glob ``pattern`` (e.g. :func:`kind_glob`)."""
-        import fnmatch
-
-        if not self.remote:
-            return sorted(p.name for p in self.root.glob(pattern)) if self.root.is_dir() else []
-        prefix = pattern.split("*", 1)[0].replace("[[]", "[").replace("[]]", "]")
-        with self._remote("list", prefix):
-            return sorted(n for n in self.backend.list(prefix) if fnmatch.fnmatchcase(n, pattern))
 
     def delete(self, name: str) -> None:
         import obstore
