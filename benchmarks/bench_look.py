@@ -81,8 +81,8 @@ def report_cost(work: Path, n: int, size: int, repeat: int) -> dict:
 
 
 def quicklook_cost(work: Path, size: int, model: str, repeat: int) -> dict:
-    from geoseg._files import OutputSet
     from geoseg.io.quicklook import stage_quicklooks
+    from geoseg.io.store import OutputStore
     from geoseg.models.registry import load_model
     from geoseg.synthetic import synthesize
 
@@ -103,7 +103,7 @@ def quicklook_cost(work: Path, size: int, model: str, repeat: int) -> dict:
     finals = {"classes": out / f"{scene.stem}.classes.tif", "mask": out / f"{scene.stem}.mask.tif"}
     alone = []
     for _ in range(repeat):
-        outputs = OutputSet(out, overwrite=True)
+        outputs = OutputStore(out, overwrite=True)
         t = time.perf_counter()
         stage_quicklooks(finals, list(bundle.class_names), list(bundle.class_colors), list(bundle.mask_heads), outputs)
         alone.append(time.perf_counter() - t)
