@@ -227,6 +227,14 @@ def test_a_tile_is_journaled_only_once_every_block_it_touches_is_complete(tmp_pa
     j.record((64, 0), wins["c"], [tile], False)
     j.checkpoint()
     assert sorted(journaled()) == [(0, 0), (0, 64), (64, 0), (64, 128)]
+    # a block whose planned tiles are not all written (a tile the run did not write): its
+    # finished tiles wait until the end of inference, whose checkpoint journals them
+    j.plan([PixelWindow(0, 256, 64, 64), PixelWindow(64, 256, 64, 64)], [(128, 128)])
+    j.record((0, 256), PixelWindow(0, 256, 64, 64), [tile], False)
+    j.checkpoint()
+    assert (0, 256) not in journaled()
+    j.checkpoint(final=True)
+    assert (0, 256) in journaled()
     j.close()
 
 

@@ -279,9 +279,16 @@ class TileJournal:
             if time.monotonic() - self._last >= self.interval:
                 self._checkpoint_locked()
 
-    def checkpoint(self) -> None:
-        """Make every recorded tile durable: flush the stripes, then journal the tiles."""
+    def checkpoint(self, final: bool = False) -> None:
+        """Make every recorded tile durable: flush the stripes, then journal the sealed tiles.
+
+        ``final``: no tile will write into the stripes any more (inference is over), so the
+        finished tiles still waiting on a block are journaled too."""
         with self._lock:
+            if final:
+                waiting = {id(item): item for items in self._waiting.values() for item in items}
+                self._pending += [item[0] for item in waiting.values()]
+                self._waiting.clear()
             self._checkpoint_locked()
 
     def _checkpoint_locked(self) -> None:

@@ -539,7 +539,7 @@ def _infer(run: _SceneRun) -> None:
             finally:
                 source.release()  # the shared remote handle, and the blocks GDAL cached for it
         run.scheduler.update(run.execution)
-        run.journal.checkpoint()  # every tile on disk: a failure below resumes without inference
+        run.journal.checkpoint(final=True)  # every tile on disk: a failure below resumes without inference
     run.timings["inference"] = time.perf_counter() - t1
     if run.device == "cpu":
         release_free_memory()  # the activations' memory: the stages below need none of it
@@ -619,7 +619,7 @@ def _fail(run: _SceneRun, exc: BaseException) -> None:
     keep = run.journal.started and not (isinstance(exc, GeosegError) and not isinstance(exc, OutputError))
     if keep:
         try:
-            run.journal.checkpoint()
+            run.journal.checkpoint(final=True)  # no tile writes any more: journal all that are written
         except BaseException:  # noqa: BLE001 - e.g. the disk is full: the CRCs catch the rest
             pass
     for p in run.products:
